@@ -1,0 +1,177 @@
+"""`AuthConfig`: everything the middleware needs, from code, from a mapping, or from `AUTHMW_*` variables."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from authmw.errors import ConfigurationError, ErrorHook
+from authmw.keys import KeySet
+from authmw.policy import Policy, Route
+from authmw.tokens import JWTSettings
+
+__all__ = ["AuthConfig"]
+
+log = logging.getLogger("authmw")
+
+
+@dataclass(slots=True)
+class AuthConfig:
+    """The middleware's configuration.
+
+    `routes` are tried in order and the first match decides the policy; unmatched paths get `default`.
+    """
+
+    jwt: JWTSettings | None = None
+    routes: Sequence[Route] = ()
+    default: Policy = field(default_factory=Policy.optional)
+    #: the realm named in `WWW-Authenticate` challenges
+    realm: str = "authmw"
+    #: customise error answers: ``on_error(error, request_view, default_response) -> response``
+    on_error: ErrorHook | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> AuthConfig:
+        """Build from plain data (e.g. parsed TOML/JSON)::
+
+        {"jwt": {"algorithms": ["RS256"], "jwks": "https://...", "issuer": "...", "audience": "..."},
+         "routes": [{"path": "/api/{rest:path}", "policy": "jwt", "scopes": ["items:read"], "methods": ["GET"]}],
+         "default": "optional", "realm": "my-app"}
+        """
+        known = {"jwt", "routes", "default", "realm"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigurationError(f"unknown configuration keys: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        if data.get("jwt") is not None:
+            kwargs["jwt"] = _jwt_from_mapping(data["jwt"])
+        routes = []
+        for entry in data.get("routes", ()):
+            policy = Policy.parse(entry.get("policy", "required"), entry.get("scopes", ()))
+            routes.append(Route(entry["path"], policy, entry.get("methods")))
+        kwargs["routes"] = routes
+        if "default" in data:
+            kwargs["default"] = Policy.parse(data["default"])
+        if "realm" in data:
+            kwargs["realm"] = data["realm"]
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AuthConfig:
+        """Build from the `AUTHMW_*` variables (DESIGN.md §6); keyword arguments (e.g. `routes`) are added as is.
+
+        `AUTHMW_JWT_KEY` (a secret, or a path to / text of a PEM key) or `AUTHMW_JWT_JWKS` (a path or URL)
+        enables bearer JWTs; `AUTHMW_JWT_ALGORITHMS` defaults to what the key's type allows (HS256 for a
+        secret). `AUTHMW_JWT_ISSUER`, `AUTHMW_JWT_AUDIENCE`, `AUTHMW_JWT_LEEWAY`, `AUTHMW_JWT_MAX_LIFETIME`,
+        `AUTHMW_JWT_SIGNING_KEY` and `AUTHMW_ACCESS_TOKEN_TTL` refine it.
+        """
+        env = os.environ if environ is None else environ
+        jwt_settings = _jwt_from_env(env)
+        kwargs: dict[str, Any] = {"jwt": jwt_settings}
+        if env.get("AUTHMW_REALM"):
+            kwargs["realm"] = env["AUTHMW_REALM"]
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}") from None
+
+
+def _key_material(value: str) -> str | bytes:
+    """A PEM/secret given inline, or the contents of the file it names."""
+    text = value.strip()
+    if not text.startswith("-----BEGIN") and len(text) < 4096:
+        path = Path(text).expanduser()
+        try:
+            if path.is_file():
+                return path.read_bytes()
+        except OSError:
+            pass
+        if text.startswith(("/", "./", "~")) or text.endswith((".pem", ".key", ".pub")):
+            raise ConfigurationError(f"key file {text!r} does not exist")
+    return value
+
+
+def _keyset_from_source(key: Any = None, jwks: Any = None, keys: Any = None) -> KeySet:
+    given = [v is not None for v in (key, jwks, keys)]
+    if sum(given) != 1:
+        raise ConfigurationError("configure exactly one of: a JWT key, a JWKS (path or URL), or keys by kid")
+    if key is not None:
+        return key if isinstance(key, KeySet) else KeySet.from_key(key)
+    if keys is not None:
+        return KeySet.from_keys(keys)
+    if isinstance(jwks, Mapping):
+        return KeySet.from_jwks(jwks)
+    text = str(jwks).strip()
+    if text.startswith(("http://", "https://")):
+        return KeySet.from_jwks_url(text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(f"JWKS file {text!r} does not exist")
+    return KeySet.from_jwks_file(path)
+
+
+def _default_algorithms(keyset: KeySet) -> list[str]:
+    preferred = ("HS256", "RS256", "ES256", "ES384", "ES512", "EdDSA")
+    found = {alg for key in keyset.keys for alg in key.algorithms}
+    chosen = [alg for alg in preferred if alg in found]
+    if not chosen:
+        raise ConfigurationError("set AUTHMW_JWT_ALGORITHMS: no default algorithm fits the configured keys")
+    if len({a[:2] == "HS" for a in chosen}) > 1:
+        raise ConfigurationError("the configured keys mix HMAC secrets and asymmetric keys")
+    return chosen
+
+
+def _jwt_from_env(env: Mapping[str, str]) -> JWTSettings | None:
+    key = env.get("AUTHMW_JWT_KEY") or None
+    jwks = env.get("AUTHMW_JWT_JWKS") or None
+    if key is None and jwks is None:
+        log.warning("authmw: neither AUTHMW_JWT_KEY nor AUTHMW_JWT_JWKS is set; bearer tokens are refused")
+        return None
+    keyset = _keyset_from_source(key=_key_material(key) if key else None, jwks=jwks)
+    algorithms = _split(env.get("AUTHMW_JWT_ALGORITHMS"))
+    if not algorithms:
+        if not keyset.keys:
+            raise ConfigurationError("set AUTHMW_JWT_ALGORITHMS when the keys come from a JWKS URL")
+        algorithms = _default_algorithms(keyset)
+    signing = env.get("AUTHMW_JWT_SIGNING_KEY") or None
+    return JWTSettings(
+        algorithms=algorithms,
+        keys=keyset,
+        issuer=env.get("AUTHMW_JWT_ISSUER") or None,
+        audience=env.get("AUTHMW_JWT_AUDIENCE") or None,
+        leeway=_number(env, "AUTHMW_JWT_LEEWAY", 30.0),
+        max_lifetime=_number(env, "AUTHMW_JWT_MAX_LIFETIME", 24 * 3600.0),
+        signing_key=_key_material(signing) if signing else None,
+        access_token_ttl=_number(env, "AUTHMW_ACCESS_TOKEN_TTL", 300.0),
+    )
+
+
+def _jwt_from_mapping(data: Mapping[str, Any]) -> JWTSettings:
+    options = dict(data)
+    keyset = _keyset_from_source(
+        key=_key_material(options.pop("key")) if isinstance(options.get("key"), str) else options.pop("key", None),
+        jwks=options.pop("jwks", None),
+        keys=options.pop("keys", None),
+    )
+    algorithms = options.pop("algorithms", None) or _default_algorithms(keyset)
+    try:
+        return JWTSettings(algorithms=algorithms, keys=keyset, **options)
+    except TypeError as exc:
+        raise ConfigurationError(f"invalid jwt settings: {exc}") from None

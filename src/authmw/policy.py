@@ -1,0 +1,214 @@
+"""What a route requires (`Policy`) and which routes get which policy (`Route`, `RouteTable`).
+
+Patterns match by path segments, never by string prefix: ``/admin`` covers ``/admin`` and ``/admin/``
+but never ``/administrator``. ``{name}`` matches one segment, ``{name:path}`` (or a final ``*``)
+matches the rest of the path, including nothing. The first matching route wins; otherwise the default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from authmw.errors import ConfigurationError
+from authmw.principal import CredentialKind
+
+__all__ = ["Policy", "Route", "RouteTable", "normalize_path"]
+
+_KINDS: frozenset[CredentialKind] = frozenset(("session", "jwt"))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which credentials a route accepts and what the caller must have.
+
+    Build one with the class methods: `Policy.public()`, `Policy.optional()`, `Policy.required()`,
+    `Policy.jwt(...)`, `Policy.session(...)`.
+    """
+
+    accept: frozenset[CredentialKind] = _KINDS
+    auth_required: bool = False
+    scopes: frozenset[str] = frozenset()
+    #: seconds; the caller must have authenticated at most this long ago (step-up for sensitive routes)
+    max_auth_age: float | None = None
+    #: cross-site request checks on unsafe methods when the credential came from a cookie
+    csrf: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.accept <= _KINDS:
+            raise ConfigurationError(f"unknown credential kinds: {sorted(self.accept - _KINDS)}")
+        if self.auth_required and not self.accept:
+            raise ConfigurationError("a policy that requires authentication must accept a credential kind")
+        if (self.scopes or self.max_auth_age is not None) and not self.auth_required:
+            raise ConfigurationError("scopes and max_auth_age only make sense on a policy that requires auth")
+        for scope in self.scopes:
+            if not scope or any(c.isspace() or c in '"\\' for c in scope):
+                raise ConfigurationError(f"invalid scope name {scope!r}")
+
+    @property
+    def is_public(self) -> bool:
+        return not self.accept
+
+    @classmethod
+    def public(cls) -> Policy:
+        """No credential is read; the request always passes anonymously."""
+        return cls(accept=frozenset(), auth_required=False)
+
+    @classmethod
+    def optional(cls, accept: Iterable[CredentialKind] = _KINDS) -> Policy:
+        """Identify the caller when a credential is presented; pass anonymous requests through.
+
+        A presented but invalid credential is still refused (never downgraded to anonymous, P26).
+        """
+        return cls(accept=frozenset(accept), auth_required=False)
+
+    @classmethod
+    def required(
+        cls,
+        accept: Iterable[CredentialKind] = _KINDS,
+        *,
+        scopes: Iterable[str] = (),
+        max_auth_age: float | None = None,
+        csrf: bool = True,
+    ) -> Policy:
+        """Authentication by any accepted kind is required."""
+        return cls(frozenset(accept), True, frozenset(scopes), max_auth_age, csrf)
+
+    @classmethod
+    def jwt(cls, *, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Policy:
+        """A bearer JWT is required; cookies are ignored."""
+        return cls.required(("jwt",), scopes=scopes, max_auth_age=max_auth_age)
+
+    @classmethod
+    def session(cls, *, scopes: Iterable[str] = (), max_auth_age: float | None = None, csrf: bool = True) -> Policy:
+        """A session cookie is required; bearer tokens are ignored."""
+        return cls.required(("session",), scopes=scopes, max_auth_age=max_auth_age, csrf=csrf)
+
+    @classmethod
+    def either(cls, *, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Policy:
+        """A session cookie or a bearer JWT is required (a bearer token, when present, is the one used)."""
+        return cls.required(_KINDS, scopes=scopes, max_auth_age=max_auth_age)
+
+    @classmethod
+    def parse(cls, spec: str, scopes: Iterable[str] = ()) -> Policy:
+        """A policy from its name, for configuration files: public, optional, required, jwt, session, either."""
+        name = spec.strip().lower()
+        if name == "public":
+            return cls.public()
+        if name == "optional":
+            return cls.optional()
+        if name in ("required", "either"):
+            return cls.required(scopes=scopes)
+        if name == "jwt":
+            return cls.jwt(scopes=scopes)
+        if name == "session":
+            return cls.session(scopes=scopes)
+        raise ConfigurationError(f"unknown policy {spec!r}; use public, optional, required, jwt or session")
+
+
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(?::(str|path|int))?\}$")
+_ANY: Literal["*"] = "*"
+
+
+def normalize_path(path: str) -> str:
+    """The path as the policy table sees it: repeated slashes collapsed, dot segments resolved, no trailing slash.
+
+    Routers differ on ``//admin`` and ``/a/../admin``; matching on the normalized form means a rule
+    always covers every spelling that any router might send to the route it names.
+    """
+    if "//" not in path and "/." not in path and (len(path) <= 1 or not path.endswith("/")):
+        return path or "/"
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    return "/" + "/".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path pattern (and optionally a set of methods) bound to a `Policy`."""
+
+    path: str
+    policy: Policy
+    methods: frozenset[str] | None = None
+    _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _tail: bool = field(init=False, repr=False, compare=False)
+
+    def __init__(self, path: str, policy: Policy, methods: Iterable[str] | None = None) -> None:
+        if not path.startswith("/"):
+            raise ConfigurationError(f"route path must start with '/': {path!r}")
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "policy", policy)
+        if methods is not None:
+            upper = {m.upper() for m in methods}
+            if "GET" in upper:
+                upper.add("HEAD")
+            object.__setattr__(self, "methods", frozenset(upper))
+        else:
+            object.__setattr__(self, "methods", None)
+        segments: list[str] = []
+        tail = False
+        parts = [p for p in path.split("/") if p]
+        for index, part in enumerate(parts):
+            is_last = index == len(parts) - 1
+            if part == "*" or ((m := _PARAM.match(part)) and m.group(2) == "path"):
+                if not is_last:
+                    raise ConfigurationError(f"a path wildcard must be the last segment: {path!r}")
+                tail = True
+            elif _PARAM.match(part):
+                segments.append(_ANY)
+            elif "{" in part or "}" in part:
+                raise ConfigurationError(f"bad path parameter in {path!r}")
+            else:
+                segments.append(part)
+        object.__setattr__(self, "_segments", tuple(segments))
+        object.__setattr__(self, "_tail", tail)
+
+    def matches(self, method: str, parts: Sequence[str]) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        n = len(self._segments)
+        if len(parts) < n or (len(parts) > n and not self._tail):
+            return False
+        for want, got in zip(self._segments, parts, strict=False):
+            if want is not _ANY and want != got:
+                return False
+        return True
+
+
+class RouteTable:
+    """Routes compiled once; `match` is the per-request lookup (memoised per method and path, bounded)."""
+
+    __slots__ = ("_cache", "_cache_size", "default", "routes")
+
+    def __init__(self, routes: Sequence[Route], default: Policy, *, cache_size: int = 4096) -> None:
+        self.routes = tuple(routes)
+        self.default = default
+        self._cache: dict[tuple[str, str], Policy] = {}
+        self._cache_size = cache_size
+
+    def match(self, method: str, path: str) -> Policy:
+        key = (method, path)
+        policy = self._cache.get(key)
+        if policy is None:
+            policy = self._lookup(method, path)
+            if len(self._cache) >= self._cache_size:
+                # Paths are attacker-chosen: never let the memo grow without bound.
+                self._cache.clear()
+            self._cache[key] = policy
+        return policy
+
+    def _lookup(self, method: str, path: str) -> Policy:
+        parts = [p for p in normalize_path(path).split("/") if p]
+        for route in self.routes:
+            if route.matches(method, parts):
+                return route.policy
+        return self.default

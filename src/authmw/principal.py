@@ -1,0 +1,96 @@
+"""Who is calling: the `Principal` attached to an authenticated request, and its anonymous counterpart.
+
+Both also satisfy Starlette's `BaseUser` protocol by shape (`is_authenticated`, `display_name`,
+`identity`), so `request.user` works without this module importing Starlette.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+__all__ = ["ANONYMOUS", "Anonymous", "AuthScopes", "CredentialKind", "Principal"]
+
+CredentialKind = Literal["session", "jwt"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    `claims` holds the verified JWT claims (empty for sessions); `token_id` is the JWT's `jti`;
+    times are POSIX seconds.
+    """
+
+    id: str
+    source: CredentialKind
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+    token_id: str | None = None
+    issuer: str | None = None
+    issued_at: float | None = None
+    auth_time: float | None = None
+    expires_at: float | None = None
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.id
+
+    @property
+    def identity(self) -> str:
+        return self.id
+
+    def has_scopes(self, required: Iterable[str]) -> bool:
+        return self.scopes.issuperset(required)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public view used by the example apps: id, source and sorted scopes."""
+        return {"id": self.id, "source": self.source, "scopes": sorted(self.scopes)}
+
+
+class Anonymous:
+    """The caller when no credential was presented (or the route is public)."""
+
+    __slots__ = ()
+    is_authenticated = False
+    display_name = ""
+    identity = ""
+    scopes: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return "ANONYMOUS"
+
+
+ANONYMOUS = Anonymous()
+
+
+class AuthScopes:
+    """`scope["auth"]`: shaped like Starlette's `AuthCredentials` so `requires(...)` keeps working.
+
+    Authenticated callers carry the conventional ``"authenticated"`` scope besides their own.
+    """
+
+    __slots__ = ("scopes",)
+
+    def __init__(self, scopes: Iterable[str] = ()) -> None:
+        self.scopes = list(scopes)
+
+    @classmethod
+    def for_principal(cls, principal: Principal | None) -> AuthScopes:
+        if principal is None:
+            return _NO_SCOPES
+        return cls(["authenticated", *sorted(principal.scopes)])
+
+    def __repr__(self) -> str:
+        return f"AuthScopes({self.scopes!r})"
+
+
+_NO_SCOPES = AuthScopes()

@@ -1,0 +1,162 @@
+"""The little the core needs to know about a request, and the bearer-credential parser (RFC 6750 §2).
+
+A `RequestView` is built by a shell (ASGI or WSGI) and read lazily: headers are only looked up
+when a policy needs them, so a public route costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, AnyStr
+
+from authmw.errors import InvalidRequest, InvalidToken
+
+__all__ = ["ASGIRequestView", "RequestView", "WSGIRequestView", "bearer_token", "with_identity_headers"]
+
+# RFC 7235 token68 (RFC 6750 §2.1 b64token): 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+class RequestView:
+    """Method, route path, scheme, query string and header access; subclasses adapt ASGI and WSGI."""
+
+    __slots__ = ("client", "is_websocket", "method", "path", "query_string", "scheme")
+
+    method: str
+    path: str
+    scheme: str
+    query_string: bytes
+    client: str | None
+    is_websocket: bool
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of the header `name` (lower-case), in order; values decoded as latin-1."""
+        raise NotImplementedError
+
+    def header(self, name: str) -> str | None:
+        """The value of a header that must appear at most once; None when absent or repeated."""
+        values = self.header_values(name)
+        return values[0] if len(values) == 1 else None
+
+
+class ASGIRequestView(RequestView):
+    __slots__ = ("_headers",)
+
+    def __init__(self, scope: Mapping[str, Any]) -> None:
+        self.is_websocket = scope["type"] == "websocket"
+        self.method = "GET" if self.is_websocket else scope["method"]
+        self.path = route_path(scope)
+        self.scheme = scope.get("scheme") or ("wss" if self.is_websocket else "http")
+        self.query_string = scope.get("query_string", b"")
+        client = scope.get("client")
+        self.client = client[0] if client else None
+        self._headers: list[tuple[bytes, bytes]] = scope["headers"]
+
+    def header_values(self, name: str) -> list[str]:
+        key = name.encode("latin-1")
+        return [v.decode("latin-1") for k, v in self._headers if k == key]
+
+
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The path the app's router sees: `path` without a mount's `root_path` prefix (as Starlette does)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
+        return path[len(root_path) :] or "/"
+    return path
+
+
+class WSGIRequestView(RequestView):
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+        self.is_websocket = False
+        self.method = environ.get("REQUEST_METHOD", "GET")
+        # PATH_INFO is what the app routes on; SCRIPT_NAME is the mount point.
+        self.path = environ.get("PATH_INFO") or "/"
+        self.scheme = environ.get("wsgi.url_scheme", "http")
+        self.query_string = environ.get("QUERY_STRING", "").encode("latin-1", "replace")
+        self.client = environ.get("REMOTE_ADDR")
+
+    def header_values(self, name: str) -> list[str]:
+        # WSGI servers join repeated fields with commas (RFC 9110 §5.3); parsers below treat commas as malformed.
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if name == "content-type":
+            key = "CONTENT_TYPE"
+        value = self._environ.get(key)
+        return [] if value is None else [value]
+
+
+def _has_query_token(query_string: bytes) -> bool:
+    if b"access_token" not in query_string:
+        return False
+    return any(part.split(b"=", 1)[0] == b"access_token" for part in query_string.split(b"&"))
+
+
+def bearer_token(view: RequestView, *, max_bytes: int) -> str | None:
+    """The one bearer token of this request, or None when no bearer credential was presented.
+
+    Raises `InvalidRequest` (400) for duplicate or malformed Authorization fields and for a second
+    credential method (P25), `InvalidToken` (401) for a token over `max_bytes` (P13, before any parsing).
+    An Authorization field of another scheme (e.g. Basic) is not a bearer credential and is left alone.
+    """
+    values = view.header_values("authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest("more than one Authorization header", reason="duplicate_authorization")
+    value = values[0].strip(" \t")
+    if not value:
+        raise InvalidRequest("empty Authorization header", reason="empty_authorization")
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = rest.lstrip(" ")
+    if not token:
+        raise InvalidRequest("the Bearer credential is empty", reason="empty_token")
+    if len(token) > max_bytes:
+        raise InvalidToken("the token is too large", reason="token_too_large")
+    if _TOKEN68.fullmatch(token) is None:
+        raise InvalidRequest("malformed Authorization header", reason="malformed_authorization")
+    if _has_query_token(view.query_string):
+        raise InvalidRequest("more than one credential method", reason="multiple_methods")
+    return token
+
+
+def with_identity_headers(
+    headers: Iterable[tuple[AnyStr, AnyStr]], authenticated: bool, sample: AnyStr
+) -> list[tuple[AnyStr, AnyStr]]:
+    """Response headers plus `Vary: Cookie, Authorization`, and `Cache-Control: no-store` when a caller was
+    identified (P31). Works on ASGI (bytes) and WSGI (str) headers alike; `sample` is ``b""`` or ``""``.
+    """
+
+    def cast(text: str) -> AnyStr:
+        return text.encode("latin-1") if isinstance(sample, bytes) else text
+
+    vary_name, cache_name, comma = cast("vary"), cast("cache-control"), cast(",")
+    out: list[tuple[AnyStr, AnyStr]] = []
+    vary: list[AnyStr] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == vary_name:
+            vary.append(value)
+        elif lowered == cache_name and authenticated:
+            continue  # an identified response must never be stored by a shared cache
+        else:
+            out.append((name, value))
+    present = {v.strip().lower() for value in vary for v in value.split(comma)}
+    if cast("*") in present:
+        out.append((vary_name, cast("*")))
+    else:
+        values: list[AnyStr] = list(vary)
+        values.extend(cast(v) for v in ("Cookie", "Authorization") if cast(v.lower()) not in present)
+        out.append((vary_name, cast(", ").join(values)))
+    if authenticated:
+        out.append((cache_name, cast("no-store")))
+    return out
+
+
+#: a shell-independent way to build views in tests and adapters
+ViewFactory = Callable[[Mapping[str, Any]], RequestView]

@@ -1,0 +1,361 @@
+"""Bearer JWT verification: PyJWT's algorithm objects for the signature, authmw's own checks for the rest.
+
+The verifier parses a token once: strict JWS compact syntax (P11), canonical base64url, one UTF-8 JSON
+object without duplicate members (P12), a header allow-list (`alg` exact, `typ`, no `crit`/`b64`/`zip`/
+nested `cty`, P2/P9/P10), a key chosen only by `kid` from configuration (P4), the signature, and then
+the claims (P5-P9). Verified tokens are cached by their exact string until `exp`, never longer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from authmw.errors import ConfigurationError, InvalidToken, ServiceUnavailable
+from authmw.keys import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS, KeySet
+from authmw.principal import Principal
+
+__all__ = ["JWTSettings", "JWTVerifier", "PrincipalFactory"]
+
+log = logging.getLogger("authmw")
+
+PrincipalFactory = Callable[[Mapping[str, Any]], Principal]
+
+MAX_LEEWAY = 120.0
+_CLAIMS_KNOWN = frozenset({"exp", "iat", "nbf", "sub", "iss", "aud", "jti"})
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_B64_VALUES = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NOT_ACCESS_TOKEN_CLAIMS = ("events", "nonce", "at_hash", "c_hash")  # SETs and ID tokens (P9)
+_MAX_DEPTH = 16
+
+
+@dataclass(slots=True)
+class JWTSettings:
+    """How bearer JWTs are verified. Only `algorithms` and `keys` are required.
+
+    `keys` is a `KeySet` or anything `KeySet.from_key` accepts (an HMAC secret, PEM, a key object, a JWK).
+    """
+
+    algorithms: Sequence[str]
+    keys: Any
+    issuer: str | Sequence[str] | None = None
+    audience: str | Sequence[str] | None = None
+    leeway: float = 30.0
+    #: longest accepted `exp - iat` (P8)
+    max_lifetime: float = 24 * 3600.0
+    #: claims that must be present; `iss`/`aud` are added when an issuer/audience is configured
+    required_claims: Sequence[str] = ("exp", "iat", "sub")
+    #: accepted `typ` header values (absent is always accepted); compared case-insensitively (RFC 7515 §4.1.9)
+    allowed_types: Sequence[str] = ("JWT", "at+jwt")
+    max_token_bytes: int = 8192
+    cache_size: int = 10_000
+    #: claims → Principal hook; the default reads `sub`, the scopes, `jti`, `iss`, `iat`, `auth_time`, `exp`
+    to_principal: PrincipalFactory | None = None
+    #: key for the tokens the app mints itself (issuer side); with HS* it defaults to `keys`
+    signing_key: Any = None
+    #: lifetime in seconds of the access tokens the app mints
+    access_token_ttl: float = 300.0
+    keyset: KeySet = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        algorithms = list(self.algorithms)
+        if not algorithms:
+            raise ConfigurationError("JWTSettings.algorithms must name at least one algorithm")
+        for name in algorithms:
+            if name not in SUPPORTED_ALGORITHMS:
+                raise ConfigurationError(
+                    f"unsupported JWT algorithm {name!r}; choose from {sorted(SUPPORTED_ALGORITHMS)}"
+                )
+        chosen = frozenset(algorithms)
+        if chosen & HMAC_ALGORITHMS and chosen & ASYMMETRIC_ALGORITHMS:
+            raise ConfigurationError("HMAC (HS*) and asymmetric algorithms must not be mixed (RFC 8725 §3.1)")
+        self.algorithms = tuple(algorithms)
+        if not 0 <= self.leeway <= MAX_LEEWAY:
+            raise ConfigurationError(f"leeway must be between 0 and {MAX_LEEWAY:g} seconds")
+        if self.max_lifetime <= 0:
+            raise ConfigurationError("max_lifetime must be positive")
+        if self.max_token_bytes <= 0 or self.cache_size < 0:
+            raise ConfigurationError("max_token_bytes must be positive and cache_size not negative")
+        keyset = self.keys if isinstance(self.keys, KeySet) else KeySet.from_key(self.keys)
+        for key in keyset.keys:
+            if not key.algorithms & chosen:
+                kind = "an HMAC secret" if key.is_hmac else "an asymmetric key"
+                raise ConfigurationError(
+                    f"key {key.kid or '(no kid)'} is {kind} usable with {sorted(key.algorithms)}, "
+                    f"none of which is in the configured algorithms {sorted(chosen)}"
+                )
+        self.keyset = keyset
+        if self.issuer is None or self.audience is None:
+            missing = [n for n, v in (("issuer", self.issuer), ("audience", self.audience)) if v is None]
+            log.info("authmw: JWT %s not configured; tokens are not checked for them", " and ".join(missing))
+
+
+def _names(value: str | Sequence[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset((value,)) if isinstance(value, str) else frozenset(value)
+
+
+def _b64url_decode(segment: str) -> bytes:
+    """Strict base64url: no padding (already excluded by the syntax check) and canonical trailing bits."""
+    remainder = len(segment) % 4
+    if remainder == 1:
+        raise InvalidToken("malformed token encoding", reason="bad_base64")
+    if remainder:
+        unused_bits_mask = 0x0F if remainder == 2 else 0x03
+        if _B64_VALUES[segment[-1]] & unused_bits_mask:
+            raise InvalidToken("malformed token encoding", reason="bad_base64")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("malformed token encoding", reason="bad_base64") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any, limit: int) -> bool:
+    if limit < 0:
+        return False
+    if isinstance(value, dict):
+        return all(_depth(v, limit - 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_depth(v, limit - 1) for v in value)
+    return True
+
+
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    """One JSON object: UTF-8 without BOM, no duplicate members, no NaN/Infinity, bounded depth (P12)."""
+    raw = _b64url_decode(segment)
+    try:
+        text = raw.decode("utf-8")
+        if text.startswith("\ufeff"):
+            raise ValueError("byte order mark")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidToken(f"the token {what} is not a valid JSON object", reason=f"bad_{what}") from None
+    if not isinstance(value, dict):
+        raise InvalidToken(f"the token {what} is not a JSON object", reason=f"bad_{what}")
+    if ("{" in text[1:] or "[" in text) and not _depth(value, _MAX_DEPTH):
+        raise InvalidToken(f"the token {what} is nested too deeply", reason=f"bad_{what}")
+    return value
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
+    if name not in claims:
+        if required:
+            raise InvalidToken(f'the token has no "{name}" claim', reason=f"missing_{name}")
+        return None
+    value = claims[name]
+    # NumericDate is a JSON number (RFC 7519 §2): no strings, booleans, or overflowed floats.
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise InvalidToken(f'the "{name}" claim is not a NumericDate', reason=f"bad_{name}")
+    return float(value)
+
+
+def _string_list(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise InvalidToken(f'the "{name}" claim is malformed', reason=f"bad_{name}")
+
+
+def scopes_from_claims(claims: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from `scope` (space-separated, RFC 9068/8693), `scp` (string or list) or `scopes` (list)."""
+    scopes: set[str] = set()
+    for name in ("scope", "scp", "scopes"):
+        if name in claims:
+            scopes.update(_string_list(claims[name], name))
+    return frozenset(scopes)
+
+
+def default_principal(claims: Mapping[str, Any]) -> Principal:
+    iat = claims.get("iat")
+    auth_time = claims.get("auth_time", iat)
+    if auth_time is not None and (type(auth_time) not in (int, float) or not math.isfinite(auth_time)):
+        raise InvalidToken('the "auth_time" claim is not a NumericDate', reason="bad_auth_time")
+    return Principal(
+        id=claims["sub"],
+        source="jwt",
+        scopes=scopes_from_claims(claims),
+        claims=MappingProxyType(claims),
+        token_id=claims.get("jti"),
+        issuer=claims.get("iss"),
+        issued_at=iat,
+        auth_time=auth_time,
+        expires_at=claims.get("exp"),
+    )
+
+
+class JWTVerifier:
+    """Verifies bearer JWTs per `JWTSettings`; thread- and asyncio-safe (no awaits, GIL-atomic dict ops)."""
+
+    def __init__(self, settings: JWTSettings) -> None:
+        self.settings = settings
+        self.keyset = settings.keyset
+        self._algorithms = frozenset(settings.algorithms)
+        self._issuers = _names(settings.issuer)
+        self._audiences = _names(settings.audience)
+        required = set(settings.required_claims)
+        unknown = required - _CLAIMS_KNOWN
+        if unknown:
+            raise ConfigurationError(f"unknown required claims {sorted(unknown)}")
+        if self._issuers is not None:
+            required.add("iss")
+        if self._audiences is not None:
+            required.add("aud")
+        self._required = frozenset(required)
+        self._types = frozenset(t.lower() for t in settings.allowed_types)
+        self._types |= {"application/" + t for t in self._types}
+        self._leeway = settings.leeway
+        self._max_lifetime = settings.max_lifetime
+        self._max_bytes = settings.max_token_bytes
+        self._to_principal = settings.to_principal or default_principal
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache_size = settings.cache_size
+        self._cache_version = self.keyset.version
+
+    def verify(self, token: str, now: float | None = None) -> Principal:
+        """The principal for `token`, or `InvalidToken`/`ServiceUnavailable`. Never anything else (P1)."""
+        if now is None:
+            now = time.time()
+        if self._cache_version != self.keyset.version:
+            # Keys changed: a cached verdict may rest on a key that is gone.
+            self._cache.clear()
+            self._cache_version = self.keyset.version
+        hit = self._cache.get(token)
+        if hit is not None:
+            if now < hit[1]:
+                return hit[0]
+            self._cache.pop(token, None)
+        try:
+            principal, expires = self._verify(token, now)
+        except (InvalidToken, ServiceUnavailable):
+            raise
+        except Exception as exc:
+            # P1: whatever goes wrong inside parsing or crypto is a bad token, never a 500.
+            log.debug("authmw: unexpected %s while verifying a token", type(exc).__name__)
+            raise InvalidToken("the token could not be verified", reason="verification_error") from None
+        if expires is not None and self._cache_size:
+            if len(self._cache) >= self._cache_size:
+                self._evict()
+            self._cache[token] = (principal, expires)
+        return principal
+
+    def _evict(self) -> None:
+        # Drop the oldest quarter: insertion order approximates age; cheap and bounded.
+        for key in list(self._cache)[: max(1, self._cache_size // 4)]:
+            self._cache.pop(key, None)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _verify(self, token: str, now: float) -> tuple[Principal, float | None]:
+        if len(token) > self._max_bytes:
+            raise InvalidToken("the token is too large", reason="token_too_large")
+        if _COMPACT_JWS.fullmatch(token) is None:
+            if token.count(".") == 4:
+                raise InvalidToken("encrypted tokens (JWE) are not accepted", reason="jwe")
+            raise InvalidToken("the token is not a compact JWS", reason="malformed")
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        header = _json_object(header_b64, "header")
+        algorithm = header.get("alg")
+        if type(algorithm) is not str or algorithm not in self._algorithms:
+            raise InvalidToken("the token's algorithm is not allowed", reason="alg_not_allowed")
+        self._check_header(header)
+        kid = header.get("kid")
+        if kid is not None and type(kid) is not str:
+            raise InvalidToken("the token's kid is not a string", reason="bad_kid")
+        key = self.keyset.select(kid)
+        if algorithm not in key.algorithms:
+            raise InvalidToken("the token's algorithm does not match its key", reason="alg_key_mismatch")
+        signature = _b64url_decode(signature_b64)
+        signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+        if not key.verify(algorithm, signing_input, signature):
+            raise InvalidToken("the token signature is invalid", reason="bad_signature")
+        claims = _json_object(payload_b64, "payload")
+        expires = self._check_claims(claims, now)
+        principal = self._to_principal(claims)
+        return principal, expires
+
+    def _check_header(self, header: Mapping[str, Any]) -> None:
+        if "crit" in header or "b64" in header:
+            raise InvalidToken("the token uses unsupported critical extensions", reason="crit")
+        if "zip" in header or "enc" in header:
+            raise InvalidToken("compressed or encrypted tokens are not accepted", reason="zip")
+        cty = header.get("cty")
+        if cty is not None and (type(cty) is not str or cty.lower() in ("jwt", "application/jwt")):
+            raise InvalidToken("nested tokens are not accepted", reason="nested")
+        typ = header.get("typ")
+        if typ is not None and (type(typ) is not str or typ.lower() not in self._types):
+            raise InvalidToken("the token type is not an access token", reason="bad_typ")
+
+    def _check_claims(self, claims: Mapping[str, Any], now: float) -> float | None:
+        required = self._required
+        leeway = self._leeway
+        exp = _numeric_date(claims, "exp", "exp" in required)
+        iat = _numeric_date(claims, "iat", "iat" in required)
+        nbf = _numeric_date(claims, "nbf", "nbf" in required)
+        if exp is not None and now >= exp + leeway:
+            raise InvalidToken("the token has expired", reason="expired")
+        if iat is not None and iat > now + leeway:
+            raise InvalidToken("the token was issued in the future", reason="iat_future")
+        if nbf is not None and nbf > now + leeway:
+            raise InvalidToken("the token is not valid yet", reason="nbf_future")
+        if exp is not None and (exp - (iat if iat is not None else now)) > self._max_lifetime:
+            raise InvalidToken("the token lifetime exceeds the allowed maximum", reason="lifetime")
+        if "sub" in claims or "sub" in required:
+            sub = claims.get("sub")
+            if type(sub) is not str or not sub or _CONTROL.search(sub):
+                raise InvalidToken('the "sub" claim is missing or invalid', reason="bad_sub")
+        self._check_issuer_audience(claims)
+        if "jti" in claims or "jti" in required:
+            jti = claims.get("jti")
+            if type(jti) is not str or not jti:
+                raise InvalidToken('the "jti" claim is missing or invalid', reason="bad_jti")
+        token_use = claims.get("token_use", claims.get("token_type", "access"))
+        if token_use not in ("access", "access_token") or any(c in claims for c in _NOT_ACCESS_TOKEN_CLAIMS):
+            raise InvalidToken("the token is not an access token", reason="not_access_token")
+        # The verified-token cache may serve this token until `exp` (not past it, whatever the leeway).
+        return exp
+
+    def _check_issuer_audience(self, claims: Mapping[str, Any]) -> None:
+        # Our own exact comparisons (P6): no substring, prefix or case folding, whatever the library does.
+        if self._issuers is not None:
+            iss = claims.get("iss")
+            if type(iss) is not str or iss not in self._issuers:
+                raise InvalidToken("the token issuer is not accepted", reason="bad_iss")
+        elif "iss" in claims and type(claims["iss"]) is not str:
+            raise InvalidToken('the "iss" claim is malformed', reason="bad_iss")
+        if "aud" not in claims:
+            if self._audiences is not None:
+                raise InvalidToken('the token has no "aud" claim', reason="missing_aud")
+            return
+        aud = claims["aud"]
+        audiences: Iterable[Any] = [aud] if type(aud) is str else aud if type(aud) is list else [None]
+        values = list(audiences)
+        if not values or not all(type(a) is str for a in values):
+            raise InvalidToken('the "aud" claim is malformed', reason="bad_aud")
+        if self._audiences is None:
+            raise InvalidToken("the token is meant for an audience this service does not have", reason="bad_aud")
+        if not any(a in self._audiences for a in values):
+            raise InvalidToken("the token audience is not accepted", reason="bad_aud")
