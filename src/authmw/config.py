@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 from authmw.errors import ConfigurationError, ErrorHook
 from authmw.keys import KeySet
 from authmw.policy import Policy, Route
+from authmw.sessions import SessionSettings
+from authmw.stores import MemoryStore, RedisStore
 from authmw.tokens import JWTSettings
 
 __all__ = ["AuthConfig"]
@@ -27,6 +30,7 @@ class AuthConfig:
     """
 
     jwt: JWTSettings | None = None
+    sessions: SessionSettings | None = None
     routes: Sequence[Route] = ()
     default: Policy = field(default_factory=Policy.optional)
     #: the realm named in `WWW-Authenticate` challenges
@@ -39,16 +43,26 @@ class AuthConfig:
         """Build from plain data (e.g. parsed TOML/JSON)::
 
         {"jwt": {"algorithms": ["RS256"], "jwks": "https://...", "issuer": "...", "audience": "..."},
+         "sessions": {"secret_keys": ["..."], "redis_url": "redis://127.0.0.1:6379/0", "idle_timeout": 1800},
          "routes": [{"path": "/api/{rest:path}", "policy": "jwt", "scopes": ["items:read"], "methods": ["GET"]}],
          "default": "optional", "realm": "my-app"}
         """
-        known = {"jwt", "routes", "default", "realm"}
+        known = {"jwt", "sessions", "routes", "default", "realm"}
         unknown = set(data) - known
         if unknown:
             raise ConfigurationError(f"unknown configuration keys: {sorted(unknown)}")
         kwargs: dict[str, Any] = {}
         if data.get("jwt") is not None:
             kwargs["jwt"] = _jwt_from_mapping(data["jwt"])
+        if data.get("sessions") is not None:
+            options = dict(data["sessions"])
+            redis_url = options.pop("redis_url", None)
+            if redis_url:
+                options["store"] = RedisStore.from_url(redis_url)
+            try:
+                kwargs["sessions"] = SessionSettings(**options)
+            except TypeError as exc:
+                raise ConfigurationError(f"invalid sessions settings: {exc}") from None
         routes = []
         for entry in data.get("routes", ()):
             policy = Policy.parse(entry.get("policy", "required"), entry.get("scopes", ()))
@@ -69,10 +83,14 @@ class AuthConfig:
         enables bearer JWTs; `AUTHMW_JWT_ALGORITHMS` defaults to what the key's type allows (HS256 for a
         secret). `AUTHMW_JWT_ISSUER`, `AUTHMW_JWT_AUDIENCE`, `AUTHMW_JWT_LEEWAY`, `AUTHMW_JWT_MAX_LIFETIME`,
         `AUTHMW_JWT_SIGNING_KEY` and `AUTHMW_ACCESS_TOKEN_TTL` refine it.
+
+        Sessions are always on: `AUTHMW_SECRET_KEYS` (unset: a random key, with a warning),
+        `AUTHMW_REDIS_URL` (unset: the in-memory store), `AUTHMW_COOKIE_SECURE`,
+        `AUTHMW_SESSION_IDLE_TIMEOUT`, `AUTHMW_SESSION_ABSOLUTE_TIMEOUT`, `AUTHMW_TRUSTED_ORIGINS`,
+        `AUTHMW_LOGIN_URL`.
         """
         env = os.environ if environ is None else environ
-        jwt_settings = _jwt_from_env(env)
-        kwargs: dict[str, Any] = {"jwt": jwt_settings}
+        kwargs: dict[str, Any] = {"jwt": _jwt_from_env(env), "sessions": _sessions_from_env(env)}
         if env.get("AUTHMW_REALM"):
             kwargs["realm"] = env["AUTHMW_REALM"]
         kwargs.update(overrides)
@@ -160,6 +178,29 @@ def _jwt_from_env(env: Mapping[str, str]) -> JWTSettings | None:
         max_lifetime=_number(env, "AUTHMW_JWT_MAX_LIFETIME", 24 * 3600.0),
         signing_key=_key_material(signing) if signing else None,
         access_token_ttl=_number(env, "AUTHMW_ACCESS_TOKEN_TTL", 300.0),
+    )
+
+
+def _sessions_from_env(env: Mapping[str, str]) -> SessionSettings:
+    keys = _split(env.get("AUTHMW_SECRET_KEYS"))
+    if not keys:
+        log.warning(
+            "authmw: AUTHMW_SECRET_KEYS is not set; using a random key, so sessions end when the process "
+            "restarts and are not shared between processes"
+        )
+        keys = [secrets.token_urlsafe(48)]
+    redis_url = env.get("AUTHMW_REDIS_URL") or None
+    secure = env.get("AUTHMW_COOKIE_SECURE", "1").strip().lower() not in ("0", "false", "no", "off")
+    idle = _number(env, "AUTHMW_SESSION_IDLE_TIMEOUT", 1800.0)
+    return SessionSettings(
+        secret_keys=keys,
+        store=RedisStore.from_url(redis_url) if redis_url else MemoryStore(),
+        idle_timeout=idle,
+        absolute_timeout=_number(env, "AUTHMW_SESSION_ABSOLUTE_TIMEOUT", 8 * 3600.0),
+        touch_interval=_number(env, "AUTHMW_SESSION_TOUCH_INTERVAL", min(60.0, idle / 4)),
+        cookie_secure=secure,
+        trusted_origins=_split(env.get("AUTHMW_TRUSTED_ORIGINS")),
+        login_url=env.get("AUTHMW_LOGIN_URL") or None,
     )
 
 

@@ -1,18 +1,16 @@
 """The sans-IO heart of authmw: policy → credentials → principal → decision, for any shell.
 
-`Authenticator.flow` is a generator. It yields an *effect* (a blocking callable such as a key-set
-refresh) whenever it needs I/O, and returns the principal (or None) or raises an `AuthError`. The WSGI
-shell runs effects inline, the ASGI shell off the event loop; the logic exists once.
+`Authenticator.flow` is a flow (see `authmw.flows`): it yields effects when it needs I/O (a key-set
+refresh, a session-store lookup) and returns the principal (or None), or raises an `AuthError`. The WSGI
+shell runs it with `run_sync`, the ASGI shell with `run_async`; the logic exists once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Generator
+import time
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from urllib.parse import quote
 
 from authmw.config import AuthConfig
 from authmw.errors import (
@@ -21,21 +19,20 @@ from authmw.errors import (
     InsufficientScope,
     InvalidToken,
     MissingCredentials,
+    StepUpRequired,
     render_error,
 )
+from authmw.flows import Blocking, Flow, run_async, run_sync
 from authmw.keys import UnknownKeyId
 from authmw.policy import Policy, RouteTable
 from authmw.principal import Principal
 from authmw.request import RequestView, bearer_token
+from authmw.sessions import SessionManager, SessionState
 from authmw.tokens import JWTVerifier
 
-__all__ = ["AuthState", "Authenticator", "Effect", "Flow", "run_async", "run_sync"]
+__all__ = ["AuthState", "Authenticator", "run_async", "run_sync"]
 
 log = logging.getLogger("authmw")
-
-Effect = Callable[[], Any]
-T = TypeVar("T")
-Flow = Generator[Effect, Any, T]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,28 +43,6 @@ class AuthState:
     principal: Principal | None
 
 
-def run_sync(flow: Flow[T]) -> T:
-    """Drive a flow in a synchronous (WSGI) world: effects run inline."""
-    try:
-        effect = flow.send(None)
-        while True:
-            effect = flow.send(effect())
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-
-
-async def run_async(flow: Flow[T]) -> T:
-    """Drive a flow on an event loop: blocking effects run in a worker thread."""
-    try:
-        effect = flow.send(None)
-        while True:
-            effect = flow.send(await asyncio.to_thread(effect))
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-
-
 class Authenticator:
     """Decides, for one request, which principal (if any) is attached or which error is answered."""
 
@@ -75,8 +50,8 @@ class Authenticator:
         self.config = config
         self.table = RouteTable(config.routes, config.default)
         self.verifier = JWTVerifier(config.jwt) if config.jwt is not None else None
+        self.sessions = SessionManager(config.sessions) if config.sessions is not None else None
         self._max_token_bytes = config.jwt.max_token_bytes if config.jwt is not None else 8192
-        self.sessions_enabled = False
 
     def policy_for(self, view: RequestView) -> Policy:
         return self.table.match(view.method, view.path)
@@ -86,13 +61,21 @@ class Authenticator:
         # Browsers never send credentials on a preflight; refusing it would break CORS for every route.
         return view.method == "OPTIONS" and bool(view.header_values("access-control-request-method"))
 
-    def flow(self, view: RequestView, policy: Policy) -> Flow[Principal | None]:
-        """Resolve and check the caller for a non-public `policy`."""
+    def flow(self, view: RequestView, policy: Policy, session: SessionState | None = None) -> Flow[Principal | None]:
+        """Resolve and check the caller for a non-public `policy`.
+
+        A bearer token, when the route accepts one and it is present, is the credential used; an invalid
+        one is refused, never replaced by the session cookie or by anonymity (P26).
+        """
         principal: Principal | None = None
         if "jwt" in policy.accept:
             token = bearer_token(view, max_bytes=self._max_token_bytes)
             if token is not None:
                 principal = yield from self._verify_jwt(token)
+        if principal is None and session is not None and "session" in policy.accept:
+            principal = yield from session.manager.resolve(session)
+            if principal is not None and policy.csrf:
+                session.manager.check_cross_site(session, websocket=view.is_websocket)
         self.decide(policy, principal)
         return principal
 
@@ -102,12 +85,12 @@ class Authenticator:
             raise InvalidToken("bearer tokens are not accepted by this service", reason="jwt_disabled")
         keyset = verifier.keyset
         if keyset.refresh_due():
-            yield keyset.ensure_fresh
+            yield Blocking(keyset.ensure_fresh)
         try:
             return verifier.verify(token)
         except UnknownKeyId:
             # The issuer may have rotated keys: look once (rate-limited by the key set), then decide.
-            if not (yield partial(keyset.ensure_fresh, force=True)):
+            if not (yield Blocking(lambda: keyset.ensure_fresh(force=True))):
                 raise
             return verifier.verify(token)
 
@@ -122,24 +105,39 @@ class Authenticator:
             raise InsufficientScope(
                 "the credential lacks a required scope", required=policy.scopes, reason="insufficient_scope"
             )
+        if policy.max_auth_age is not None:
+            auth_time = principal.auth_time
+            if auth_time is None or time.time() - auth_time > policy.max_auth_age:
+                raise StepUpRequired(
+                    "a more recent authentication is required for this route", max_age=policy.max_auth_age
+                )
 
     def error_response(self, error: AuthError, view: RequestView, policy: Policy | None) -> ErrorResponse:
         """The answer for `error`, after the user's `on_error` hook; logs the reason code, never a secret (P28)."""
-        log.info(
-            "authmw: refused %s %s: %s (%d)",
-            view.method,
-            view.path[:200],
-            error.reason,
-            error.status,
-        )
+        log.info("authmw: refused %s %s: %s (%d)", view.method, view.path[:200], error.reason, error.status)
         accept = policy.accept if policy is not None else frozenset(("jwt",))
-        response = render_error(
-            error,
-            realm=self.config.realm,
-            bearer="jwt" in accept,
-            session="session" in accept and self.sessions_enabled,
-        )
+        bearer = "jwt" in accept
+        session = "session" in accept and self.sessions is not None
+        response = self._login_redirect(error, view, bearer, session)
+        if response is None:
+            response = render_error(error, realm=self.config.realm, bearer=bearer, session=session)
         hook = self.config.on_error
         if hook is not None:
             response = hook(error, view, response)
         return response
+
+    def _login_redirect(self, error: AuthError, view: RequestView, bearer: bool, session: bool) -> ErrorResponse | None:
+        """Browsers asking for a session-only page they may not see yet go to the login page (303)."""
+        login_url = self.sessions.settings.login_url if self.sessions is not None else None
+        if (
+            login_url is None
+            or bearer
+            or not session
+            or view.method not in ("GET", "HEAD")
+            or not isinstance(error, MissingCredentials | StepUpRequired)
+            or "text/html" not in (view.header("accept") or "")
+        ):
+            return None
+        separator = "&" if "?" in login_url else "?"
+        location = f"{login_url}{separator}next={quote(view.path, safe='/')}"
+        return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")

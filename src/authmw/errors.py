@@ -26,6 +26,7 @@ __all__ = [
     "InvalidToken",
     "MissingCredentials",
     "ServiceUnavailable",
+    "StepUpRequired",
     "render_error",
 ]
 
@@ -65,6 +66,18 @@ class InvalidToken(AuthError):
     status = 401
     code = "invalid_token"
     title = "Invalid credentials"
+
+
+class StepUpRequired(AuthError):
+    """The caller authenticated too long ago for this route (`max_auth_age`); log in again (RFC 9470)."""
+
+    status = 401
+    code = "insufficient_user_authentication"
+    title = "Recent authentication required"
+
+    def __init__(self, description: str, *, max_age: float, reason: str | None = None) -> None:
+        super().__init__(description, reason=reason or "auth_too_old")
+        self.max_age = int(max_age)
 
 
 class InvalidRequest(AuthError):
@@ -137,6 +150,8 @@ def challenge(scheme: str, realm: str, error: AuthError | None) -> str:
         parts.append(f"error_description={_quoted(error.description)}")
         if isinstance(error, InsufficientScope):
             parts.append(f"scope={_quoted(' '.join(error.required))}")
+        if isinstance(error, StepUpRequired):
+            parts.append(f"max_age={error.max_age}")
     return f"{scheme} " + ", ".join(parts)
 
 
@@ -166,9 +181,10 @@ def render_error(error: AuthError, *, realm: str, bearer: bool = True, session: 
     elif error.status in (400, 401, 403) and not isinstance(error, CSRFError):
         if bearer or not session:
             headers.append(("www-authenticate", challenge("Bearer", realm, error)))
-        if session and isinstance(error, MissingCredentials):
+        if session and error.status == 401 and (not bearer or isinstance(error, MissingCredentials)):
             # No registered scheme exists for cookie sessions; RFC 9110 §11.6.1 still wants a challenge on 401.
-            headers.append(("www-authenticate", challenge("Session", realm, None)))
+            step_up = error if isinstance(error, StepUpRequired) else None
+            headers.append(("www-authenticate", challenge("Session", realm, step_up)))
     payload = json.dumps(body, separators=(",", ":")).encode()
     headers.append(("content-length", str(len(payload))))
     return ErrorResponse(error.status, headers, payload)

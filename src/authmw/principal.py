@@ -35,6 +35,8 @@ class Principal:
     issued_at: float | None = None
     auth_time: float | None = None
     expires_at: float | None = None
+    #: a public name of the session (never the session id itself); None for JWTs
+    session_handle: str | None = None
 
     @property
     def is_authenticated(self) -> bool:

@@ -1,0 +1,572 @@
+"""Server-side sessions: opaque ids in a signed cookie, records in a store, and the session lifecycle.
+
+The cookie carries only a random id signed with itsdangerous (P16, P17): a valid signature merely allows a
+store lookup; the server-side record decides, with idle and absolute timeouts (P19). Login always issues a
+new id (P18), logout deletes the record and clears the cookie (P20). Cross-site checks guard unsafe
+cookie-authenticated requests (P23).
+
+Everything here is sans-IO: lifecycle operations are flows (see `authmw.flows`), so one implementation
+serves `SessionHandle` (WSGI, plain methods) and `AsyncSessionHandle` (ASGI, awaitable methods).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from itsdangerous import BadSignature, Signer, TimestampSigner
+
+from authmw.errors import ConfigurationError, CSRFError
+from authmw.flows import Flow, StoreCall, run_async, run_sync
+from authmw.principal import Principal
+from authmw.request import RequestView
+from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
+
+__all__ = [
+    "AsyncSessionHandle",
+    "SessionHandle",
+    "SessionInfo",
+    "SessionManager",
+    "SessionSettings",
+    "SessionState",
+]
+
+log = logging.getLogger("authmw")
+
+_SID = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_MIN_KEY_BYTES = 32
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    """Server-side sessions. Only `secret_keys` is required; the store defaults to an in-memory one."""
+
+    #: cookie-signing keys: the first signs, all verify (rotate by prepending a new key)
+    secret_keys: Sequence[str | bytes]
+    store: SessionStore = field(default_factory=MemoryStore)
+    idle_timeout: float = 1800.0
+    absolute_timeout: float = 8 * 3600.0
+    #: how often a sliding idle expiry is written back; at most a quarter of the idle timeout
+    touch_interval: float | None = None
+    remember_idle_timeout: float = 7 * 24 * 3600.0
+    remember_absolute_timeout: float = 30 * 24 * 3600.0
+    cookie_secure: bool = True
+    #: default ``__Host-authmw`` when secure, ``authmw_session`` otherwise
+    cookie_name: str | None = None
+    cookie_samesite: Literal["Lax", "Strict"] = "Lax"
+    max_cookie_bytes: int = 4096
+    #: origins (``https://app.example``) besides the request's own that may send unsafe cookie requests
+    trusted_origins: Sequence[str] = ()
+    #: require a signed double-submit token (`X-CSRF-Token` header) on unsafe cookie requests
+    csrf_require_token: bool = False
+    csrf_header: str = "x-csrf-token"
+    #: send browsers that need to log in (or log in again) here with a 303, instead of a 401
+    login_url: str | None = None
+    #: largest data bag saved with a session, in bytes of JSON
+    max_data_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        keys = [k.encode() if isinstance(k, str) else bytes(k) for k in self.secret_keys]
+        if not keys:
+            raise ConfigurationError("SessionSettings.secret_keys needs at least one key")
+        if any(len(k) < _MIN_KEY_BYTES for k in keys):
+            raise ConfigurationError(
+                f"session secret keys must be at least {_MIN_KEY_BYTES} random bytes (P32); "
+                "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        self.secret_keys = keys
+        if self.idle_timeout <= 0 or self.absolute_timeout <= 0:
+            raise ConfigurationError("session timeouts must be positive")
+        limit = self.idle_timeout / 4
+        if self.touch_interval is None:
+            self.touch_interval = min(60.0, limit)
+        elif not 0 <= self.touch_interval <= limit:
+            raise ConfigurationError("touch_interval must be between 0 and a quarter of idle_timeout")
+        if self.cookie_name is None:
+            self.cookie_name = "__Host-authmw" if self.cookie_secure else "authmw_session"
+        if self.cookie_name.startswith("__Host-") and not self.cookie_secure:
+            raise ConfigurationError("a __Host- cookie must be Secure")
+        if self.cookie_samesite not in ("Lax", "Strict"):
+            raise ConfigurationError("cookie_samesite must be 'Lax' or 'Strict'")
+        self.trusted_origins = tuple(_origin_of(o) or o for o in self.trusted_origins)
+        self.csrf_header = self.csrf_header.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One session as shown on a "your devices" page: `handle` identifies it without revealing the id."""
+
+    handle: str
+    user_id: str
+    created: float
+    last_seen: float
+    expires: float
+    user_agent: str
+    ip: str
+    current: bool
+
+
+def session_handle(sid: str) -> str:
+    """A public, non-secret name for a session (the id itself is a bearer secret and never shown)."""
+    return hashlib.sha256(b"authmw.handle:" + sid.encode()).hexdigest()[:16]
+
+
+def _origin_of(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+            return None
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        port = parts.port
+    except ValueError:
+        return None
+    default = 443 if scheme == "https" else 80
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+class SessionState:
+    """Per-request session state: what was loaded, what the response must do to the cookie."""
+
+    __slots__ = (
+        "_cookie_read",
+        "_data_snapshot",
+        "_sid",
+        "bad_cookie",
+        "clear_cookie",
+        "manager",
+        "record",
+        "set_cookie",
+        "view",
+    )
+
+    def __init__(self, manager: SessionManager, view: RequestView) -> None:
+        self.manager = manager
+        self.view = view
+        self.record: SessionRecord | None = None
+        self.bad_cookie = False
+        self.set_cookie: str | None = None
+        self.clear_cookie = False
+        self._cookie_read = False
+        self._sid: str | None = None
+        self._data_snapshot: str | None = None
+
+    def cookie_sid(self) -> str | None:
+        """The session id from a correctly signed cookie, or None (`bad_cookie` says if one was rejected)."""
+        if not self._cookie_read:
+            self._cookie_read = True
+            self._sid = self.manager.read_cookie(self)
+        return self._sid
+
+    def response_cookies(self) -> list[str]:
+        """`Set-Cookie` values this response must carry."""
+        if self.set_cookie is not None:
+            return [self.set_cookie]
+        if self.clear_cookie or self.bad_cookie:
+            return [self.manager.clearing_cookie()]
+        return []
+
+    def data_changed(self) -> bool:
+        if self._data_snapshot is None or self.record is None:
+            return False
+        return _dump(self.record.data) != self._data_snapshot
+
+    def watch_data(self) -> dict[str, Any]:
+        if self.record is None:
+            raise LookupError("no session: log in first")
+        if self._data_snapshot is None:
+            self._data_snapshot = _dump(self.record.data)
+        return self.record.data
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+class SessionManager:
+    """The session lifecycle, framework-free. One per middleware; thread- and asyncio-safe."""
+
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self.store = settings.store
+        keys = [k.encode() if isinstance(k, str) else bytes(k) for k in settings.secret_keys]
+        # itsdangerous signs with the *last* key of its list; ours signs with the first (P17: salt, SHA-256).
+        self._signer = TimestampSigner(list(reversed(keys)), salt="authmw.session", digest_method=hashlib.sha256)
+        self._csrf_signer = Signer(list(reversed(keys)), salt="authmw.csrf", digest_method=hashlib.sha256)
+        self.cookie_name: str = settings.cookie_name or "authmw_session"
+        self._cookie_prefix = self.cookie_name + "="
+        self._max_cookie = settings.max_cookie_bytes
+        self._max_age = max(settings.absolute_timeout, settings.remember_absolute_timeout)
+        assert settings.touch_interval is not None
+        self.touch_interval: float = settings.touch_interval
+        attributes = ["Path=/", "HttpOnly", f"SameSite={settings.cookie_samesite}"]
+        if settings.cookie_secure:
+            attributes.append("Secure")
+        self._attributes = "; ".join(attributes)
+
+    # ---- cookies ----
+
+    def read_cookie(self, state: SessionState) -> str | None:
+        values = state.view.header_values("cookie")
+        if not values:
+            return None
+        name = self.cookie_name
+        found: list[str] = []
+        for header in values:
+            if name not in header:
+                continue
+            for pair in header.split(";"):
+                key, sep, value = pair.strip().partition("=")
+                if sep and key == name:
+                    found.append(value)
+        if not found:
+            return None
+        # P22: a duplicate (tossed) cookie, an oversized or oddly shaped value: no session, and clear it.
+        value = found[0]
+        if len(found) > 1 or len(value) > self._max_cookie or _COOKIE_VALUE.fullmatch(value) is None:
+            state.bad_cookie = True
+            return None
+        try:
+            sid = self._signer.unsign(value, max_age=int(self._max_age)).decode("ascii")
+        except (BadSignature, UnicodeDecodeError, ValueError, OverflowError):
+            state.bad_cookie = True
+            return None
+        if _SID.fullmatch(sid) is None:
+            state.bad_cookie = True
+            return None
+        return sid
+
+    def cookie_for(self, sid: str, remember: bool) -> str:
+        value = self._signer.sign(sid).decode("ascii")
+        cookie = f"{self.cookie_name}={value}; {self._attributes}"
+        if remember:
+            cookie += f"; Max-Age={int(self.settings.remember_absolute_timeout)}"
+        return cookie
+
+    def clearing_cookie(self) -> str:
+        return f"{self.cookie_name}=; {self._attributes}; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+
+    # ---- resolving the caller ----
+
+    def resolve(self, state: SessionState) -> Flow[Principal | None]:
+        """The principal of the request's session cookie, or None (an invalid cookie is cleared)."""
+        sid = state.cookie_sid()
+        if sid is None:
+            return None
+        record: SessionRecord | None = yield StoreCall(self.store, "load", (sid, self.touch_interval))
+        if record is None or record.absolute_expiry <= time.time():
+            state.bad_cookie = True
+            return None
+        state.record = record
+        return self.principal_of(record)
+
+    @staticmethod
+    def principal_of(record: SessionRecord) -> Principal:
+        return Principal(
+            id=record.user_id,
+            source="session",
+            scopes=frozenset(record.scopes),
+            auth_time=record.auth_time,
+            issued_at=record.created,
+            expires_at=record.absolute_expiry,
+            session_handle=session_handle(record.sid),
+        )
+
+    # ---- CSRF (P23) ----
+
+    def csrf_token(self, sid: str) -> str:
+        """A signed double-submit token bound to the session id (send it back in the CSRF header)."""
+        return self._csrf_signer.get_signature(sid.encode()).decode("ascii")
+
+    def check_cross_site(self, state: SessionState, *, websocket: bool = False) -> None:
+        """Refuse an unsafe cookie-authenticated request that a browser says came from another site."""
+        view = state.view
+        reason = cross_site_reason(view, self.settings.trusted_origins, websocket=websocket)
+        if reason is not None:
+            raise CSRFError(reason, reason="csrf_" + reason.split()[0].lower().replace("-", "_"))
+        if self.settings.csrf_require_token and not websocket:
+            presented = view.header(self.settings.csrf_header)
+            record = state.record
+            expected = self.csrf_token(record.sid) if record is not None else ""
+            if not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
+                raise CSRFError("missing or invalid CSRF token", reason="csrf_token")
+
+    # ---- lifecycle flows (run by SessionHandle / AsyncSessionHandle) ----
+
+    def _new_record(
+        self, state: SessionState, user_id: str, scopes: Iterable[str], remember: bool, auth_time: float | None
+    ) -> SessionRecord:
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("a session needs a non-empty user id")
+        now = time.time()
+        settings = self.settings
+        idle = settings.remember_idle_timeout if remember else settings.idle_timeout
+        absolute = settings.remember_absolute_timeout if remember else settings.absolute_timeout
+        view = state.view
+        return SessionRecord(
+            sid=f"{user_tag(user_id)}.{secrets.token_urlsafe(32)}",
+            user_id=user_id,
+            scopes=tuple(sorted(set(scopes))),
+            created=now,
+            auth_time=now if auth_time is None else auth_time,
+            absolute_expiry=now + absolute,
+            idle_timeout=idle,
+            last_seen=now,
+            user_agent=(view.header("user-agent") or "")[:256],
+            ip=view.client or "",
+            remember=remember,
+        )
+
+    def login(
+        self,
+        state: SessionState,
+        user_id: str,
+        scopes: Iterable[str] = (),
+        *,
+        remember: bool = False,
+        data: dict[str, Any] | None = None,
+    ) -> Flow[Principal]:
+        """Start a new session (always a new id: fixation defence) and drop the one the cookie named."""
+        old = state.record
+        if old is None and (old_sid := state.cookie_sid()) is not None:
+            old = yield StoreCall(self.store, "load", (old_sid, self.touch_interval))
+        if old is not None:
+            yield StoreCall(self.store, "delete", (old.sid, old.user_id))
+        record = self._new_record(state, user_id, scopes, remember, None)
+        if data:
+            record.data = dict(data)
+        yield StoreCall(self.store, "create", (record,))
+        state.record = record
+        state._data_snapshot = None
+        state.set_cookie = self.cookie_for(record.sid, remember)
+        log.info("authmw: login user_hash=%s session=%s", _hash(user_id), session_handle(record.sid))
+        return self.principal_of(record)
+
+    def rotate(self, state: SessionState, scopes: Iterable[str] | None = None) -> Flow[Principal]:
+        """New id for the current session (on a privilege change), optionally with new scopes; atomic."""
+        old = state.record
+        if old is None:
+            raise LookupError("no session to rotate")
+        record = self._new_record(
+            state, old.user_id, old.scopes if scopes is None else scopes, old.remember, old.auth_time
+        )
+        record.created = old.created
+        record.absolute_expiry = old.absolute_expiry
+        record.data = old.data
+        if not (yield StoreCall(self.store, "rotate", (old.sid, record))):
+            # Logged out meanwhile: never resurrect (P18/P20).
+            state.record = None
+            state.clear_cookie = True
+            raise LookupError("the session ended before it could be rotated")
+        state.record = record
+        state.set_cookie = self.cookie_for(record.sid, record.remember)
+        return self.principal_of(record)
+
+    def logout(self, state: SessionState) -> Flow[bool]:
+        """Delete this session's record and clear the cookie (P20)."""
+        record = state.record
+        if record is None and (sid := state.cookie_sid()) is not None:
+            record = yield StoreCall(self.store, "load", (sid, self.touch_interval))
+        deleted = False
+        if record is not None:
+            deleted = bool((yield StoreCall(self.store, "delete", (record.sid, record.user_id))))
+            log.info("authmw: logout session=%s", session_handle(record.sid))
+        state.record = None
+        state.set_cookie = None
+        state.clear_cookie = True
+        return deleted
+
+    def logout_everywhere(self, state: SessionState, user_id: str | None = None) -> Flow[int]:
+        """Delete every session of the user (the current one's by default) and clear this cookie."""
+        if user_id is None:
+            if state.record is None:
+                raise LookupError("no session: name the user")
+            user_id = state.record.user_id
+        count: int = yield StoreCall(self.store, "delete_user", (user_id,))
+        if state.record is not None and state.record.user_id == user_id:
+            state.record = None
+            state.set_cookie = None
+            state.clear_cookie = True
+        log.info("authmw: logout everywhere user_hash=%s sessions=%d", _hash(user_id), count)
+        return count
+
+    def list_sessions(self, state: SessionState | None, user_id: str) -> Flow[list[SessionInfo]]:
+        records: list[SessionRecord] = yield StoreCall(self.store, "list_user", (user_id,))
+        current = state.record.sid if state is not None and state.record is not None else None
+        infos = [
+            SessionInfo(
+                handle=session_handle(r.sid),
+                user_id=r.user_id,
+                created=r.created,
+                last_seen=r.last_seen,
+                expires=r.absolute_expiry,
+                user_agent=r.user_agent,
+                ip=r.ip,
+                current=r.sid == current,
+            )
+            for r in records
+        ]
+        return sorted(infos, key=lambda info: info.created)
+
+    def revoke_session(self, state: SessionState | None, user_id: str, handle: str) -> Flow[bool]:
+        """Delete the session of `user_id` named by `handle` (from `list_sessions`)."""
+        records: list[SessionRecord] = yield StoreCall(self.store, "list_user", (user_id,))
+        for record in records:
+            if hmac.compare_digest(session_handle(record.sid), handle):
+                deleted = bool((yield StoreCall(self.store, "delete", (record.sid, record.user_id))))
+                if state is not None and state.record is not None and state.record.sid == record.sid:
+                    state.record = None
+                    state.clear_cookie = True
+                return deleted
+        return False
+
+    def save_data(self, state: SessionState) -> Flow[bool]:
+        """Write the data bag back if it changed (only while the session exists: no resurrection)."""
+        record = state.record
+        if record is None or not state.data_changed():
+            return False
+        if len(_dump(record.data)) > self.settings.max_data_bytes:
+            log.warning("authmw: session data over %d bytes not saved", self.settings.max_data_bytes)
+            return False
+        saved = bool((yield StoreCall(self.store, "save", (record,))))
+        state._data_snapshot = _dump(record.data)
+        return saved
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(b"authmw.log:" + value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def request_origin(view: RequestView) -> str | None:
+    host = view.header("host")
+    if not host:
+        return None
+    scheme = "https" if view.scheme in ("https", "wss") else "http"
+    return _origin_of(f"{scheme}://{host}")
+
+
+def cross_site_reason(view: RequestView, trusted: Sequence[str] = (), *, websocket: bool = False) -> str | None:
+    """Why a request must be refused as cross-site, or None. Unsafe methods only (and websocket handshakes).
+
+    Fetch Metadata first (`Sec-Fetch-Site`), then `Origin`, then `Referer`; requests with none of these
+    come from non-browser clients and pass (CSRF needs a browser's ambient cookies).
+    """
+    if view.method in _SAFE_METHODS and not websocket:
+        return None
+    site = view.header_values("sec-fetch-site")
+    if site and site[0].strip().lower() in ("cross-site", "same-site"):
+        return "Sec-Fetch-Site says the request is cross-site"
+    origin = view.header_values("origin")
+    own = request_origin(view)
+    if origin:
+        value = origin[0].strip()
+        normalized = _origin_of(value) if value != "null" else None
+        if normalized is None or (normalized != own and normalized not in trusted):
+            return "Origin is not this site"
+        return None
+    if websocket:
+        return None
+    referer = view.header_values("referer")
+    if referer and not site:
+        normalized = _origin_of(referer[0].strip())
+        if normalized is None or (normalized != own and normalized not in trusted):
+            return "Referer is not this site"
+    return None
+
+
+class SessionHandle:
+    """The session of one WSGI request: plain methods (`login`, `logout`, …)."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: SessionState) -> None:
+        self._state = state
+
+    @property
+    def manager(self) -> SessionManager:
+        return self._state.manager
+
+    @property
+    def principal(self) -> Principal | None:
+        record = self._state.record
+        return None if record is None else SessionManager.principal_of(record)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The session's small data bag; saved at the end of the request if it changed."""
+        return self._state.watch_data()
+
+    def cross_site_reason(self) -> str | None:
+        """Why this request looks cross-site (e.g. a login CSRF attempt), or None; see `cross_site_reason`."""
+        return cross_site_reason(self._state.view, self.manager.settings.trusted_origins)
+
+    @property
+    def csrf_token(self) -> str | None:
+        record = self._state.record
+        return None if record is None else self.manager.csrf_token(record.sid)
+
+    def login(
+        self, user_id: str, scopes: Iterable[str] = (), *, remember: bool = False, data: dict[str, Any] | None = None
+    ) -> Principal:
+        return run_sync(self.manager.login(self._state, user_id, scopes, remember=remember, data=data))
+
+    def rotate(self, scopes: Iterable[str] | None = None) -> Principal:
+        return run_sync(self.manager.rotate(self._state, scopes))
+
+    def logout(self) -> bool:
+        return run_sync(self.manager.logout(self._state))
+
+    def logout_everywhere(self, user_id: str | None = None) -> int:
+        return run_sync(self.manager.logout_everywhere(self._state, user_id))
+
+    def list_sessions(self, user_id: str | None = None) -> list[SessionInfo]:
+        return run_sync(self.manager.list_sessions(self._state, self._user(user_id)))
+
+    def revoke_session(self, handle: str, user_id: str | None = None) -> bool:
+        return run_sync(self.manager.revoke_session(self._state, self._user(user_id), handle))
+
+    def _user(self, user_id: str | None) -> str:
+        if user_id is not None:
+            return user_id
+        if self._state.record is None:
+            raise LookupError("no session: name the user")
+        return self._state.record.user_id
+
+
+class AsyncSessionHandle(SessionHandle):
+    """The session of one ASGI request: the same operations, awaitable."""
+
+    __slots__ = ()
+
+    async def login(  # type: ignore[override]
+        self, user_id: str, scopes: Iterable[str] = (), *, remember: bool = False, data: dict[str, Any] | None = None
+    ) -> Principal:
+        return await run_async(self.manager.login(self._state, user_id, scopes, remember=remember, data=data))
+
+    async def rotate(self, scopes: Iterable[str] | None = None) -> Principal:  # type: ignore[override]
+        return await run_async(self.manager.rotate(self._state, scopes))
+
+    async def logout(self) -> bool:  # type: ignore[override]
+        return await run_async(self.manager.logout(self._state))
+
+    async def logout_everywhere(self, user_id: str | None = None) -> int:  # type: ignore[override]
+        return await run_async(self.manager.logout_everywhere(self._state, user_id))
+
+    async def list_sessions(self, user_id: str | None = None) -> list[SessionInfo]:  # type: ignore[override]
+        return await run_async(self.manager.list_sessions(self._state, self._user(user_id)))
+
+    async def revoke_session(self, handle: str, user_id: str | None = None) -> bool:  # type: ignore[override]
+        return await run_async(self.manager.revoke_session(self._state, self._user(user_id), handle))

@@ -1,0 +1,585 @@
+"""Session stores: one protocol with a sync and an async face; `MemoryStore` and `RedisStore`.
+
+Records are JSON (never pickle, P27). A stored value is ``"<absolute_expiry_ms>:<idle_ms>:<json>"`` so
+that a Redis script can enforce the absolute timeout and slide the idle timeout without decoding JSON:
+the key's TTL *is* the idle timeout, refreshed at most once per `touch_interval` (no write on most reads),
+and never beyond the absolute expiry. Every write that could race a logout is conditional, so a request in
+flight can never resurrect a deleted session.
+
+Redis keys: ``<prefix>{<tag>}:s:<random>`` per session and ``<prefix>{<tag>}:u:<user hash>`` per user
+index, where ``<tag>`` is a short hash of the user id carried in the session id: one user's records share
+a hash slot, so a Redis Cluster can run the multi-key scripts (logout everywhere, rotation) atomically.
+
+Each Redis operation is written once as a plan (script, keys, arguments, reply parser); a thin sync or
+async runner executes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from authmw.errors import ServiceUnavailable
+
+__all__ = ["MemoryStore", "RedisStore", "SessionRecord", "SessionStore", "StoreUnavailable", "user_tag"]
+
+log = logging.getLogger("authmw")
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The session store could not be reached in time: answered as 503 + Retry-After (fail closed)."""
+
+
+def user_hash(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def user_tag(user_id: str) -> str:
+    """The hash tag shared by one user's keys: 16 bits, so it says almost nothing about who the user is."""
+    return user_hash(user_id)[:4]
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """A server-side session. Times are POSIX seconds; `sid` is the opaque id (``<tag>.<random>``)."""
+
+    sid: str
+    user_id: str
+    scopes: tuple[str, ...] = ()
+    created: float = 0.0
+    auth_time: float = 0.0
+    absolute_expiry: float = 0.0
+    idle_timeout: float = 1800.0
+    last_seen: float = 0.0
+    user_agent: str = ""
+    ip: str = ""
+    remember: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        body = {
+            "uid": self.user_id,
+            "scopes": list(self.scopes),
+            "created": self.created,
+            "auth_time": self.auth_time,
+            "ua": self.user_agent,
+            "ip": self.ip,
+            "remember": self.remember,
+            "data": self.data,
+        }
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=True)
+        return f"{int(self.absolute_expiry * 1000)}:{int(self.idle_timeout * 1000)}:{payload}"
+
+    @classmethod
+    def decode(cls, sid: str, value: str | bytes, last_seen: float) -> SessionRecord | None:
+        """A record from its stored form, or None when it is corrupt (a corrupt record is no session, P27)."""
+        try:
+            text = value.decode() if isinstance(value, bytes) else value
+            absolute_ms, idle_ms, payload = text.split(":", 2)
+            body = json.loads(payload)
+            scopes = body["scopes"]
+            if not isinstance(body["uid"], str) or not all(isinstance(s, str) for s in scopes):
+                return None
+            data = body.get("data") or {}
+            if not isinstance(data, dict):
+                return None
+            return cls(
+                sid=sid,
+                user_id=body["uid"],
+                scopes=tuple(scopes),
+                created=float(body["created"]),
+                auth_time=float(body["auth_time"]),
+                absolute_expiry=int(absolute_ms) / 1000,
+                idle_timeout=int(idle_ms) / 1000,
+                last_seen=last_seen,
+                user_agent=str(body.get("ua", "")),
+                ip=str(body.get("ip", "")),
+                remember=bool(body.get("remember", False)),
+                data=data,
+            )
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            log.warning("authmw: a corrupt session record was ignored")
+            return None
+
+
+def _tag_of(sid: str) -> str:
+    return sid.split(".", 1)[0]
+
+
+class SessionStore(Protocol):
+    """What a session store does; every method has an async twin named with an ``a`` prefix.
+
+    Methods raise `StoreUnavailable` when the backing service cannot be reached.
+    """
+
+    def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
+        """The live record, sliding its idle expiry if the last slide is older than `touch_interval`."""
+        ...
+
+    async def aload(self, sid: str, touch_interval: float) -> SessionRecord | None: ...
+
+    def create(self, record: SessionRecord) -> None:
+        """Store a new record (its sid must be new) and add it to its user's index."""
+        ...
+
+    async def acreate(self, record: SessionRecord) -> None: ...
+
+    def rotate(self, old_sid: str, record: SessionRecord) -> bool:
+        """Atomically replace `old_sid` by `record` (a new sid); False when `old_sid` no longer exists."""
+        ...
+
+    async def arotate(self, old_sid: str, record: SessionRecord) -> bool: ...
+
+    def save(self, record: SessionRecord) -> bool:
+        """Write back a changed record only if it still exists (no resurrection); keeps its TTL."""
+        ...
+
+    async def asave(self, record: SessionRecord) -> bool: ...
+
+    def delete(self, sid: str, user_id: str) -> bool: ...
+
+    async def adelete(self, sid: str, user_id: str) -> bool: ...
+
+    def delete_user(self, user_id: str) -> int:
+        """Delete every session of the user; the count deleted."""
+        ...
+
+    async def adelete_user(self, user_id: str) -> int: ...
+
+    def list_user(self, user_id: str) -> list[SessionRecord]: ...
+
+    async def alist_user(self, user_id: str) -> list[SessionRecord]: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory
+
+
+class MemoryStore:
+    """The embedded default: a dict behind a lock (safe for WSGI threads and asyncio alike), with expiry
+    and a bound on the number of sessions (expired ones are purged first, then the oldest).
+    """
+
+    def __init__(self, *, max_sessions: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        self.max_sessions = max_sessions
+        self._clock = clock
+        self._lock = threading.Lock()
+        # sid -> (encoded value, idle deadline, last slide time)
+        self._sessions: dict[str, tuple[str, float, float]] = {}
+        self._users: dict[str, set[str]] = {}
+
+    def _live(self, sid: str, now: float) -> tuple[str, float, float] | None:
+        entry = self._sessions.get(sid)
+        if entry is None:
+            return None
+        value, deadline, _ = entry
+        absolute = int(value.split(":", 1)[0]) / 1000
+        if now >= deadline or now >= absolute:
+            self._drop(sid)
+            return None
+        return entry
+
+    def _drop(self, sid: str) -> None:
+        entry = self._sessions.pop(sid, None)
+        if entry is not None:
+            record = SessionRecord.decode(sid, entry[0], 0.0)
+            if record is not None:
+                members = self._users.get(record.user_id)
+                if members is not None:
+                    members.discard(sid)
+                    if not members:
+                        del self._users[record.user_id]
+
+    def _make_room(self, now: float) -> None:
+        if len(self._sessions) < self.max_sessions:
+            return
+        for sid in list(self._sessions):
+            self._live(sid, now)
+        while len(self._sessions) >= self.max_sessions:
+            self._drop(next(iter(self._sessions)))
+
+    def _put(self, record: SessionRecord, now: float) -> None:
+        deadline = min(now + record.idle_timeout, record.absolute_expiry)
+        self._sessions[record.sid] = (record.encode(), deadline, now)
+        self._users.setdefault(record.user_id, set()).add(record.sid)
+
+    def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._live(sid, now)
+            if entry is None:
+                return None
+            value, _deadline, slid_at = entry
+            record = SessionRecord.decode(sid, value, slid_at)
+            if record is None:
+                self._sessions.pop(sid, None)
+                return None
+            if now - slid_at >= touch_interval:
+                self._sessions[sid] = (value, min(now + record.idle_timeout, record.absolute_expiry), now)
+                record.last_seen = now
+            return record
+
+    def create(self, record: SessionRecord) -> None:
+        now = self._clock()
+        with self._lock:
+            self._make_room(now)
+            self._put(record, now)
+
+    def rotate(self, old_sid: str, record: SessionRecord) -> bool:
+        now = self._clock()
+        with self._lock:
+            if self._live(old_sid, now) is None:
+                return False
+            self._drop(old_sid)
+            self._put(record, now)
+            return True
+
+    def save(self, record: SessionRecord) -> bool:
+        now = self._clock()
+        with self._lock:
+            entry = self._live(record.sid, now)
+            if entry is None:
+                return False
+            self._sessions[record.sid] = (record.encode(), entry[1], entry[2])
+            return True
+
+    def delete(self, sid: str, user_id: str) -> bool:
+        with self._lock:
+            existed = sid in self._sessions
+            self._drop(sid)
+            return existed
+
+    def delete_user(self, user_id: str) -> int:
+        with self._lock:
+            sids = list(self._users.get(user_id, ()))
+            for sid in sids:
+                self._drop(sid)
+            self._users.pop(user_id, None)
+            return len(sids)
+
+    def list_user(self, user_id: str) -> list[SessionRecord]:
+        now = self._clock()
+        with self._lock:
+            records = []
+            for sid in list(self._users.get(user_id, ())):
+                entry = self._live(sid, now)
+                if entry is not None and (record := SessionRecord.decode(sid, entry[0], entry[2])) is not None:
+                    records.append(record)
+            return records
+
+    # The async face: nothing here blocks, so the same code serves the event loop.
+    async def aload(self, sid: str, touch_interval: float) -> SessionRecord | None:
+        return self.load(sid, touch_interval)
+
+    async def acreate(self, record: SessionRecord) -> None:
+        self.create(record)
+
+    async def arotate(self, old_sid: str, record: SessionRecord) -> bool:
+        return self.rotate(old_sid, record)
+
+    async def asave(self, record: SessionRecord) -> bool:
+        return self.save(record)
+
+    async def adelete(self, sid: str, user_id: str) -> bool:
+        return self.delete(sid, user_id)
+
+    async def adelete_user(self, user_id: str) -> int:
+        return self.delete_user(user_id)
+
+    async def alist_user(self, user_id: str) -> list[SessionRecord]:
+        return self.list_user(user_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# Redis
+
+# KEYS[1] session; ARGV: now_ms, touch_interval_ms. Returns false or {value, pttl}.
+_LOAD = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local abs, idle = string.match(v, '^(%d+):(%d+):')
+if not abs then return {v, 0} end
+abs = tonumber(abs); idle = tonumber(idle)
+local now = tonumber(ARGV[1])
+if abs <= now then redis.call('DEL', KEYS[1]); return false end
+local pttl = redis.call('PTTL', KEYS[1])
+local full = math.min(idle, abs - now)
+if full - pttl >= tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], full)
+  pttl = full
+end
+return {v, pttl}
+"""
+
+# KEYS[1] session, KEYS[2] user index; ARGV: value, ttl_ms, sid, index_ttl_ms
+_CREATE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+return 1
+"""
+
+# KEYS[1] old session, KEYS[2] new session, KEYS[3] user index; ARGV: value, ttl_ms, old sid, new sid, index_ttl
+_ROTATE = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+return 1
+"""
+
+# KEYS[1] user index; ARGV: session key prefix (everything before the random part)
+_DELETE_USER = """
+local sids = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for _, sid in ipairs(sids) do
+  local dot = string.find(sid, '.', 1, true)
+  if dot then n = n + redis.call('DEL', ARGV[1] .. string.sub(sid, dot + 1)) end
+end
+redis.call('DEL', KEYS[1])
+return n
+"""
+
+# KEYS[1] session, KEYS[2] user index; ARGV: sid
+_DELETE = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One Redis operation, independent of sync/async: a script (or raw command) and how to read its reply."""
+
+    script: str | None
+    keys: Sequence[str]
+    args: Sequence[str | int | bytes]
+    parse: Callable[[Any], Any]
+    command: tuple[str | bytes, ...] = ()
+
+
+_NO_TOUCH = 10.0**9  # a touch interval that never slides the TTL (read-only listing)
+
+_REDIS_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    global _REDIS_ERRORS
+    if not _REDIS_ERRORS:
+        import redis.exceptions as rexc
+
+        _REDIS_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterError, rexc.ResponseError, OSError)
+    return _REDIS_ERRORS
+
+
+class RedisStore:
+    """Sessions in Redis via redis-py (sync `redis.Redis` and/or `redis.asyncio.Redis`).
+
+    Build it with `RedisStore.from_url(url)` (both clients, bounded timeouts) or pass the client(s) you
+    already have. One round trip per request (a Lua script that reads and, at most once per interval,
+    slides the TTL); no `KEYS` scans.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        async_client: Any = None,
+        *,
+        prefix: str = "authmw:",
+        retry_after: int = 5,
+    ) -> None:
+        if client is None and async_client is None:
+            raise ValueError("RedisStore needs a redis.Redis and/or a redis.asyncio.Redis client")
+        self.client = client
+        self.async_client = async_client
+        self.prefix = prefix
+        self.retry_after = retry_after
+        self._scripts: dict[str, Any] = {}
+        self._async_scripts: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "authmw:", socket_timeout: float = 1.0, max_connections: int = 64
+    ) -> RedisStore:
+        """Both clients for `url`, failing fast: `socket_timeout` bounds every call (then 503), no retries."""
+        import redis
+        import redis.asyncio
+
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "max_connections": max_connections,
+            "retry": None,
+            "health_check_interval": 0,
+        }
+        return cls(
+            redis.Redis.from_url(url, **options),
+            redis.asyncio.Redis.from_url(url, **options),
+            prefix=prefix,
+        )
+
+    # ---- keys ----
+
+    def _session_key(self, sid: str) -> str:
+        tag, _, random_part = sid.partition(".")
+        return f"{self.prefix}{{{tag}}}:s:{random_part}"
+
+    def _index_key(self, user_id: str) -> str:
+        digest = user_hash(user_id)
+        return f"{self.prefix}{{{digest[:4]}}}:u:{digest}"
+
+    # ---- plans (the logic, written once) ----
+
+    def _plan_load(self, sid: str, touch_interval: float) -> _Plan:
+        now = time.time()
+
+        def parse(reply: Any) -> SessionRecord | None:
+            if not reply:
+                return None
+            value, pttl = reply
+            record = SessionRecord.decode(sid, value, 0.0)
+            if record is None:
+                return None
+            # The TTL was last set to the full idle timeout when the session was last seen.
+            full = min(record.idle_timeout, record.absolute_expiry - now)
+            record.last_seen = now - max(0.0, full - int(pttl) / 1000)
+            return record
+
+        return _Plan(_LOAD, [self._session_key(sid)], [int(now * 1000), int(touch_interval * 1000)], parse)
+
+    def _ttl_ms(self, record: SessionRecord) -> int:
+        return max(1, int(min(record.idle_timeout, record.absolute_expiry - time.time()) * 1000))
+
+    def _index_ttl_ms(self, record: SessionRecord) -> int:
+        return max(1, int((record.absolute_expiry - time.time()) * 1000))
+
+    def _plan_create(self, record: SessionRecord) -> _Plan:
+        return _Plan(
+            _CREATE,
+            [self._session_key(record.sid), self._index_key(record.user_id)],
+            [record.encode(), self._ttl_ms(record), record.sid, self._index_ttl_ms(record)],
+            lambda reply: None,
+        )
+
+    def _plan_rotate(self, old_sid: str, record: SessionRecord) -> _Plan:
+        return _Plan(
+            _ROTATE,
+            [self._session_key(old_sid), self._session_key(record.sid), self._index_key(record.user_id)],
+            [record.encode(), self._ttl_ms(record), old_sid, record.sid, self._index_ttl_ms(record)],
+            lambda reply: bool(reply),
+        )
+
+    def _plan_save(self, record: SessionRecord) -> _Plan:
+        # SET ... XX KEEPTTL: only if the session still exists, and without extending its life.
+        command = ("SET", self._session_key(record.sid), record.encode(), "XX", "KEEPTTL")
+        return _Plan(None, (), (), lambda reply: bool(reply), command)
+
+    def _plan_delete(self, sid: str, user_id: str) -> _Plan:
+        return _Plan(_DELETE, [self._session_key(sid), self._index_key(user_id)], [sid], lambda reply: bool(reply))
+
+    def _plan_delete_user(self, user_id: str) -> _Plan:
+        digest = user_hash(user_id)
+        session_prefix = f"{self.prefix}{{{digest[:4]}}}:s:"
+        return _Plan(_DELETE_USER, [self._index_key(user_id)], [session_prefix], lambda reply: int(reply))
+
+    def _plan_members(self, user_id: str) -> _Plan:
+        command = ("SMEMBERS", self._index_key(user_id))
+        return _Plan(
+            None, (), (), lambda reply: sorted(m.decode() if isinstance(m, bytes) else m for m in reply), command
+        )
+
+    # ---- runners ----
+
+    def _failed(self, exc: BaseException) -> StoreUnavailable:
+        log.warning("authmw: session store unavailable: %s", type(exc).__name__)
+        return StoreUnavailable("the session store is unavailable", retry_after=self.retry_after)
+
+    def _run(self, plan: _Plan) -> Any:
+        if self.client is None:
+            raise RuntimeError("this RedisStore has no synchronous client (use the async methods)")
+        try:
+            if plan.script is None:
+                reply = self.client.execute_command(*plan.command)
+            else:
+                script = self._scripts.get(plan.script)
+                if script is None:
+                    script = self._scripts[plan.script] = self.client.register_script(plan.script)
+                reply = script(keys=list(plan.keys), args=list(plan.args))
+        except _redis_errors() as exc:
+            raise self._failed(exc) from None
+        return plan.parse(reply)
+
+    async def _arun(self, plan: _Plan) -> Any:
+        if self.async_client is None:
+            raise RuntimeError("this RedisStore has no asyncio client (use the sync methods)")
+        try:
+            if plan.script is None:
+                reply = await self.async_client.execute_command(*plan.command)
+            else:
+                script = self._async_scripts.get(plan.script)
+                if script is None:
+                    script = self._async_scripts[plan.script] = self.async_client.register_script(plan.script)
+                reply = await script(keys=list(plan.keys), args=list(plan.args))
+        except _redis_errors() as exc:
+            raise self._failed(exc) from None
+        return plan.parse(reply)
+
+    # ---- the protocol ----
+
+    def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
+        result: SessionRecord | None = self._run(self._plan_load(sid, touch_interval))
+        return result
+
+    async def aload(self, sid: str, touch_interval: float) -> SessionRecord | None:
+        result: SessionRecord | None = await self._arun(self._plan_load(sid, touch_interval))
+        return result
+
+    def create(self, record: SessionRecord) -> None:
+        self._run(self._plan_create(record))
+
+    async def acreate(self, record: SessionRecord) -> None:
+        await self._arun(self._plan_create(record))
+
+    def rotate(self, old_sid: str, record: SessionRecord) -> bool:
+        return bool(self._run(self._plan_rotate(old_sid, record)))
+
+    async def arotate(self, old_sid: str, record: SessionRecord) -> bool:
+        return bool(await self._arun(self._plan_rotate(old_sid, record)))
+
+    def save(self, record: SessionRecord) -> bool:
+        return bool(self._run(self._plan_save(record)))
+
+    async def asave(self, record: SessionRecord) -> bool:
+        return bool(await self._arun(self._plan_save(record)))
+
+    def delete(self, sid: str, user_id: str) -> bool:
+        return bool(self._run(self._plan_delete(sid, user_id)))
+
+    async def adelete(self, sid: str, user_id: str) -> bool:
+        return bool(await self._arun(self._plan_delete(sid, user_id)))
+
+    def delete_user(self, user_id: str) -> int:
+        return int(self._run(self._plan_delete_user(user_id)))
+
+    async def adelete_user(self, user_id: str) -> int:
+        return int(await self._arun(self._plan_delete_user(user_id)))
+
+    def list_user(self, user_id: str) -> list[SessionRecord]:
+        sids: list[str] = self._run(self._plan_members(user_id))
+        records = [self.load(sid, _NO_TOUCH) for sid in sids]
+        return [r for r in records if r is not None]
+
+    async def alist_user(self, user_id: str) -> list[SessionRecord]:
+        sids: list[str] = await self._arun(self._plan_members(user_id))
+        records = [await self.aload(sid, _NO_TOUCH) for sid in sids]
+        return [r for r in records if r is not None]
