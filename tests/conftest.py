@@ -30,9 +30,7 @@ class Server:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv from the test itself
-            argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:

@@ -20,7 +20,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from tests.conftest import uvicorn_server
 
 pytestmark = pytest.mark.slow
@@ -76,7 +75,9 @@ def _deploy(tmp_path: Path, algorithm: str) -> Iterator[Deployment]:
         signing_key = "e2e-secret-" + "x" * 40
         env |= {"AUTHMW_JWT_ALGORITHMS": "HS256", "AUTHMW_JWT_KEY": signing_key}
     else:
-        private = rsa.generate_private_key(65537, 2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
+        private: Any = (
+            rsa.generate_private_key(65537, 2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
+        )
         public_pem = private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -122,8 +123,19 @@ def test_p24_no_credentials_is_401_without_error_code(deployment: Deployment) ->
 
 @pytest.mark.parametrize(
     "case",
-    ["expired", "wrong_issuer", "issuer_prefix", "wrong_audience", "no_audience", "tampered", "forged", "garbage",
-     "alg_none", "future_iat", "numeric_string_exp"],
+    [
+        "expired",
+        "wrong_issuer",
+        "issuer_prefix",
+        "wrong_audience",
+        "no_audience",
+        "tampered",
+        "forged",
+        "garbage",
+        "alg_none",
+        "future_iat",
+        "numeric_string_exp",
+    ],
 )
 def test_bad_tokens_get_401_invalid_token(deployment: Deployment, case: str) -> None:
     now = int(time.time())
@@ -137,8 +149,10 @@ def test_bad_tokens_get_401_invalid_token(deployment: Deployment, case: str) -> 
         "numeric_string_exp": lambda: deployment.token(exp=str(now + 300)),
         "garbage": lambda: "not.a.jwt",
         "alg_none": lambda: (
-            _b64(b'{"alg":"none","typ":"JWT"}') + "." + _b64(json.dumps({"sub": "alice", "iat": now,
-            "exp": now + 60, "iss": ISSUER, "aud": AUDIENCE}).encode()) + "."
+            _b64(b'{"alg":"none","typ":"JWT"}')
+            + "."
+            + _b64(json.dumps({"sub": "alice", "iat": now, "exp": now + 60, "iss": ISSUER, "aud": AUDIENCE}).encode())
+            + "."
         ),
     }.get(case)
     if case == "tampered":
