@@ -5,123 +5,63 @@ Run from the repository root: ``make demo`` or ``uvicorn examples.starlette_app.
 
 from __future__ import annotations
 
-import hmac
-import html
-import itertools
-import json
-import threading
-from urllib.parse import parse_qs
-
 from starlette.applications import Starlette
 from starlette.authentication import requires
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route as StarletteRoute
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
-from authmw import AuthConfig, Policy, Principal, Route
-from authmw.asgi import AuthMiddleware, get_session
+from authmw import AuthConfig, Policy, Principal
+from authmw.starlette import AuthMiddleware, list_sessions, login, logout, logout_everywhere, session
+from examples.common import ROUTES, TOKENS_NOT_YET, Items, check_password, home_page, parse_form
 
-ROUTES = [
-    Route("/", Policy.public()),
-    Route("/health", Policy.public()),
-    Route("/login", Policy.public()),
-    Route("/account", Policy.session()),
-    Route("/logout", Policy.session()),
-    Route("/logout-everywhere", Policy.session()),
-    Route("/api/me", Policy.either()),
-    Route("/api/items", Policy.jwt(scopes={"items:read"}), methods={"GET"}),
-    Route("/api/items", Policy.jwt(scopes={"items:write"}), methods={"POST"}),
-]
-
-USERS = {
-    "alice": ("wonderland", ("items:read", "items:write")),
-    "bob": ("builder", ("items:read",)),
-}
-
-_items: list[dict[str, object]] = [{"id": 1, "name": "tea"}, {"id": 2, "name": "biscuits"}]
-_ids = itertools.count(3)
-_lock = threading.Lock()
-
-HOME = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>authmw demo</title></head>
-<body>
-<h1>authmw demo</h1>
-<form method="post" action="/login">
-  <label>Username <input name="username" autocomplete="username"></label>
-  <label>Password <input name="password" type="password" autocomplete="current-password"></label>
-  <button type="submit">Log in</button>
-</form>
-<p>Demo users: alice / wonderland, bob / builder.</p>
-</body></html>
-"""
-
-
-def check_password(username: str, password: str) -> tuple[str, ...] | None:
-    """The user's scopes if the password is right (constant-time comparison), else None."""
-    expected, scopes = USERS.get(username, ("\0" * 16, ()))
-    ok = hmac.compare_digest(password.encode(), expected.encode())
-    return scopes if ok and username in USERS else None
-
-
-async def form_fields(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return {key: values[0] for key, values in parsed.items()}
+items = Items()
 
 
 async def home(request: Request) -> HTMLResponse:
-    return HTMLResponse(HOME)
+    principal: Principal | None = request.user if request.user.is_authenticated else None
+    sessions = await list_sessions(request) if principal is not None else []
+    return HTMLResponse(home_page(principal, sessions))
 
 
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def login(request: Request) -> Response:
-    session = get_session(request.scope)
-    reason = session.cross_site_reason()
+async def do_login(request: Request) -> Response:
+    reason = session(request).cross_site_reason()
     if reason is not None:  # login CSRF: a foreign site must not log the browser in as someone else
         return JSONResponse({"detail": reason}, status_code=403)
-    fields = await form_fields(request)
+    fields = parse_form(await request.body(), request.headers.get("content-type", ""))
     scopes = check_password(fields.get("username", ""), fields.get("password", ""))
     if scopes is None:
         return JSONResponse({"detail": "invalid username or password"}, status_code=401)
-    await session.login(fields["username"], scopes, remember=fields.get("remember") == "1")
+    await login(request, fields["username"], scopes, remember=fields.get("remember") == "1")
     return RedirectResponse("/account", status_code=303)
 
 
-async def account(request: Request) -> JSONResponse:
+async def whoami(request: Request) -> JSONResponse:
     principal: Principal = request.user
     return JSONResponse(principal.to_dict())
 
 
-async def logout(request: Request) -> Response:
-    await get_session(request.scope).logout()
+async def do_logout(request: Request) -> Response:
+    await logout(request)
     return RedirectResponse("/", status_code=303)
 
 
-async def logout_everywhere(request: Request) -> Response:
-    await get_session(request.scope).logout_everywhere()
+async def do_logout_everywhere(request: Request) -> Response:
+    await logout_everywhere(request)
     return RedirectResponse("/", status_code=303)
-
-
-async def me(request: Request) -> JSONResponse:
-    principal: Principal = request.user
-    return JSONResponse(principal.to_dict())
 
 
 @requires("items:read")
 async def list_items(request: Request) -> JSONResponse:
-    with _lock:
-        return JSONResponse(list(_items))
+    return JSONResponse(items.all())
 
 
 @requires("items:write")
@@ -130,30 +70,45 @@ async def create_item(request: Request) -> JSONResponse:
         data = await request.json()
     except ValueError:
         return JSONResponse({"detail": "body must be JSON"}, status_code=400)
-    name = data.get("name") if isinstance(data, dict) else None
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        return JSONResponse({"detail": "an item needs a non-empty 'name' string"}, status_code=400)
-    with _lock:
-        item = {"id": next(_ids), "name": html.escape(name.strip()), "owner": request.user.identity}
-        _items.append(item)
-    return JSONResponse(item, status_code=201)
+    body, status = items.create(data, request.user.identity)
+    return JSONResponse(body, status_code=status)
+
+
+async def token_not_yet(request: Request) -> JSONResponse:
+    return JSONResponse(TOKENS_NOT_YET, status_code=501)
+
+
+async def ws(websocket: WebSocket) -> None:
+    # authmw already refused unauthenticated handshakes before this point (P29).
+    await websocket.accept()
+    await websocket.send_json({"id": websocket.user.identity})
+    await websocket.close()
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(config: AuthConfig | None = None) -> Starlette:
     config = config or AuthConfig.from_env(routes=ROUTES, default=Policy.optional())
     return Starlette(
         routes=[
-            StarletteRoute("/", home),
-            StarletteRoute("/health", health),
-            StarletteRoute("/login", login, methods=["POST"]),
-            StarletteRoute("/account", account),
-            StarletteRoute("/logout", logout, methods=["POST"]),
-            StarletteRoute("/logout-everywhere", logout_everywhere, methods=["POST"]),
-            StarletteRoute("/api/me", me),
-            StarletteRoute("/api/items", list_items, methods=["GET"]),
-            StarletteRoute("/api/items", create_item, methods=["POST"]),
+            Route("/", home),
+            Route("/health", health),
+            Route("/login", do_login, methods=["POST"]),
+            Route("/account", whoami),
+            Route("/logout", do_logout, methods=["POST"]),
+            Route("/logout-everywhere", do_logout_everywhere, methods=["POST"]),
+            Route("/api/me", whoami),
+            Route("/api/items", list_items, methods=["GET"]),
+            Route("/api/items", create_item, methods=["POST"]),
+            Route("/api/token", token_not_yet, methods=["POST"]),
+            Route("/api/token/refresh", token_not_yet, methods=["POST"]),
+            WebSocketRoute("/ws", ws),
         ],
         middleware=[Middleware(GZipMiddleware), Middleware(AuthMiddleware, config=config)],
+        exception_handlers={HTTPException: http_error},
     )
 
 

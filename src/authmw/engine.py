@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -24,7 +25,7 @@ from authmw.errors import (
 )
 from authmw.flows import Blocking, Flow, run_async, run_sync
 from authmw.keys import UnknownKeyId
-from authmw.policy import Policy, RouteTable
+from authmw.policy import Policy, Route, RouteTable
 from authmw.principal import Principal
 from authmw.request import RequestView, bearer_token
 from authmw.sessions import SessionManager, SessionState
@@ -52,6 +53,10 @@ class Authenticator:
         self.verifier = JWTVerifier(config.jwt) if config.jwt is not None else None
         self.sessions = SessionManager(config.sessions) if config.sessions is not None else None
         self._max_token_bytes = config.jwt.max_token_bytes if config.jwt is not None else 8192
+
+    def add_routes(self, routes: Sequence[Route]) -> None:
+        """Put `routes` (e.g. compiled from endpoint decorators) before the configured path rules."""
+        self.table = RouteTable([*routes, *self.table.routes], self.table.default)
 
     def policy_for(self, view: RequestView) -> Policy:
         return self.table.match(view.method, view.path)

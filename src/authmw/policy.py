@@ -18,6 +18,7 @@ from authmw.principal import CredentialKind
 __all__ = ["Policy", "Route", "RouteTable", "normalize_path"]
 
 _KINDS: frozenset[CredentialKind] = frozenset(("session", "jwt"))
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +45,10 @@ class Policy:
         if (self.scopes or self.max_auth_age is not None) and not self.auth_required:
             raise ConfigurationError("scopes and max_auth_age only make sense on a policy that requires auth")
         for scope in self.scopes:
-            if not scope or any(c.isspace() or c in '"\\' for c in scope):
+            if _SCOPE_TOKEN.fullmatch(scope) is None:  # RFC 6749 §3.3 scope-token
                 raise ConfigurationError(f"invalid scope name {scope!r}")
+        if self.max_auth_age is not None and not 0 < self.max_auth_age < float("inf"):
+            raise ConfigurationError("max_auth_age must be a positive number of seconds")
 
     @property
     def is_public(self) -> bool:
@@ -95,6 +98,9 @@ class Policy:
     def parse(cls, spec: str, scopes: Iterable[str] = ()) -> Policy:
         """A policy from its name, for configuration files: public, optional, required, jwt, session, either."""
         name = spec.strip().lower()
+        scopes = tuple(scopes)
+        if scopes and name in ("public", "optional"):
+            raise ConfigurationError(f"a {name} policy cannot require scopes")
         if name == "public":
             return cls.public()
         if name == "optional":
@@ -108,7 +114,17 @@ class Policy:
         raise ConfigurationError(f"unknown policy {spec!r}; use public, optional, required, jwt or session")
 
 
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(?::(str|path|int))?\}$")
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(?::(\w+))?\}$")
+_INNER_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*(?::(\w+))?\}")
+# What each path convertor matches in one segment (Starlette's and Werkzeug's convertors).
+_CONVERTORS = {
+    None: "[^/]+",
+    "str": "[^/]+",
+    "string": "[^/]+",
+    "int": "[0-9]+",
+    "float": r"[0-9]+(?:\.[0-9]+)?",
+    "uuid": "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}",
+}
 _ANY: Literal["*"] = "*"
 
 
@@ -139,7 +155,7 @@ class Route:
     path: str
     policy: Policy
     methods: frozenset[str] | None = None
-    _segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _segments: tuple[str | re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _tail: bool = field(init=False, repr=False, compare=False)
 
     def __init__(self, path: str, policy: Policy, methods: Iterable[str] | None = None) -> None:
@@ -154,19 +170,31 @@ class Route:
             object.__setattr__(self, "methods", frozenset(upper))
         else:
             object.__setattr__(self, "methods", None)
-        segments: list[str] = []
+        segments: list[str | re.Pattern[str]] = []
         tail = False
-        parts = [p for p in path.split("/") if p]
+        parts = [p for p in normalize_path(path).split("/") if p]
         for index, part in enumerate(parts):
             is_last = index == len(parts) - 1
-            if part == "*" or ((m := _PARAM.match(part)) and m.group(2) == "path"):
+            param = _PARAM.match(part)
+            if part == "*" or (param and param.group(2) == "path"):
                 if not is_last:
                     raise ConfigurationError(f"a path wildcard must be the last segment: {path!r}")
                 tail = True
-            elif _PARAM.match(part):
+            elif param and param.group(2) in (None, "str", "string"):
                 segments.append(_ANY)
             elif "{" in part or "}" in part:
-                raise ConfigurationError(f"bad path parameter in {path!r}")
+                # A typed parameter ("{id:int}") or one inside a segment ("{name}.txt"): match by a regex.
+                pieces = _INNER_PARAM.split(part)
+                literals, convertors = pieces[::2], pieces[1::2]
+                if any("{" in p or "}" in p for p in literals):
+                    raise ConfigurationError(f"bad path parameter in {path!r}")
+                unknown = [c for c in convertors if c not in _CONVERTORS]
+                if unknown:
+                    raise ConfigurationError(f"unknown path convertor {unknown[0]!r} in {path!r}")
+                pattern = re.escape(literals[0])
+                for convertor, literal in zip(convertors, literals[1:], strict=True):
+                    pattern += f"(?:{_CONVERTORS[convertor]})" + re.escape(literal)
+                segments.append(re.compile(pattern))
             else:
                 segments.append(part)
         object.__setattr__(self, "_segments", tuple(segments))
@@ -179,7 +207,12 @@ class Route:
         if len(parts) < n or (len(parts) > n and not self._tail):
             return False
         for want, got in zip(self._segments, parts, strict=False):
-            if want is not _ANY and want != got:
+            if want is _ANY:
+                continue
+            if type(want) is str:
+                if want != got:
+                    return False
+            elif want.fullmatch(got) is None:  # type: ignore[union-attr]
                 return False
         return True
 

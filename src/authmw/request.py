@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, AnyStr
+from urllib.parse import parse_qsl
 
 from authmw.errors import InvalidRequest, InvalidToken
 
@@ -16,6 +17,8 @@ __all__ = ["ASGIRequestView", "RequestView", "WSGIRequestView", "bearer_token", 
 
 # RFC 7235 token68 (RFC 6750 §2.1 b64token): 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_SCHEME = re.compile(r"[^ \t]+")
+_JOINED_BEARER = re.compile(r",\s*bearer(\s|$)", re.IGNORECASE)
 
 
 class RequestView:
@@ -75,7 +78,12 @@ class WSGIRequestView(RequestView):
         self.is_websocket = False
         self.method = environ.get("REQUEST_METHOD", "GET")
         # PATH_INFO is what the app routes on; SCRIPT_NAME is the mount point.
-        self.path = environ.get("PATH_INFO") or "/"
+        # PEP 3333 hands the path over as latin-1 text of the raw bytes; routers decode it as UTF-8.
+        raw_path: str = environ.get("PATH_INFO") or "/"
+        try:
+            self.path = raw_path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            self.path = raw_path.encode("latin-1", "replace").decode("utf-8", "replace")
         self.scheme = environ.get("wsgi.url_scheme", "http")
         self.query_string = environ.get("QUERY_STRING", "").encode("latin-1", "replace")
         self.client = environ.get("REMOTE_ADDR")
@@ -90,9 +98,10 @@ class WSGIRequestView(RequestView):
 
 
 def _has_query_token(query_string: bytes) -> bool:
-    if b"access_token" not in query_string:
+    if not query_string or (b"access" not in query_string and b"%" not in query_string):
         return False
-    return any(part.split(b"=", 1)[0] == b"access_token" for part in query_string.split(b"&"))
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    return any(name == "access_token" for name, _ in pairs)
 
 
 def bearer_token(view: RequestView, *, max_bytes: int) -> str | None:
@@ -110,9 +119,16 @@ def bearer_token(view: RequestView, *, max_bytes: int) -> str | None:
     value = values[0].strip(" \t")
     if not value:
         raise InvalidRequest("empty Authorization header", reason="empty_authorization")
-    scheme, _, rest = value.partition(" ")
+    match = _SCHEME.match(value)
+    scheme = match.group(0) if match else value
+    rest = value[len(scheme) :]
     if scheme.lower() != "bearer":
+        if _JOINED_BEARER.search(value):
+            # A server joined two Authorization fields ("Basic …, Bearer …"): two credentials (P25).
+            raise InvalidRequest("more than one Authorization header", reason="duplicate_authorization")
         return None
+    if (rest and not rest.startswith(" ")) or "\t" in rest:
+        raise InvalidRequest("malformed Authorization header", reason="malformed_authorization")
     token = rest.lstrip(" ")
     if not token:
         raise InvalidRequest("the Bearer credential is empty", reason="empty_token")

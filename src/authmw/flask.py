@@ -1,0 +1,251 @@
+"""Flask adapter with the Flask-Login feel.
+
+    from authmw.flask import AuthMW, current_principal, login, logout
+
+    auth = AuthMW(app)                       # or auth = AuthMW(); auth.init_app(app, config)
+
+    @app.get("/account")
+    @auth.session_required
+    def account():
+        return {"id": current_principal.id}
+
+    @app.post("/api/items")
+    @auth.jwt_required(scopes={"items:write"})
+    def create_item(): ...
+
+Per request, the policy is the view's decorator, else its blueprint's default (`auth.blueprint_policy`),
+else the path rules of the `AuthConfig`. Failures are raised as `AuthFailed` (an HTTPException carrying
+the authmw response) so the app's own error handlers (`@app.errorhandler(401)`, or `AuthFailed`) can
+override them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from flask import Blueprint, Flask, current_app, g, request
+from flask import Response as FlaskResponse
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import HTTPException
+from werkzeug.local import LocalProxy
+
+from authmw.config import AuthConfig
+from authmw.engine import Authenticator, AuthState
+from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
+from authmw.flows import run_sync
+from authmw.policy import Policy
+from authmw.principal import ANONYMOUS, Anonymous, Principal
+from authmw.request import WSGIRequestView, with_identity_headers
+from authmw.sessions import SessionHandle, SessionInfo, SessionState
+
+__all__ = [
+    "AuthFailed",
+    "AuthMW",
+    "csrf_token",
+    "current_principal",
+    "list_sessions",
+    "login",
+    "logout",
+    "logout_everywhere",
+    "revoke_session",
+    "session_data",
+]
+
+POLICY_ATTRIBUTE = "__authmw_policy__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AuthFailed(HTTPException):
+    """Authentication failed; `error` says why, `get_response()` is authmw's RFC 6750/9457 answer."""
+
+    def __init__(self, error: AuthError, response: ErrorResponse) -> None:
+        super().__init__(description=error.description)
+        self.code = response.status
+        self.error = error
+        self.auth_response = response
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> FlaskResponse:
+        answer = self.auth_response
+        return FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
+
+
+def _current_principal() -> Principal | Anonymous:
+    principal = g.get("principal")
+    return principal if principal is not None else ANONYMOUS
+
+
+#: the caller of the current request: a `Principal`, or an anonymous user (``is_authenticated`` False)
+current_principal: Principal | Anonymous = LocalProxy(_current_principal)  # type: ignore[assignment]
+
+
+def _handle() -> SessionHandle:
+    handle = request.environ.get("authmw.session")
+    if handle is None:
+        raise LookupError("authmw sessions are not enabled (configure AuthConfig.sessions)")
+    assert isinstance(handle, SessionHandle)
+    return handle
+
+
+def login(
+    user_id: str, scopes: Iterable[str] = (), *, remember: bool = False, data: dict[str, Any] | None = None
+) -> Principal:
+    """Start a session (always a new id); the response carries the cookie."""
+    principal = _handle().login(user_id, scopes, remember=remember, data=data)
+    g.principal = principal
+    return principal
+
+
+def logout() -> bool:
+    g.principal = None
+    return _handle().logout()
+
+
+def logout_everywhere(user_id: str | None = None) -> int:
+    g.principal = None
+    return _handle().logout_everywhere(user_id)
+
+
+def session_data() -> dict[str, Any]:
+    """The session's small data bag; saved after the request if it changed."""
+    return _handle().data
+
+
+def list_sessions() -> list[SessionInfo]:
+    return _handle().list_sessions()
+
+
+def revoke_session(handle: str) -> bool:
+    return _handle().revoke_session(handle)
+
+
+def csrf_token() -> str | None:
+    return _handle().csrf_token
+
+
+def cross_site_reason() -> str | None:
+    return _handle().cross_site_reason()
+
+
+class AuthMW:
+    """The Flask extension: ``AuthMW(app, config)`` or ``AuthMW()`` then ``init_app(app, config)``.
+
+    Without a config it reads ``app.config["AUTHMW_CONFIG"]`` (an `AuthConfig`), else `AuthConfig.from_env()`.
+    """
+
+    def __init__(self, app: Flask | None = None, config: AuthConfig | None = None) -> None:
+        self._blueprints: dict[str, Policy] = {}
+        self.authenticator: Authenticator | None = None
+        if app is not None:
+            self.init_app(app, config)
+
+    def init_app(self, app: Flask, config: AuthConfig | None = None) -> None:
+        config = config or app.config.get("AUTHMW_CONFIG") or AuthConfig.from_env()
+        self.authenticator = Authenticator(config)
+        app.extensions["authmw"] = self
+        app.before_request(self._before_request)
+        app.after_request(self._after_request)
+
+    # ---- per-view and per-blueprint policies ----
+
+    def policy(self, value: Policy) -> Callable[[F], F]:
+        def mark(view: F) -> F:
+            setattr(view, POLICY_ATTRIBUTE, value)
+            return view
+
+        return mark
+
+    @overload
+    def session_required(self, view: F) -> F: ...
+    @overload
+    def session_required(
+        self, *, scopes: Iterable[str] = (), max_auth_age: float | None = None, csrf: bool = True
+    ) -> Callable[[F], F]: ...
+    def session_required(
+        self, view: Any = None, *, scopes: Iterable[str] = (), max_auth_age: float | None = None, csrf: bool = True
+    ) -> Any:
+        decorator = self.policy(Policy.session(scopes=scopes, max_auth_age=max_auth_age, csrf=csrf))
+        return decorator(view) if view is not None else decorator
+
+    @overload
+    def jwt_required(self, view: F) -> F: ...
+    @overload
+    def jwt_required(self, *, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Callable[[F], F]: ...
+    def jwt_required(self, view: Any = None, *, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Any:
+        decorator = self.policy(Policy.jwt(scopes=scopes, max_auth_age=max_auth_age))
+        return decorator(view) if view is not None else decorator
+
+    @overload
+    def login_required(self, view: F) -> F: ...
+    @overload
+    def login_required(self, *, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Callable[[F], F]: ...
+    def login_required(self, view: Any = None, *, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Any:
+        """A session cookie or a bearer JWT is required."""
+        decorator = self.policy(Policy.either(scopes=scopes, max_auth_age=max_auth_age))
+        return decorator(view) if view is not None else decorator
+
+    def public(self, view: F) -> F:
+        return self.policy(Policy.public())(view)
+
+    def blueprint_policy(self, blueprint: Blueprint | str, value: Policy) -> None:
+        """The default policy of every view of `blueprint` that has no decorator of its own."""
+        name = blueprint if isinstance(blueprint, str) else blueprint.name
+        self._blueprints[name] = value
+
+    def _policy_for(self, view_state: WSGIRequestView, auth: Authenticator) -> Policy:
+        if request.endpoint is not None:
+            view = current_app.view_functions.get(request.endpoint)
+            value = getattr(view, POLICY_ATTRIBUTE, None)
+            if isinstance(value, Policy):
+                return value
+            for name in request.blueprints:  # innermost first
+                if name in self._blueprints:
+                    return self._blueprints[name]
+        return auth.table.match(view_state.method, view_state.path)
+
+    # ---- request hooks ----
+
+    def _before_request(self) -> None:
+        auth = self.authenticator
+        assert auth is not None, "AuthMW.init_app() was not called"
+        environ = request.environ
+        view = WSGIRequestView(environ)
+        policy = self._policy_for(view, auth)
+        state: SessionState | None = None
+        if auth.sessions is not None:
+            state = SessionState(auth.sessions, view)
+            environ["authmw.session"] = SessionHandle(state)
+        g.authmw_state = state
+        g.authmw_public = public = policy.is_public or auth.is_cors_preflight(view)
+        principal: Principal | None = None
+        if not public:
+            try:
+                principal = run_sync(auth.flow(view, policy, state))
+            except AuthError as error:
+                g.principal = None
+                raise AuthFailed(error, auth.error_response(error, view, policy)) from None
+        g.principal = principal
+        environ["authmw"] = AuthState(policy, principal)
+        environ["authmw.principal"] = principal
+        if principal is not None:
+            environ["REMOTE_USER"] = principal.id
+
+    def _after_request(self, response: FlaskResponse) -> FlaskResponse:
+        state: SessionState | None = g.get("authmw_state")
+        cookies: list[str] = []
+        if state is not None:
+            if state.data_changed():
+                try:
+                    run_sync(state.manager.save_data(state))
+                except ServiceUnavailable as error:
+                    assert self.authenticator is not None
+                    failed = self.authenticator.error_response(error, state.view, None)
+                    return FlaskResponse(failed.body, status=failed.status, headers=failed.headers)
+            cookies = state.response_cookies()
+        if g.get("authmw_public", True) and not cookies:
+            return response
+        authenticated = g.get("principal") is not None or bool(cookies)
+        headers = with_identity_headers(list(response.headers.items()), authenticated, "")
+        headers.extend(("Set-Cookie", cookie) for cookie in cookies)
+        response.headers = Headers(headers)
+        return response

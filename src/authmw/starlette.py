@@ -1,0 +1,164 @@
+"""Starlette (and FastAPI) adapter: policies on endpoints, and session helpers that take the `Request`.
+
+    from authmw.starlette import AuthMiddleware, jwt_required, login, logout, session_required
+
+    @jwt_required(scopes={"items:read"})
+    async def list_items(request): ...
+
+    app = Starlette(routes=[...], middleware=[Middleware(AuthMiddleware, config=AuthConfig.from_env())])
+
+`request.user` is the `Principal` (or an anonymous user), `request.auth.scopes` its scopes, and
+`starlette.authentication.requires(...)` keeps working. Endpoint policies compile, at the first request,
+to the same `Route`/`Policy` rules as path configuration, ahead of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.routing import Route as StarletteRoute
+
+from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
+from authmw.asgi import Receive, Scope, Send
+from authmw.policy import Policy, Route
+from authmw.principal import Principal
+from authmw.sessions import AsyncSessionHandle, SessionInfo
+
+__all__ = [
+    "AuthMiddleware",
+    "authenticated",
+    "jwt_required",
+    "login",
+    "logout",
+    "logout_everywhere",
+    "policy",
+    "public",
+    "session",
+    "session_required",
+    "with_policy",
+]
+
+log = logging.getLogger("authmw")
+
+POLICY_ATTRIBUTE = "__authmw_policy__"
+F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R", bound=BaseRoute)
+
+
+def policy(value: Policy) -> Callable[[F], F]:
+    """Attach `value` to an endpoint (function, `HTTPEndpoint` class or one of its methods)."""
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, POLICY_ATTRIBUTE, value)
+        return endpoint
+
+    return mark
+
+
+def public(endpoint: F) -> F:
+    return policy(Policy.public())(endpoint)
+
+
+def session_required(
+    *, scopes: Iterable[str] = (), max_auth_age: float | None = None, csrf: bool = True
+) -> Callable[[F], F]:
+    return policy(Policy.session(scopes=scopes, max_auth_age=max_auth_age, csrf=csrf))
+
+
+def jwt_required(*, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Callable[[F], F]:
+    return policy(Policy.jwt(scopes=scopes, max_auth_age=max_auth_age))
+
+
+def authenticated(*, scopes: Iterable[str] = (), max_auth_age: float | None = None) -> Callable[[F], F]:
+    """A session cookie or a bearer JWT is required."""
+    return policy(Policy.either(scopes=scopes, max_auth_age=max_auth_age))
+
+
+def with_policy(route: R, value: Policy) -> R:
+    """The route-level way: ``with_policy(Route("/admin", admin), Policy.session(scopes={"admin"}))``."""
+    setattr(route, POLICY_ATTRIBUTE, value)
+    return route
+
+
+def _join(prefix: str, path: str) -> str:
+    return (prefix.rstrip("/") + "/" + path.lstrip("/")) if prefix else path
+
+
+def compile_routes(routes: Iterable[BaseRoute], prefix: str = "") -> list[Route]:
+    """authmw `Route` rules for every Starlette route (nested in mounts) that carries a policy."""
+    compiled: list[Route] = []
+    for route in routes:
+        if isinstance(route, Mount):
+            mount_policy = getattr(route, POLICY_ATTRIBUTE, None)
+            inner = compile_routes(route.routes, _join(prefix, route.path))
+            compiled.extend(inner)
+            if mount_policy is not None:
+                compiled.append(Route(_join(_join(prefix, route.path), "{rest:path}"), mount_policy))
+            continue
+        if not isinstance(route, StarletteRoute | WebSocketRoute):
+            continue
+        path = _join(prefix, route.path)
+        endpoint = route.endpoint
+        route_policy = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
+        methods = getattr(route, "methods", None)
+        if isinstance(endpoint, type):  # HTTPEndpoint: a policy per method handler
+            for name in ("get", "head", "post", "put", "patch", "delete", "options"):
+                method_policy = getattr(getattr(endpoint, name, None), POLICY_ATTRIBUTE, None)
+                if method_policy is not None:
+                    compiled.append(Route(path, method_policy, methods={name.upper()}))
+        if route_policy is not None:
+            compiled.append(Route(path, route_policy, methods=methods))
+    return compiled
+
+
+class AuthMiddleware(_ASGIAuthMiddleware):
+    """authmw's ASGI middleware, plus endpoint policies compiled from the Starlette app's routes."""
+
+    _compiled = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._compiled and scope["type"] in ("http", "websocket"):
+            self._compiled = True
+            routes = getattr(scope.get("app"), "routes", None)
+            if routes:
+                rules = compile_routes(routes)
+                self.authenticator.add_routes(rules)
+                log.debug("authmw: %d endpoint policies compiled", len(rules))
+        await super().__call__(scope, receive, send)
+
+
+def session(conn: HTTPConnection) -> AsyncSessionHandle:
+    """The session handle of this request or websocket."""
+    handle = conn.scope.get("authmw.session")
+    if handle is None:
+        raise LookupError("authmw sessions are not enabled (configure AuthConfig.sessions)")
+    assert isinstance(handle, AsyncSessionHandle)
+    return handle
+
+
+async def login(
+    conn: HTTPConnection,
+    user_id: str,
+    scopes: Iterable[str] = (),
+    *,
+    remember: bool = False,
+    data: dict[str, Any] | None = None,
+) -> Principal:
+    """Start a session for `user_id` (always a new id); the response carries the cookie."""
+    return await session(conn).login(user_id, scopes, remember=remember, data=data)
+
+
+async def logout(conn: HTTPConnection) -> bool:
+    return await session(conn).logout()
+
+
+async def logout_everywhere(conn: HTTPConnection, user_id: str | None = None) -> int:
+    return await session(conn).logout_everywhere(user_id)
+
+
+async def list_sessions(conn: HTTPConnection) -> list[SessionInfo]:
+    return await session(conn).list_sessions()

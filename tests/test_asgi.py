@@ -1,0 +1,777 @@
+"""The ASGI shell: `authmw.asgi.AuthMiddleware` around Starlette apps, over httpx and at the raw ASGI message level.
+
+Covers P1 (fail closed, no 500), P24 (RFC 6750 answers), P25, P26 (per-route kinds, no downgrade), P28 (nothing
+reflected), P29 (websocket refused before accept), P31 (identity responses not cacheable), Starlette's
+`request.user` / `request.auth` / `requires`, and composition with CORS, GZip, lifespan and mounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.authentication import requires
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, WebSocketRoute
+from starlette.routing import Route as StarletteRoute
+from starlette.websockets import WebSocket
+
+from authmw import AuthConfig, AuthState, JWTSettings, Policy, Principal, Route
+from authmw.asgi import AuthMiddleware, get_session
+from authmw.sessions import SessionSettings
+
+SECRET = "authmw-asgi-test-secret-" + "0123456789abcdef" * 2
+OTHER_SECRET = "another-secret-entirely-" + "fedcba9876543210" * 2
+ORIGIN = "https://app.example"
+
+Message = MutableMapping[str, Any]
+
+
+def make_token(sub: str = "alice", scope: str = "items:read", *, key: str = SECRET, **claims: Any) -> str:
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + 300, "jti": uuid.uuid4().hex, "scope": scope}
+    payload.update(claims)
+    return jwt.encode(payload, key, algorithm="HS256")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make_config(**overrides: Any) -> AuthConfig:
+    options: dict[str, Any] = {
+        "jwt": JWTSettings(algorithms=["HS256"], keys=SECRET),
+        "routes": [
+            Route("/public", Policy.public()),
+            Route("/api/items", Policy.jwt(scopes={"items:read"})),
+            Route("/api/jwt", Policy.jwt()),
+            Route("/api/sensitive", Policy.jwt(max_auth_age=60)),
+            Route("/ws", Policy.jwt()),
+        ],
+        "default": Policy.optional(),
+    }
+    options.update(overrides)
+    return AuthConfig(**options)
+
+
+class Calls:
+    """Records every request the protected app actually receives (P1: it must not be called on failure)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.users: list[Any] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+
+def starlette_app(calls: Calls, *, middleware: list[Middleware] | None = None) -> Starlette:
+    async def whoami(request: Request) -> Response:
+        calls.paths.append(request.url.path)
+        calls.users.append(request.user)
+        state: AuthState = request.scope["authmw"]
+        return JSONResponse(
+            {
+                "authenticated": request.user.is_authenticated,
+                "name": request.user.display_name,
+                "scopes": list(request.auth.scopes),
+                "principal": state.principal.id if state.principal else None,
+            },
+            headers={"Cache-Control": "public, max-age=60"},
+        )
+
+    @requires("items:read")
+    async def guarded(request: Request) -> Response:
+        calls.paths.append(request.url.path)
+        return JSONResponse({"ok": True})
+
+    async def big(request: Request) -> Response:
+        calls.paths.append(request.url.path)
+        return JSONResponse({"items": [{"id": i, "name": f"item {i}"} for i in range(300)]})
+
+    async def socket(websocket: WebSocket) -> None:
+        calls.paths.append(websocket.url.path)
+        await websocket.accept()
+        await websocket.send_json({"user": websocket.user.display_name, "scopes": websocket.auth.scopes})
+        await websocket.close()
+
+    paths = ["/", "/public", "/optional", "/api/items", "/api/jwt", "/api/sensitive", "/admin", "/administrator"]
+    routes: list[Any] = [StarletteRoute(p, whoami, methods=["GET", "POST"]) for p in paths]
+    routes += [StarletteRoute("/guarded", guarded), StarletteRoute("/big", big), WebSocketRoute("/ws", socket)]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def protected(calls: Calls | None = None, **config: Any) -> tuple[AuthMiddleware, Calls]:
+    calls = calls if calls is not None else Calls()
+    return AuthMiddleware(starlette_app(calls), make_config(**config)), calls
+
+
+async def _send(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return await client.request(method, path, **kwargs)
+
+
+def call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return asyncio.run(_send(app, method, path, **kwargs))
+
+
+async def _raw(app: Any, scope: dict[str, Any], incoming: list[Message], final: Message) -> list[Message]:
+    queue = list(incoming)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return queue.pop(0) if queue else dict(final)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def raw_http(app: Any, path: str, headers: list[tuple[bytes, bytes]], method: str = "GET") -> list[Message]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    request = {"type": "http.request", "body": b"", "more_body": False}
+    return asyncio.run(_raw(app, scope, [request], {"type": "http.disconnect"}))
+
+
+def ws_scope(
+    headers: list[tuple[bytes, bytes]], *, extensions: dict[str, Any] | None = None, query: bytes = b""
+) -> Any:
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "subprotocols": [],
+        "extensions": extensions or {},
+    }
+
+
+def raw_ws(app: Any, scope: dict[str, Any]) -> list[Message]:
+    return asyncio.run(
+        _raw(app, scope, [{"type": "websocket.connect"}], {"type": "websocket.disconnect", "code": 1000})
+    )
+
+
+def header_values(headers: Any, name: str) -> list[str]:
+    if isinstance(headers, httpx.Headers):
+        return headers.get_list(name)
+    wanted = name.encode()
+    return [v.decode("latin-1") for k, v in headers if k.lower() == wanted]
+
+
+def vary_tokens(headers: Any) -> set[str]:
+    return {t.strip().lower() for value in header_values(headers, "vary") for t in value.split(",")}
+
+
+def challenge_params(response: httpx.Response) -> dict[str, str]:
+    values = response.headers.get_list("www-authenticate")
+    assert len(values) == 1, values
+    scheme, _, params = values[0].partition(" ")
+    assert scheme == "Bearer"
+    return dict(re.findall(r'(\w+)="([^"]*)"', params))
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert "no-store" in response.headers["cache-control"]
+    assert {"cookie", "authorization"} <= vary_tokens(response.headers)
+    return body
+
+
+# --- P24: RFC 6750 answers --------------------------------------------------------------------------------------
+
+
+def test_p24_no_credentials_is_401_challenge_without_error() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/api/jwt")
+    assert_problem(response, 401)
+    assert response.headers["www-authenticate"] == 'Bearer realm="authmw"'
+    assert "error" not in response.json()
+    assert not calls
+
+
+def test_p24_realm_comes_from_configuration() -> None:
+    app, _ = protected(realm="my-app")
+    assert call(app, "GET", "/api/jwt").headers["www-authenticate"] == 'Bearer realm="my-app"'
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(make_token(key=OTHER_SECRET), id="wrong-key"),
+        pytest.param(make_token(exp=int(time.time()) - 3600, iat=int(time.time()) - 4000), id="expired"),
+        pytest.param("abc.def.ghi", id="garbage-jws"),
+        pytest.param("notajwt", id="not-jws"),
+        pytest.param(make_token()[:-4] + "AAAA", id="tampered-signature"),
+    ],
+)
+def test_p24_bad_token_is_401_invalid_token(token: str) -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/api/jwt", headers=bearer(token))
+    body = assert_problem(response, 401)
+    params = challenge_params(response)
+    assert params["realm"] == "authmw"
+    assert params["error"] == "invalid_token"
+    assert body["error"] == "invalid_token"
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "value", ["Bearer", "Bearer ", "Bearer a b", "Bearer a,b", 'Bearer "abc"', "", "Bearer =abc"], ids=repr
+)
+def test_p24_malformed_authorization_is_400_invalid_request(value: str) -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/api/jwt", headers={"Authorization": value})
+    body = assert_problem(response, 400)
+    assert challenge_params(response)["error"] == "invalid_request"
+    assert body["error"] == "invalid_request"
+    assert not calls
+
+
+def test_p24_missing_scope_is_403_insufficient_scope_with_scope_attribute() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/api/items", headers=bearer(make_token(scope="items:write other")))
+    body = assert_problem(response, 403)
+    params = challenge_params(response)
+    assert params["error"] == "insufficient_scope"
+    assert params["scope"] == "items:read"
+    assert body["error"] == "insufficient_scope"
+    assert body["required_scopes"] == ["items:read"]
+    assert not calls
+
+
+def test_p24_enough_scope_passes() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/api/items", headers=bearer(make_token(scope="items:write items:read")))
+    assert response.status_code == 200
+    assert response.json()["principal"] == "alice"
+    assert calls.paths == ["/api/items"]
+
+
+def test_p25_two_authorization_headers_is_400() -> None:
+    app, calls = protected()
+    token = make_token()
+    headers = [("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")]
+    response = call(app, "GET", "/api/jwt", headers=headers)
+    assert_problem(response, 400)
+    assert challenge_params(response)["error"] == "invalid_request"
+    assert not calls
+
+
+def test_p25_header_and_query_token_is_400() -> None:
+    app, calls = protected()
+    token = make_token()
+    response = call(app, "GET", "/api/jwt", headers=bearer(token), params={"access_token": token})
+    assert_problem(response, 400)
+    assert not calls
+
+
+def test_p25_query_token_alone_is_not_accepted() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/api/jwt", params={"access_token": make_token()})
+    assert response.status_code == 401
+    assert "error=" not in response.headers["www-authenticate"]
+    assert not calls
+
+
+_DESCRIPTION_SAFE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer " + make_token(key=OTHER_SECRET),
+        "Bearer " + make_token(exp=int(time.time()) - 3600, iat=int(time.time()) - 4000),
+        "Bearer " + "Z" * 9000,
+        'Bearer abc"def\\ghi',
+        "Bearer SECRETTOKENVALUE%22%5C",
+        "Bearer SECRETTOKENVALUE\x7f",
+    ],
+)
+def test_p28_error_description_never_echoes_the_token(value: str) -> None:
+    app, _ = protected()
+    response = call(app, "GET", "/api/items", headers=[(b"authorization", value.encode("latin-1"))])
+    assert response.status_code in (400, 401)
+    token = value.partition(" ")[2]
+    challenge = response.headers["www-authenticate"]
+    description = re.search(r'error_description="([^"]*)"', challenge)
+    assert description is not None
+    assert _DESCRIPTION_SAFE.fullmatch(description.group(1))
+    assert "\\" not in description.group(1)
+    for needle in (token, token[:20], token[-20:], "SECRETTOKENVALUE"):
+        assert needle not in challenge
+        assert needle not in response.text
+    assert "Traceback" not in response.text
+
+
+# --- P26: per-route credential kinds, no downgrade --------------------------------------------------------------
+
+
+def test_p26_jwt_route_ignores_cookies() -> None:
+    app, calls = protected()
+    cookies = {"Cookie": "__Host-session=forged.garbage; session=x"}
+    response = call(app, "GET", "/api/jwt", headers=cookies)
+    assert response.status_code == 401
+    assert "error=" not in response.headers["www-authenticate"]
+    response = call(app, "GET", "/api/jwt", headers={**cookies, **bearer(make_token())})
+    assert response.status_code == 200
+    assert response.json()["principal"] == "alice"
+    assert calls.paths == ["/api/jwt"]
+
+
+SESSION_KEY = "session-signing-key-" + "0123456789abcdef" * 2
+
+
+def session_app() -> tuple[AuthMiddleware, Calls]:
+    """Sessions on: a public /login that opens a session, a JWT-only and a session-only route."""
+    calls = Calls()
+
+    async def login(request: Request) -> Response:
+        principal = await get_session(request.scope).login("sam", ["items:read"])
+        return JSONResponse({"id": principal.id})
+
+    async def whoami(request: Request) -> Response:
+        calls.paths.append(request.url.path)
+        user = request.user
+        return JSONResponse({"id": getattr(user, "id", None), "source": getattr(user, "source", None)})
+
+    paths = ["/api/jwt", "/account", "/optional"]
+    inner = Starlette(routes=[StarletteRoute("/login", login), *[StarletteRoute(p, whoami) for p in paths]])
+    config = make_config(
+        sessions=SessionSettings(secret_keys=[SESSION_KEY], cookie_secure=False),
+        routes=[Route("/login", Policy.public()), Route("/api/jwt", Policy.jwt()), Route("/account", Policy.session())],
+    )
+    return AuthMiddleware(inner, config), calls
+
+
+def _session_flow(app: AuthMiddleware) -> dict[str, httpx.Response]:
+    # A fresh client per request: nothing is sent but the headers each case names (no cookie jar).
+    login = call(app, "GET", "/login")
+    cookie = {"Cookie": login.headers["set-cookie"].split(";", 1)[0]}
+    valid, invalid = bearer(make_token(sub="bob")), bearer(make_token(sub="bob", key=OTHER_SECRET))
+    cases = {
+        "optional+cookie": ("/optional", cookie),
+        "jwt+cookie": ("/api/jwt", cookie),
+        "jwt+cookie+token": ("/api/jwt", {**cookie, **valid}),
+        "session+token": ("/account", valid),
+        "session+cookie+token": ("/account", {**cookie, **valid}),
+        "session+cookie+badtoken": ("/account", {**cookie, **invalid}),
+        "optional+cookie+badtoken": ("/optional", {**cookie, **invalid}),
+    }
+    return {name: call(app, "GET", path, headers=headers) for name, (path, headers) in cases.items()}
+
+
+def test_p26_jwt_route_ignores_a_valid_session_and_session_route_ignores_bearer() -> None:
+    app, calls = session_app()
+    r = _session_flow(app)
+    # The session is real: an optional route accepting both kinds identifies it.
+    assert r["optional+cookie"].json() == {"id": "sam", "source": "session"}
+    # A JWT-only route does not read cookies: no credential of its kind, so 401 without an error code.
+    assert r["jwt+cookie"].status_code == 401
+    assert "error=" not in r["jwt+cookie"].headers["www-authenticate"]
+    assert r["jwt+cookie+token"].json() == {"id": "bob", "source": "jwt"}
+    # A session-only route does not read bearer tokens, valid or not.
+    assert r["session+token"].status_code == 401
+    assert r["session+cookie+token"].json() == {"id": "sam", "source": "session"}
+    assert r["session+cookie+badtoken"].json() == {"id": "sam", "source": "session"}
+    # Where both kinds are accepted, a presented but invalid bearer token is refused, never replaced by the cookie.
+    assert r["optional+cookie+badtoken"].status_code == 401
+    assert challenge_params(r["optional+cookie+badtoken"])["error"] == "invalid_token"
+    assert calls.paths == ["/optional", "/api/jwt", "/account", "/account"]
+
+
+@pytest.mark.parametrize(
+    "token", [make_token(key=OTHER_SECRET), "abc.def.ghi", make_token(exp=int(time.time()) - 999, iat=0)]
+)
+def test_p26_optional_route_refuses_invalid_bearer_never_anonymous(token: str) -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/optional", headers=bearer(token))
+    assert response.status_code == 401
+    assert challenge_params(response)["error"] == "invalid_token"
+    assert not calls
+
+
+def test_p26_optional_route_malformed_bearer_is_400_not_anonymous() -> None:
+    app, calls = protected()
+    assert call(app, "GET", "/optional", headers={"Authorization": "Bearer a b"}).status_code == 400
+    assert not calls
+
+
+def test_p26_optional_route_without_credentials_is_anonymous() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/optional")
+    assert response.status_code == 200
+    assert response.json() == {"authenticated": False, "name": "", "scopes": [], "principal": None}
+    assert calls.paths == ["/optional"]
+
+
+def test_p26_optional_route_other_scheme_is_anonymous() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/optional", headers={"Authorization": "Basic YWxpY2U6d29uZGVybGFuZA=="})
+    assert response.status_code == 200
+    assert response.json()["authenticated"] is False
+    assert calls.paths == ["/optional"]
+
+
+@pytest.mark.parametrize("value", ["Bearer " + make_token(key=OTHER_SECRET), "Bearer a b", "Bearer " + "x" * 9000])
+def test_p26_public_route_never_reads_credentials(value: str) -> None:
+    app, calls = protected()
+    headers = [("Authorization", value), ("Authorization", value)]
+    response = call(app, "GET", "/public", headers=headers)
+    assert response.status_code == 200
+    assert response.json()["authenticated"] is False
+    assert calls.paths == ["/public"]
+
+
+def test_p26_public_route_with_valid_token_stays_anonymous() -> None:
+    app, _ = protected()
+    response = call(app, "GET", "/public", headers=bearer(make_token()))
+    assert response.json()["authenticated"] is False
+
+
+def test_step_up_route_refuses_old_authentication() -> None:
+    app, calls = protected()
+    now = int(time.time())
+    response = call(app, "GET", "/api/sensitive", headers=bearer(make_token(iat=now, auth_time=now - 3600)))
+    assert_problem(response, 401)
+    assert challenge_params(response)["error"] == "insufficient_user_authentication"
+    assert "max_age=60" in response.headers["www-authenticate"]
+    assert not calls
+
+
+def test_step_up_route_accepts_fresh_authentication() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/api/sensitive", headers=bearer(make_token()))
+    assert response.status_code == 200
+    assert calls
+
+
+# --- P1: fail closed, never a 500 -------------------------------------------------------------------------------
+
+
+def test_p1_app_not_called_when_auth_fails() -> None:
+    app, calls = protected()
+    assert call(app, "GET", "/api/jwt").status_code == 401
+    assert call(app, "POST", "/api/jwt", headers=bearer("x.y.z"), content=b"{}").status_code == 401
+    assert call(app, "GET", "/api/jwt", headers={"Authorization": "Bearer"}).status_code == 400
+    assert call(app, "GET", "/api/items", headers=bearer(make_token(scope=""))).status_code == 403
+    assert not calls
+
+
+class RawApp:
+    """A minimal ASGI app recording whether (and as whom) it was called."""
+
+    def __init__(self) -> None:
+        self.called: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.called.append(scope.get("user"))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+_HEADER_NAME = st.one_of(st.sampled_from([b"authorization", b"cookie", b"origin", b"x-x"]), st.binary(max_size=12))
+_HEADER_VALUE = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda t: b"Bearer " + t, st.binary(max_size=300)),
+    st.builds(lambda t: b"Bearer " + t.encode(), st.text(alphabet="abcXYZ019-._~+/= .\"'\\", max_size=80)),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_HEADER_NAME, _HEADER_VALUE), max_size=5), st.sampled_from(["/api/jwt", "/optional"]))
+def test_p1_garbage_headers_never_500(headers: list[tuple[bytes, bytes]], path: str) -> None:
+    inner = RawApp()
+    app = AuthMiddleware(inner, make_config())
+    sent = raw_http(app, path, headers)
+    start = sent[0]
+    assert start["type"] == "http.response.start"
+    assert start["status"] in (200, 400, 401)
+    if start["status"] == 200:
+        assert path == "/optional"
+        assert inner.called and not inner.called[0].is_authenticated
+    else:
+        assert not inner.called
+        assert header_values(start["headers"], "www-authenticate")
+
+
+# --- P31: identity responses are not cacheable ------------------------------------------------------------------
+
+
+def test_p31_authenticated_response_is_no_store_and_varies() -> None:
+    app, _ = protected()
+    response = call(app, "GET", "/optional", headers=bearer(make_token()))
+    assert response.status_code == 200
+    assert response.headers.get_list("cache-control") == ["no-store"]
+    assert {"cookie", "authorization"} <= vary_tokens(response.headers)
+
+
+def test_p31_anonymous_response_on_non_public_route_varies() -> None:
+    app, _ = protected()
+    response = call(app, "GET", "/optional")
+    assert response.status_code == 200
+    assert {"cookie", "authorization"} <= vary_tokens(response.headers)
+    assert response.headers["cache-control"] == "public, max-age=60"
+
+
+def test_p31_error_responses_are_no_store() -> None:
+    app, _ = protected()
+    for response in (call(app, "GET", "/api/jwt"), call(app, "GET", "/api/jwt", headers=bearer("a.b.c"))):
+        assert response.headers["cache-control"] == "no-store"
+        assert {"cookie", "authorization"} <= vary_tokens(response.headers)
+
+
+# --- scope["user"] / scope["auth"] and Starlette's requires ------------------------------------------------------
+
+
+def test_request_user_and_auth_are_set_for_a_token() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/optional", headers=bearer(make_token(sub="bob", scope="items:read items:write")))
+    assert response.json() == {
+        "authenticated": True,
+        "name": "bob",
+        "scopes": ["authenticated", "items:read", "items:write"],
+        "principal": "bob",
+    }
+    user = calls.users[0]
+    assert isinstance(user, Principal)
+    assert (user.id, user.source, user.scopes) == ("bob", "jwt", {"items:read", "items:write"})
+
+
+def test_requires_passes_with_the_scope() -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/guarded", headers=bearer(make_token(scope="items:read")))
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    assert calls.paths == ["/guarded"]
+
+
+@pytest.mark.parametrize("headers", [{}, bearer(make_token(scope="items:write"))], ids=["anonymous", "other-scope"])
+def test_requires_refuses_without_the_scope(headers: dict[str, str]) -> None:
+    app, calls = protected()
+    response = call(app, "GET", "/guarded", headers=headers)
+    assert response.status_code == 403
+    assert not calls
+
+
+# --- composition: CORS, GZip, lifespan, mounts ------------------------------------------------------------------
+
+PREFLIGHT = {
+    "Origin": ORIGIN,
+    "Access-Control-Request-Method": "GET",
+    "Access-Control-Request-Headers": "authorization",
+}
+CORS = {"allow_origins": [ORIGIN], "allow_methods": ["GET", "POST"], "allow_headers": ["Authorization"]}
+
+
+def test_cors_outside_preflight_to_jwt_route_passes() -> None:
+    calls = Calls()
+    app = CORSMiddleware(AuthMiddleware(starlette_app(calls), make_config()), **CORS)
+    response = call(app, "OPTIONS", "/api/jwt", headers=PREFLIGHT)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "GET" in response.headers["access-control-allow-methods"]
+    # The refusal of the real request still carries CORS headers, so the browser can read the 401.
+    refused = call(app, "GET", "/api/jwt", headers={"Origin": ORIGIN})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == ORIGIN
+    allowed = call(app, "GET", "/api/jwt", headers={"Origin": ORIGIN, **bearer(make_token())})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    assert calls.paths == ["/api/jwt"]
+
+
+def test_cors_inside_preflight_passes_through_unauthenticated() -> None:
+    calls = Calls()
+    app = AuthMiddleware(starlette_app(calls, middleware=[Middleware(CORSMiddleware, **CORS)]), make_config())
+    response = call(app, "OPTIONS", "/api/jwt", headers=PREFLIGHT)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    # An OPTIONS without Access-Control-Request-Method is no preflight: authenticated as usual.
+    assert call(app, "OPTIONS", "/api/jwt", headers={"Origin": ORIGIN}).status_code == 401
+
+
+def _check_gzip(app: Any) -> None:
+    response = call(app, "GET", "/big", headers={**bearer(make_token()), "Accept-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert response.headers["content-encoding"] == "gzip"
+    assert len(response.json()["items"]) == 300
+    assert {"accept-encoding", "cookie", "authorization"} <= vary_tokens(response.headers)
+    assert response.headers["cache-control"] == "no-store"
+    assert len(response.headers.get_list("vary")) == 1
+
+
+def test_gzip_inside_keeps_identity_headers() -> None:
+    app = AuthMiddleware(
+        starlette_app(Calls(), middleware=[Middleware(GZipMiddleware, minimum_size=500)]), make_config()
+    )
+    _check_gzip(app)
+
+
+def test_gzip_outside_keeps_identity_headers() -> None:
+    app = GZipMiddleware(AuthMiddleware(starlette_app(Calls()), make_config()), minimum_size=500)
+    _check_gzip(app)
+
+
+def test_lifespan_passes_straight_through() -> None:
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = AuthMiddleware(Starlette(routes=[], lifespan=lifespan), make_config(default=Policy.required()))
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    incoming: list[Message] = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent = asyncio.run(_raw(app, scope, incoming, {"type": "lifespan.shutdown"}))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert events == ["startup", "shutdown"]
+    assert "user" not in scope and "authmw" not in scope
+
+
+def test_mounted_app_rules_match_the_inner_router_path() -> None:
+    calls = Calls()
+    config = make_config(routes=[Route("/admin", Policy.jwt())])
+    outer = Starlette(routes=[Mount("/sub", app=AuthMiddleware(starlette_app(calls), config))])
+    assert call(outer, "GET", "/sub/admin").status_code == 401
+    assert call(outer, "GET", "/sub/admin/").status_code in (401, 307)
+    assert not calls
+    assert call(outer, "GET", "/sub/administrator").status_code == 200
+    response = call(outer, "GET", "/sub/admin", headers=bearer(make_token()))
+    assert response.status_code == 200
+    assert response.json()["principal"] == "alice"
+    assert calls.paths == ["/sub/administrator", "/sub/admin"]
+
+
+def test_mounted_app_with_full_path_rule_does_not_match() -> None:
+    # Rules name the path the app's router sees, so a rule spelled with the mount prefix never applies.
+    calls = Calls()
+    config = make_config(routes=[Route("/sub/admin", Policy.jwt())])
+    outer = Starlette(routes=[Mount("/sub", app=AuthMiddleware(starlette_app(calls), config))])
+    assert call(outer, "GET", "/sub/admin").status_code == 200
+
+
+def test_percent_encoded_and_non_ascii_paths_are_matched_decoded() -> None:
+    app, calls = protected(routes=[Route("/api/jwt", Policy.jwt()), Route("/café", Policy.jwt())])
+    assert call(app, "GET", "/%61pi/jwt").status_code == 401
+    assert call(app, "GET", "/api//jwt/").status_code == 401
+    assert call(app, "GET", "/caf%C3%A9").status_code == 401
+    assert not calls
+
+
+# --- P29: websockets -------------------------------------------------------------------------------------------
+
+
+class RawSocketApp:
+    def __init__(self) -> None:
+        self.called: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Callable[[], Awaitable[Message]], send: Any) -> None:
+        self.called.append(scope.get("user"))
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps({"user": scope["user"].display_name})})
+        await send({"type": "websocket.close", "code": 1000})
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[], [(b"authorization", b"Bearer " + make_token(key=OTHER_SECRET).encode())], [(b"authorization", b"Bearer")]],
+    ids=["none", "invalid", "malformed"],
+)
+def test_p29_websocket_refused_with_close_before_accept(headers: list[tuple[bytes, bytes]]) -> None:
+    inner = RawSocketApp()
+    sent = raw_ws(AuthMiddleware(inner, make_config()), ws_scope(headers))
+    assert len(sent) == 1
+    assert sent[0]["type"] == "websocket.close"
+    assert sent[0]["code"] == 1008
+    assert not inner.called
+
+
+def test_p29_websocket_query_token_is_not_accepted() -> None:
+    inner = RawSocketApp()
+    sent = raw_ws(AuthMiddleware(inner, make_config()), ws_scope([], query=f"access_token={make_token()}".encode()))
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    assert not inner.called
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [([], 401), ([(b"authorization", b"Bearer " + make_token(key=OTHER_SECRET).encode())], 401)],
+    ids=["none", "invalid"],
+)
+def test_p29_websocket_denial_response_extension(headers: list[tuple[bytes, bytes]], status: int) -> None:
+    inner = RawSocketApp()
+    scope = ws_scope(headers, extensions={"websocket.http.response": {}})
+    sent = raw_ws(AuthMiddleware(inner, make_config()), scope)
+    assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
+    assert sent[0]["status"] == status
+    assert header_values(sent[0]["headers"], "www-authenticate")
+    assert json.loads(sent[1]["body"])["status"] == status
+    assert not inner.called
+
+
+def test_p29_websocket_with_valid_token_runs_the_app() -> None:
+    inner = RawSocketApp()
+    sent = raw_ws(AuthMiddleware(inner, make_config()), ws_scope(bearer_header(make_token(sub="carol"))))
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert json.loads(sent[1]["text"]) == {"user": "carol"}
+    assert inner.called[0].is_authenticated
+
+
+def test_p29_starlette_websocket_sees_user_and_auth() -> None:
+    calls = Calls()
+    app = AuthMiddleware(starlette_app(calls), make_config())
+    sent = raw_ws(app, ws_scope(bearer_header(make_token(scope="items:read"))))
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert json.loads(sent[1]["text"]) == {"user": "alice", "scopes": ["authenticated", "items:read"]}
+    assert calls.paths == ["/ws"]
+
+
+def bearer_header(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
