@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from authmw import AuthConfig, Policy
-from authmw.flask import AuthMW, current_principal, list_sessions, login, logout, logout_everywhere
+from authmw.flask import AuthFailed, AuthMW, current_principal, list_sessions, login, logout, logout_everywhere
 from authmw.flask import cross_site_reason as login_cross_site_reason
 from examples.common import ROUTES, TOKENS_NOT_YET, Items, check_password, home_page, parse_form
 
@@ -84,8 +84,8 @@ def create_app(config: AuthConfig | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:
-        if error.code in (401, 403, 400, 503) and hasattr(error, "auth_response"):
-            return error  # authmw's own RFC 6750 / problem+json answer
+        if isinstance(error, AuthFailed):
+            return error.get_response()  # authmw's own RFC 6750 / problem+json answer
         response = jsonify(detail=error.name)
         response.status_code = error.code or 500
         return response

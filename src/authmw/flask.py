@@ -27,7 +27,8 @@ from typing import Any, TypeVar, overload
 from flask import Blueprint, Flask, current_app, g, request
 from flask import Response as FlaskResponse
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, Unauthorized
+from werkzeug.exceptions import ServiceUnavailable as WerkzeugServiceUnavailable
 from werkzeug.local import LocalProxy
 
 from authmw.config import AuthConfig
@@ -68,6 +69,35 @@ class AuthFailed(HTTPException):
     def get_response(self, environ: Any = None, scope: Any = None) -> FlaskResponse:
         answer = self.auth_response
         return FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
+
+
+class AuthBadRequest(AuthFailed, BadRequest):
+    pass
+
+
+class AuthUnauthorized(AuthFailed, Unauthorized):
+    pass
+
+
+class AuthForbidden(AuthFailed, Forbidden):
+    pass
+
+
+class AuthServiceUnavailable(AuthFailed, WerkzeugServiceUnavailable):
+    pass
+
+
+# One class per status, each also the werkzeug exception of that code, so `@app.errorhandler(401)` catches it.
+_FAILURES: dict[int, type[AuthFailed]] = {
+    400: AuthBadRequest,
+    401: AuthUnauthorized,
+    403: AuthForbidden,
+    503: AuthServiceUnavailable,
+}
+
+
+def _failure(error: AuthError, response: ErrorResponse) -> AuthFailed:
+    return _FAILURES.get(response.status, AuthFailed)(error, response)
 
 
 def _current_principal() -> Principal | Anonymous:
@@ -223,7 +253,7 @@ class AuthMW:
                 principal = run_sync(auth.flow(view, policy, state))
             except AuthError as error:
                 g.principal = None
-                raise AuthFailed(error, auth.error_response(error, view, policy)) from None
+                raise _failure(error, auth.error_response(error, view, policy)) from None
         g.principal = principal
         environ["authmw"] = AuthState(policy, principal)
         environ["authmw.principal"] = principal
