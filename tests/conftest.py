@@ -70,6 +70,34 @@ def uvicorn_server(app: str, env: Mapping[str, str]) -> Iterator[Server]:
         server.stop()
 
 
+@contextlib.contextmanager
+def gunicorn_server(app: str, env: Mapping[str, str], workers: int = 1) -> Iterator[Server]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        app,
+    ]
+    server = Server(argv, env, port)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+APPS = {
+    "starlette": lambda env: uvicorn_server("examples.starlette_app.app:app", env),
+    "flask": lambda env: gunicorn_server("examples.flask_app.app:app", env),
+}
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The URL of the real Redis on 127.0.0.1:6379; skips outside CI when absent, fails in CI (AUTHMW_REQUIRE_REDIS)."""

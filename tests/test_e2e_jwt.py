@@ -20,7 +20,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tests.conftest import uvicorn_server
+from tests.conftest import APPS
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,13 @@ def _hs256_by_hand(header: dict[str, Any], claims: dict[str, Any], secret: bytes
     return f"{signing_input}.{_b64(mac.finalize())}"
 
 
-def _deploy(tmp_path: Path, algorithm: str) -> Iterator[Deployment]:
-    env = {"AUTHMW_JWT_ISSUER": ISSUER, "AUTHMW_JWT_AUDIENCE": AUDIENCE, "AUTHMW_COOKIE_SECURE": "0"}
+def _deploy(tmp_path: Path, framework: str, algorithm: str) -> Iterator[Deployment]:
+    env = {
+        "AUTHMW_JWT_ISSUER": ISSUER,
+        "AUTHMW_JWT_AUDIENCE": AUDIENCE,
+        "AUTHMW_COOKIE_SECURE": "0",
+        "AUTHMW_SECRET_KEYS": "e2e-cookie-key-" + "c" * 40,
+    }
     public_pem: bytes | None = None
     signing_key: Any
     if algorithm == "HS256":
@@ -85,13 +90,16 @@ def _deploy(tmp_path: Path, algorithm: str) -> Iterator[Deployment]:
         key_file.write_bytes(public_pem)
         signing_key = private
         env |= {"AUTHMW_JWT_ALGORITHMS": "RS256,ES256", "AUTHMW_JWT_KEY": str(key_file)}
-    with uvicorn_server("examples.starlette_app.app:app", env) as server:
+    with APPS[framework](env) as server:
         yield Deployment(server.url, algorithm, signing_key, public_pem)
 
 
-@pytest.fixture(scope="module", params=["HS256", "RS256", "ES256"])
+@pytest.fixture(
+    scope="module", params=[f"{fw}-{alg}" for fw in ("starlette", "flask") for alg in ("HS256", "RS256", "ES256")]
+)
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    yield from _deploy(tmp_path_factory.mktemp(request.param), request.param)
+    framework, algorithm = request.param.split("-")
+    yield from _deploy(tmp_path_factory.mktemp(request.param), framework, algorithm)
 
 
 def _challenge(response: httpx.Response) -> str:

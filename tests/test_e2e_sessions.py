@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import redis
-from tests.conftest import free_port, uvicorn_server
+from tests.conftest import APPS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +33,16 @@ def _env(redis_url: str | None) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="module", params=["starlette-memory", "starlette-redis", "flask-memory", "flask-redis"])
 def app_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    framework, store = request.param.split("-")
     url = None
-    if request.param == "redis":
+    if store == "redis":
         url = request.getfixturevalue("redis_url")
-        # A database of its own; flushed after the module.
-        url = url.rsplit("/", 1)[0] + "/7"
+        # A database of its own per app; flushed after the module.
+        url = url.rsplit("/", 1)[0] + ("/7" if framework == "starlette" else "/8")
         redis.Redis.from_url(url).flushdb()
-    with uvicorn_server("examples.starlette_app.app:app", _env(url)) as server:
+    with APPS[framework](_env(url)) as server:
         yield server.url
     if url:
         redis.Redis.from_url(url).flushdb()
@@ -163,10 +164,11 @@ def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(timeout=5)
 
 
-def test_p27_redis_killed_mid_run_fails_closed_then_recovers(redis_url: str) -> None:
+@pytest.mark.parametrize("framework", ["starlette", "flask"])
+def test_p27_redis_killed_mid_run_fails_closed_then_recovers(redis_url: str, framework: str) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    with redis_server(port) as first, uvicorn_server("examples.starlette_app.app:app", _env(url)) as app:
+    with redis_server(port) as first, APPS[framework](_env(url)) as app:
         client = _login(app.url)
         assert client.get("/account").status_code == 200
         first.kill()
