@@ -4,6 +4,7 @@ plus Redis killed and restarted under a running app (fail closed with 503, recov
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import jwt
 import pytest
 import redis
 from tests.conftest import APPS, free_port
@@ -186,3 +188,42 @@ def test_p27_redis_killed_mid_run_fails_closed_then_recovers(redis_url: str, fra
             assert client.get("/account").status_code == 401
             again = _login(app.url)
             assert again.get("/account").status_code == 200
+
+
+# ---- WS /ws (Starlette): authenticated at the handshake, refused before accept otherwise (P29) ----
+
+
+@pytest.fixture(scope="module")
+def starlette_url() -> Iterator[str]:
+    with APPS["starlette"](_env(None)) as server:
+        yield server.url
+
+
+def _ws(url: str, **headers: str) -> dict[str, object]:
+    from websockets.sync.client import connect
+
+    with connect(url.replace("http://", "ws://") + "/ws", additional_headers=headers, open_timeout=5) as socket:
+        return dict(json.loads(socket.recv(timeout=5)))
+
+
+def test_p29_websocket_with_session_or_token(starlette_url: str) -> None:
+    client = _login(starlette_url)
+    cookie = client.cookies.get("authmw_session")
+    assert _ws(starlette_url, Cookie=f"authmw_session={cookie}", Origin=starlette_url) == {"id": "alice"}
+    token = jwt.encode({"sub": "bob", "iat": int(time.time()), "exp": int(time.time()) + 60}, JWT_KEY, "HS256")
+    assert _ws(starlette_url, Authorization=f"Bearer {token}") == {"id": "bob"}
+
+
+@pytest.mark.parametrize("case", ["anonymous", "bad_token", "foreign_origin"])
+def test_p29_websocket_refused_before_accept(starlette_url: str, case: str) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    headers: dict[str, str] = {}
+    if case == "bad_token":
+        headers["Authorization"] = "Bearer not.a.token"
+    if case == "foreign_origin":
+        cookie = _login(starlette_url).cookies.get("authmw_session")
+        headers |= {"Cookie": f"authmw_session={cookie}", "Origin": "https://evil.example"}
+    with pytest.raises(InvalidStatus) as refused:
+        _ws(starlette_url, **headers)
+    assert refused.value.response.status_code in (401, 403)
