@@ -12,13 +12,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from authmw.config import AuthConfig
-from authmw.engine import Authenticator, AuthState
-from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable, render_error
+from authmw.engine import Authenticator, AuthState, Exchange
+from authmw.errors import AuthError, ServiceUnavailable
 from authmw.flows import run_async
-from authmw.policy import Policy
-from authmw.principal import ANONYMOUS, AuthScopes, Principal
-from authmw.request import ASGIRequestView, with_identity_headers
-from authmw.sessions import AsyncSessionHandle, SessionState
+from authmw.principal import ANONYMOUS, AuthScopes
+from authmw.request import ASGIRequestView
+from authmw.sessions import AsyncSessionHandle
 
 __all__ = ["AuthMiddleware", "get_session"]
 
@@ -55,69 +54,42 @@ class AuthMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        view = ASGIRequestView(scope)
         auth = self.authenticator
-        policy = auth.table.match(view.method, view.path)
-        state: SessionState | None = None
-        if auth.sessions is not None:
-            state = SessionState(auth.sessions, view)
-            scope["authmw.session"] = AsyncSessionHandle(state)
-        principal: Principal | None = None
-        public = policy.is_public or auth.is_cors_preflight(view)
-        if not public:
-            try:
-                principal = await run_async(auth.flow(view, policy, state))
-            except AuthError as error:
-                await self._refuse(error, view, policy, state, scope, receive, send)
-                return
-        scope["authmw"] = AuthState(policy, principal)
+        exchange = auth.begin(ASGIRequestView(scope))
+        if exchange.state is not None:
+            scope["authmw.session"] = AsyncSessionHandle(exchange.state)
+        try:
+            await run_async(auth.authenticate(exchange))
+        except AuthError as error:
+            await self._refuse(error, exchange, scope, receive, send)
+            return
+        principal = exchange.principal
+        scope["authmw"] = AuthState(exchange.policy, principal)
         scope["user"] = principal if principal is not None else ANONYMOUS
         scope["auth"] = AuthScopes.for_principal(principal)
-        if kind == "websocket" or (public and state is None):
+        if kind == "websocket" or exchange.passthrough:
             await self.app(scope, receive, send)
             return
 
         async def send_with_auth_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = await self._finish_headers(message, public, principal is not None, state)
+                try:
+                    await run_async(exchange.finish())
+                except ServiceUnavailable as error:
+                    # The session data could not be saved: say so rather than pretend (fail closed).
+                    failed = auth.error_response(error, exchange.view, None)
+                    message = {"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)}
+                else:
+                    changed = exchange.response_headers(message.get("headers", ()), b"")
+                    if changed is not None:
+                        message["headers"] = changed
             await send(message)
 
         await self.app(scope, receive, send_with_auth_headers)
 
-    async def _finish_headers(
-        self, message: Message, public: bool, authenticated: bool, state: SessionState | None
-    ) -> Message:
-        cookies: list[str] = []
-        if state is not None:
-            if state.data_changed():
-                try:
-                    await run_async(state.manager.save_data(state))
-                except ServiceUnavailable as error:
-                    # The session data could not be saved: say so rather than pretend (fail closed).
-                    response = render_error(error, realm=self.config.realm)
-                    return {"type": "http.response.start", "status": 503, "headers": _encode(response.headers)}
-            cookies = state.response_cookies()
-        if public and not cookies:
-            return message
-        headers = with_identity_headers(message.get("headers", ()), authenticated or bool(cookies), b"")
-        headers.extend((b"set-cookie", cookie.encode("latin-1")) for cookie in cookies)
-        message["headers"] = headers
-        return message
-
-    async def _refuse(
-        self,
-        error: AuthError,
-        view: ASGIRequestView,
-        policy: Policy,
-        state: SessionState | None,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        response: ErrorResponse = self.authenticator.error_response(error, view, policy)
-        headers = _encode(response.headers)
-        if state is not None:
-            headers.extend((b"set-cookie", c.encode("latin-1")) for c in state.response_cookies())
+    async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        response = self.authenticator.error_response(error, exchange.view, exchange.policy)
+        headers = _encode(exchange.error_headers(response))
         if scope["type"] == "websocket":
             # P29: refuse at the handshake, before any accept.
             await receive()  # websocket.connect

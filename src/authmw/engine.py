@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any, AnyStr
 from urllib.parse import quote
 
 from authmw.config import AuthConfig
@@ -27,11 +28,11 @@ from authmw.flows import Blocking, Flow, run_async, run_sync
 from authmw.keys import UnknownKeyId
 from authmw.policy import Policy, Route, RouteTable
 from authmw.principal import Principal
-from authmw.request import RequestView, bearer_token
+from authmw.request import RequestView, bearer_token, with_identity_headers
 from authmw.sessions import SessionManager, SessionState
 from authmw.tokens import JWTVerifier
 
-__all__ = ["AuthState", "Authenticator", "run_async", "run_sync"]
+__all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
 
 log = logging.getLogger("authmw")
 
@@ -42,6 +43,56 @@ class AuthState:
 
     policy: Policy
     principal: Principal | None
+
+
+class Exchange:
+    """One request's trip through authmw: its policy, session state and caller, and what the response needs."""
+
+    __slots__ = ("policy", "principal", "public", "state", "view")
+
+    def __init__(self, view: RequestView, policy: Policy, public: bool, state: SessionState | None) -> None:
+        self.view = view
+        self.policy = policy
+        self.public = public
+        self.state = state
+        self.principal: Principal | None = None
+
+    @property
+    def passthrough(self) -> bool:
+        """Nothing to add to the response: the app's own answer goes out untouched."""
+        return self.public and self.state is None
+
+    def attach_wsgi(self, environ: MutableMapping[str, Any]) -> None:
+        environ["authmw"] = AuthState(self.policy, self.principal)
+        environ["authmw.principal"] = self.principal
+        if self.principal is not None:
+            environ["REMOTE_USER"] = self.principal.id
+
+    def finish(self) -> Flow[None]:
+        """Save the session's data bag if the app changed it (raises `ServiceUnavailable` if it cannot)."""
+        state = self.state
+        if state is not None and state.data_changed():
+            yield from state.manager.save_data(state)
+
+    def response_headers(
+        self, headers: Iterable[tuple[AnyStr, AnyStr]], sample: AnyStr
+    ) -> list[tuple[AnyStr, AnyStr]] | None:
+        """The response headers with identity headers (P31) and session cookies added; None when unchanged."""
+        cookies = self.state.response_cookies() if self.state is not None else []
+        if self.public and not cookies:
+            return None
+        out = with_identity_headers(headers, self.principal is not None or bool(cookies), sample)
+        if cookies:
+            name = b"set-cookie" if isinstance(sample, bytes) else "Set-Cookie"
+            out.extend((name, c.encode("latin-1") if isinstance(sample, bytes) else c) for c in cookies)
+        return out
+
+    def error_headers(self, response: ErrorResponse) -> list[tuple[str, str]]:
+        """An error answer's headers, plus the cookie-clearing one when a bad session cookie came in."""
+        headers = list(response.headers)
+        if self.state is not None:
+            headers.extend(("set-cookie", cookie) for cookie in self.state.response_cookies())
+        return headers
 
 
 class Authenticator:
@@ -63,6 +114,19 @@ class Authenticator:
 
     def policy_for(self, view: RequestView) -> Policy:
         return self.table.match(view.method, view.path)
+
+    def begin(self, view: RequestView, policy: Policy | None = None) -> Exchange:
+        """Start a request: its policy (from the route table unless given) and, with sessions on, its state."""
+        if policy is None:
+            policy = self.table.match(view.method, view.path)
+        state = SessionState(self.sessions, view) if self.sessions is not None else None
+        return Exchange(view, policy, policy.is_public or self.is_cors_preflight(view), state)
+
+    def authenticate(self, exchange: Exchange) -> Flow[Principal | None]:
+        """Resolve and check the caller of `exchange` (nothing to do on public routes and CORS preflights)."""
+        if not exchange.public:
+            exchange.principal = yield from self.flow(exchange.view, exchange.policy, exchange.state)
+        return exchange.principal
 
     @staticmethod
     def is_cors_preflight(view: RequestView) -> bool:

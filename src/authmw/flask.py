@@ -32,13 +32,13 @@ from werkzeug.exceptions import ServiceUnavailable as WerkzeugServiceUnavailable
 from werkzeug.local import LocalProxy
 
 from authmw.config import AuthConfig
-from authmw.engine import Authenticator, AuthState
+from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
 from authmw.flows import run_sync
 from authmw.policy import Policy
 from authmw.principal import ANONYMOUS, Anonymous, Principal
-from authmw.request import WSGIRequestView, with_identity_headers
-from authmw.sessions import SessionHandle, SessionInfo, SessionState
+from authmw.request import WSGIRequestView
+from authmw.sessions import SessionHandle, SessionInfo
 
 __all__ = [
     "AuthFailed",
@@ -68,7 +68,9 @@ class AuthFailed(HTTPException):
 
     def get_response(self, environ: Any = None, scope: Any = None) -> FlaskResponse:
         answer = self.auth_response
-        return FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
+        response = FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
+        response._authmw_error = True  # type: ignore[attr-defined]  # complete already: after_request leaves it
+        return response
 
 
 class AuthBadRequest(AuthFailed, BadRequest):
@@ -240,42 +242,32 @@ class AuthMW:
         assert auth is not None, "AuthMW.init_app() was not called"
         environ = request.environ
         view = WSGIRequestView(environ)
-        policy = self._policy_for(view, auth)
-        state: SessionState | None = None
-        if auth.sessions is not None:
-            state = SessionState(auth.sessions, view)
-            environ["authmw.session"] = SessionHandle(state)
-        g.authmw_state = state
-        g.authmw_public = public = policy.is_public or auth.is_cors_preflight(view)
-        principal: Principal | None = None
-        if not public:
-            try:
-                principal = run_sync(auth.flow(view, policy, state))
-            except AuthError as error:
-                g.principal = None
-                raise _failure(error, auth.error_response(error, view, policy)) from None
-        g.principal = principal
-        environ["authmw"] = AuthState(policy, principal)
-        environ["authmw.principal"] = principal
-        if principal is not None:
-            environ["REMOTE_USER"] = principal.id
+        exchange = auth.begin(view, self._policy_for(view, auth))
+        g.authmw_exchange = exchange
+        if exchange.state is not None:
+            environ["authmw.session"] = SessionHandle(exchange.state)
+        try:
+            run_sync(auth.authenticate(exchange))
+        except AuthError as error:
+            g.principal = None
+            response = auth.error_response(error, view, exchange.policy)
+            response.headers = exchange.error_headers(response)
+            raise _failure(error, response) from None
+        g.principal = exchange.principal
+        exchange.attach_wsgi(environ)
 
     def _after_request(self, response: FlaskResponse) -> FlaskResponse:
-        state: SessionState | None = g.get("authmw_state")
-        cookies: list[str] = []
-        if state is not None:
-            if state.data_changed():
-                try:
-                    run_sync(state.manager.save_data(state))
-                except ServiceUnavailable as error:
-                    assert self.authenticator is not None
-                    failed = self.authenticator.error_response(error, state.view, None)
-                    return FlaskResponse(failed.body, status=failed.status, headers=failed.headers)
-            cookies = state.response_cookies()
-        if g.get("authmw_public", True) and not cookies:
+        exchange: Exchange | None = g.get("authmw_exchange")
+        if exchange is None or getattr(response, "_authmw_error", False):
             return response
-        authenticated = g.get("principal") is not None or bool(cookies)
-        headers = with_identity_headers(list(response.headers.items()), authenticated, "")
-        headers.extend(("Set-Cookie", cookie) for cookie in cookies)
-        response.headers = Headers(headers)
+        exchange.principal = g.get("principal")  # login()/logout() in the view change the caller
+        try:
+            run_sync(exchange.finish())
+        except ServiceUnavailable as error:
+            assert self.authenticator is not None
+            failed = self.authenticator.error_response(error, exchange.view, None)
+            return FlaskResponse(failed.body, status=failed.status, headers=failed.headers)
+        changed = exchange.response_headers(list(response.headers.items()), "")
+        if changed is not None:
+            response.headers = Headers(changed)
         return response

@@ -11,12 +11,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from authmw.config import AuthConfig
-from authmw.engine import Authenticator, AuthState
-from authmw.errors import AuthError, ServiceUnavailable, render_error
+from authmw.engine import Authenticator
+from authmw.errors import AuthError, ServiceUnavailable
 from authmw.flows import run_sync
-from authmw.principal import Principal
-from authmw.request import WSGIRequestView, with_identity_headers
-from authmw.sessions import SessionHandle, SessionState
+from authmw.request import WSGIRequestView
+from authmw.sessions import SessionHandle
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -37,7 +36,7 @@ def get_session(environ: WSGIEnvironment) -> SessionHandle:
     return handle
 
 
-def _status(code: int) -> str:
+def status_line(code: int) -> str:
     return f"{code} {_STATUS_TEXT.get(code, 'Error')}"
 
 
@@ -50,47 +49,28 @@ class AuthMiddleware:
         self.authenticator = Authenticator(self.config)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        view = WSGIRequestView(environ)
         auth = self.authenticator
-        policy = auth.table.match(view.method, view.path)
-        state: SessionState | None = None
-        if auth.sessions is not None:
-            state = SessionState(auth.sessions, view)
-            environ["authmw.session"] = SessionHandle(state)
-        principal: Principal | None = None
-        public = policy.is_public or auth.is_cors_preflight(view)
-        if not public:
-            try:
-                principal = run_sync(auth.flow(view, policy, state))
-            except AuthError as error:
-                response = auth.error_response(error, view, policy)
-                headers = list(response.headers)
-                if state is not None:
-                    headers.extend(("Set-Cookie", cookie) for cookie in state.response_cookies())
-                start_response(_status(response.status), headers)
-                return [response.body]
-        environ["authmw"] = AuthState(policy, principal)
-        environ["authmw.principal"] = principal
-        if principal is not None:
-            environ["REMOTE_USER"] = principal.id
-        if public and state is None:
+        exchange = auth.begin(WSGIRequestView(environ))
+        if exchange.state is not None:
+            environ["authmw.session"] = SessionHandle(exchange.state)
+        try:
+            run_sync(auth.authenticate(exchange))
+        except AuthError as error:
+            response = auth.error_response(error, exchange.view, exchange.policy)
+            start_response(status_line(response.status), exchange.error_headers(response))
+            return [response.body]
+        exchange.attach_wsgi(environ)
+        if exchange.passthrough:
             return self.app(environ, start_response)
-        authenticated = principal is not None
 
         def start_with_auth_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            cookies: list[str] = []
-            if state is not None:
-                if state.data_changed():
-                    try:
-                        run_sync(state.manager.save_data(state))
-                    except ServiceUnavailable as error:
-                        failed = render_error(error, realm=self.config.realm)
-                        return start_response(_status(503), failed.headers, exc_info)
-                cookies = state.response_cookies()
-            if public and not cookies:
-                return start_response(status, headers, exc_info)
-            out = with_identity_headers(headers, authenticated or bool(cookies), "")
-            out.extend(("Set-Cookie", cookie) for cookie in cookies)
-            return start_response(status, out, exc_info)
+            try:
+                run_sync(exchange.finish())
+            except ServiceUnavailable as error:
+                # The session data could not be saved: say so rather than pretend (fail closed).
+                failed = auth.error_response(error, exchange.view, None)
+                return start_response(status_line(503), failed.headers, exc_info)
+            changed = exchange.response_headers(headers, "")
+            return start_response(status, headers if changed is None else changed, exc_info)
 
         return self.app(environ, start_with_auth_headers)
