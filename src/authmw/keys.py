@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509 import load_pem_x509_certificate
 from jwt.algorithms import Algorithm, ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
+from jwt.exceptions import InvalidKeyError
 
 from authmw.errors import ConfigurationError, InvalidToken, ServiceUnavailable
 
@@ -88,7 +89,7 @@ class VerificationKey:
         """An HMAC secret; refused when it looks like an asymmetric key in any encoding (P3)."""
         raw = secret.encode() if isinstance(secret, str) else bytes(secret)
         text = raw.lstrip()[:32].decode("latin-1")
-        if text.startswith(_ASYMMETRIC_MARKERS) or _parses_as_public_key(raw):
+        if text.startswith(_ASYMMETRIC_MARKERS) or _parses_as_public_key(raw) or _pyjwt_refuses_as_hmac(raw):
             raise ConfigurationError(
                 "an asymmetric key (PEM, DER, OpenSSH or JWK) was given as an HMAC secret; "
                 "configure an RS/PS/ES/EdDSA algorithm for it instead"
@@ -201,6 +202,15 @@ def _parses_as_public_key(raw: bytes) -> bool:
             continue
         return True
     return False
+
+
+def _pyjwt_refuses_as_hmac(raw: bytes) -> bool:
+    """PyJWT's own check (PEM anywhere in the text, certificates, SSH keys, JWK JSON) as a second opinion."""
+    try:
+        HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(raw)
+    except InvalidKeyError:
+        return True
+    return raw.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"["))
 
 
 class KeySet:
@@ -360,6 +370,9 @@ class RemoteKeySet(KeySet):
                     type(exc).__name__,
                     len(self.keys),
                 )
+                return False
+            if keys is not None and not keys:
+                log.warning("authmw: JWKS from %s has no usable key; keeping %d known keys", self.url, len(self.keys))
                 return False
             if keys is None:  # same document as last time
                 self._fetched_at = now

@@ -65,6 +65,15 @@ class JWTSettings:
     signing_key: Any = None
     #: lifetime in seconds of the access tokens the app mints
     access_token_ttl: float = 300.0
+    #: `typ` header of minted access tokens: "JWT", or RFC 9068's "at+jwt"
+    access_token_type: str = "JWT"
+    #: lifetime of one refresh token, and of a whole family of rotated refresh tokens
+    refresh_token_ttl: float = 14 * 24 * 3600.0
+    refresh_family_ttl: float = 30 * 24 * 3600.0
+    #: a refresh token used again within this many seconds (a client retrying) is not treated as theft
+    refresh_reuse_grace: float = 10.0
+    #: where revocations (jti denylist, per-user not-before) and refresh tokens live; default: the session store
+    revocation_store: Any = None
     keyset: KeySet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +104,12 @@ class JWTSettings:
                     f"none of which is in the configured algorithms {sorted(chosen)}"
                 )
         self.keyset = keyset
+        if self.access_token_ttl <= 0 or self.access_token_ttl > self.max_lifetime:
+            raise ConfigurationError("access_token_ttl must be positive and within max_lifetime")
+        if not 0 <= self.refresh_reuse_grace <= 60:
+            raise ConfigurationError("refresh_reuse_grace must be between 0 and 60 seconds")
+        if self.access_token_type not in ("JWT", "at+jwt"):
+            raise ConfigurationError("access_token_type must be 'JWT' or 'at+jwt'")
         if self.issuer is None or self.audience is None:
             missing = [n for n, v in (("issuer", self.issuer), ("audience", self.audience)) if v is None]
             log.info("authmw: JWT %s not configured; tokens are not checked for them", " and ".join(missing))
@@ -332,14 +347,17 @@ class JWTVerifier:
             jti = claims.get("jti")
             if type(jti) is not str or not jti:
                 raise InvalidToken('the "jti" claim is missing or invalid', reason="bad_jti")
-        token_use = claims.get("token_use", claims.get("token_type", "access"))
-        if token_use not in ("access", "access_token") or any(c in claims for c in _NOT_ACCESS_TOKEN_CLAIMS):
+        if any(claims.get(n, "access") not in ("access", "access_token") for n in ("token_use", "token_type")) or any(
+            c in claims for c in _NOT_ACCESS_TOKEN_CLAIMS
+        ):
             raise InvalidToken("the token is not an access token", reason="not_access_token")
         # The verified-token cache may serve this token until `exp` (not past it, whatever the leeway).
         return exp
 
     def _check_issuer_audience(self, claims: Mapping[str, Any]) -> None:
         # Our own exact comparisons (P6): no substring, prefix or case folding, whatever the library does.
+        if "iss" in self._required and "iss" not in claims:
+            raise InvalidToken('the token has no "iss" claim', reason="missing_iss")
         if self._issuers is not None:
             iss = claims.get("iss")
             if type(iss) is not str or iss not in self._issuers:
