@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from authmw import AuthConfig, Policy
 from authmw.flask import AuthFailed, AuthMW, current_principal, list_sessions, login, logout, logout_everywhere
 from authmw.flask import cross_site_reason as login_cross_site_reason
-from examples.common import ROUTES, TOKENS_NOT_YET, Items, check_password, home_page, parse_form
+from examples.common import ROUTES, Items, check_password, home_page, parse_form
 
 items = Items()
 
@@ -77,10 +77,9 @@ def create_app(config: AuthConfig | None = None) -> Flask:
         body, status = items.create(data, current_principal.identity)
         return jsonify(body), status
 
-    @app.post("/api/token")
-    @app.post("/api/token/refresh")
-    def token_not_yet() -> Any:
-        return jsonify(TOKENS_NOT_YET), 501
+    app.add_url_rule("/api/token", "token", auth.token_view, methods=["POST"])
+    app.add_url_rule("/api/token/refresh", "token_refresh", auth.refresh_view, methods=["POST"])
+    app.add_url_rule("/.well-known/jwks.json", "jwks", auth.jwks_view)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:

@@ -16,8 +16,18 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from authmw import AuthConfig, Policy, Principal
-from authmw.starlette import AuthMiddleware, list_sessions, login, logout, logout_everywhere, session
-from examples.common import ROUTES, TOKENS_NOT_YET, Items, check_password, home_page, parse_form
+from authmw.starlette import (
+    AuthMiddleware,
+    jwks_endpoint,
+    list_sessions,
+    login,
+    logout,
+    logout_everywhere,
+    refresh_endpoint,
+    session,
+    token_endpoint,
+)
+from examples.common import ROUTES, Items, check_password, home_page, parse_form
 
 items = Items()
 
@@ -74,10 +84,6 @@ async def create_item(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-async def token_not_yet(request: Request) -> JSONResponse:
-    return JSONResponse(TOKENS_NOT_YET, status_code=501)
-
-
 async def ws(websocket: WebSocket) -> None:
     # authmw already refused unauthenticated handshakes before this point (P29).
     await websocket.accept()
@@ -103,8 +109,9 @@ def create_app(config: AuthConfig | None = None) -> Starlette:
             Route("/api/me", whoami),
             Route("/api/items", list_items, methods=["GET"]),
             Route("/api/items", create_item, methods=["POST"]),
-            Route("/api/token", token_not_yet, methods=["POST"]),
-            Route("/api/token/refresh", token_not_yet, methods=["POST"]),
+            Route("/api/token", token_endpoint, methods=["POST"]),
+            Route("/api/token/refresh", refresh_endpoint, methods=["POST"]),
+            Route("/.well-known/jwks.json", jwks_endpoint),
             WebSocketRoute("/ws", ws),
         ],
         middleware=[Middleware(GZipMiddleware), Middleware(AuthMiddleware, config=config)],

@@ -56,6 +56,7 @@ class AuthMiddleware:
             return
         auth = self.authenticator
         exchange = auth.begin(ASGIRequestView(scope))
+        scope["authmw.authenticator"] = auth
         if exchange.state is not None:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:

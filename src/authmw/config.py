@@ -178,6 +178,7 @@ def _jwt_from_env(env: Mapping[str, str]) -> JWTSettings | None:
         max_lifetime=_number(env, "AUTHMW_JWT_MAX_LIFETIME", 24 * 3600.0),
         signing_key=_key_material(signing) if signing else None,
         access_token_ttl=_number(env, "AUTHMW_ACCESS_TOKEN_TTL", 300.0),
+        refresh_reuse_grace=_number(env, "AUTHMW_REFRESH_REUSE_GRACE", 0.0),
     )
 
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from authmw.config import AuthConfig
 from authmw.errors import (
     AuthError,
+    ConfigurationError,
     ErrorResponse,
     InsufficientScope,
     InvalidToken,
@@ -24,7 +25,8 @@ from authmw.errors import (
     StepUpRequired,
     render_error,
 )
-from authmw.flows import Blocking, Flow, run_async, run_sync
+from authmw.flows import Blocking, Flow, StoreCall, run_async, run_sync
+from authmw.issuer import TokenIssuer, TokenService, jti_key
 from authmw.keys import UnknownKeyId
 from authmw.policy import Policy, Route, RouteTable
 from authmw.principal import Principal
@@ -64,6 +66,7 @@ class Exchange:
 
     def attach_wsgi(self, environ: MutableMapping[str, Any]) -> None:
         environ["authmw"] = AuthState(self.policy, self.principal)
+        environ["authmw.exchange"] = self
         environ["authmw.principal"] = self.principal
         if self.principal is not None:
             environ["REMOTE_USER"] = self.principal.id
@@ -107,6 +110,20 @@ class Authenticator:
         self.verifier = JWTVerifier(config.jwt) if config.jwt is not None else None
         self.sessions = SessionManager(config.sessions) if config.sessions is not None else None
         self._max_token_bytes = config.jwt.max_token_bytes if config.jwt is not None else 8192
+        # Revocations (jti denylist, per-user not-before) and refresh tokens live with the sessions by default.
+        self.token_store: Any = None
+        self.tokens: TokenService | None = None
+        if config.jwt is not None:
+            self.token_store = config.jwt.revocation_store or (config.sessions.store if config.sessions else None)
+            if self.token_store is not None:
+                try:
+                    self.tokens = TokenService(TokenIssuer(config.jwt), self.token_store)
+                except ConfigurationError as exc:
+                    log.info("authmw: token issuance is off: %s", exc)
+        if self.sessions is not None and config.jwt is not None:
+            self.sessions.token_store = self.token_store
+            # A not-before must outlive every access token issued before it.
+            self.sessions.not_before_ttl = config.jwt.max_lifetime + config.jwt.leeway
 
     def add_routes(self, routes: Sequence[Route]) -> None:
         """Put `routes` (e.g. compiled from endpoint decorators) before the configured path rules."""
@@ -162,12 +179,21 @@ class Authenticator:
         if keyset.refresh_due():
             yield Blocking(keyset.ensure_fresh)
         try:
-            return verifier.verify(token)
+            principal = verifier.verify(token)
         except UnknownKeyId:
             # The issuer may have rotated keys: look once (rate-limited by the key set), then decide.
             if not (yield Blocking(lambda: keyset.ensure_fresh(force=True))):
                 raise
-            return verifier.verify(token)
+            principal = verifier.verify(token)
+        if self.token_store is not None:
+            # After the signature and after the cache: a revoked token is refused even when cached.
+            key = jti_key(principal.issuer, principal.token_id) if principal.token_id is not None else None
+            not_before, denied = yield StoreCall(self.token_store, "token_state", (principal.id, key))
+            if denied:
+                raise InvalidToken("the token has been revoked", reason="revoked")
+            if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):
+                raise InvalidToken("the token was issued before the user's sessions were revoked", reason="revoked")
+        return principal
 
     @staticmethod
     def decide(policy: Policy, principal: Principal | None) -> None:

@@ -21,6 +21,7 @@ override them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
@@ -34,7 +35,8 @@ from werkzeug.local import LocalProxy
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
-from authmw.flows import run_sync
+from authmw.flows import Flow, run_sync
+from authmw.issuer import NOT_CONFIGURED, TokenService
 from authmw.policy import Policy
 from authmw.principal import ANONYMOUS, Anonymous, Principal
 from authmw.request import WSGIRequestView
@@ -234,6 +236,52 @@ class AuthMW:
                 if name in self._blueprints:
                     return self._blueprints[name]
         return auth.table.match(view_state.method, view_state.path)
+
+    # ---- token endpoints (register them with app.add_url_rule) ----
+
+    def _token_response(self, flow: Flow[dict[str, Any]]) -> FlaskResponse:
+        assert self.authenticator is not None
+        exchange: Exchange = g.authmw_exchange
+        try:
+            body = run_sync(flow)
+        except AuthError as error:
+            answer = self.authenticator.error_response(error, exchange.view, exchange.policy)
+            raise _failure(error, answer) from None
+        response = FlaskResponse(json.dumps(body), content_type="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+        return response
+
+    def _service(self) -> TokenService | None:
+        return self.authenticator.tokens if self.authenticator is not None else None
+
+    @staticmethod
+    def _not_configured() -> FlaskResponse:
+        return FlaskResponse(json.dumps(NOT_CONFIGURED), status=501, content_type="application/problem+json")
+
+    def token_view(self) -> FlaskResponse:
+        """``POST /api/token``: the session's caller gets an access token and a refresh token."""
+        service = self._service()
+        if service is None:
+            return self._not_configured()
+        exchange: Exchange = g.authmw_exchange
+        record = exchange.state.record if exchange.state is not None else None
+        return self._token_response(service.issue_for_session(g.get("principal"), record.sid if record else None))
+
+    def refresh_view(self) -> FlaskResponse:
+        """``POST /api/token/refresh`` with JSON ``{"refresh_token": ...}``."""
+        service = self._service()
+        if service is None:
+            return self._not_configured()
+        return self._token_response(service.refresh(request.get_data()))
+
+    def jwks_view(self) -> FlaskResponse:
+        service = self._service()
+        if service is None:
+            return self._not_configured()
+        response = FlaskResponse(json.dumps(service.issuer.jwks()), content_type="application/json")
+        response.headers["Cache-Control"] = "public, max-age=300"
+        return response
 
     # ---- request hooks ----
 

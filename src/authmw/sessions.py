@@ -216,6 +216,9 @@ class SessionManager:
         if settings.cookie_secure:
             attributes.append("Secure")
         self._attributes = "; ".join(attributes)
+        #: where access-token revocations live (set by the Authenticator when JWTs are configured)
+        self.token_store: Any = None
+        self.not_before_ttl = 2 * 24 * 3600.0
 
     # ---- cookies ----
 
@@ -390,12 +393,17 @@ class SessionManager:
         return deleted
 
     def logout_everywhere(self, state: SessionState, user_id: str | None = None) -> Flow[int]:
-        """Delete every session of the user (the current one's by default) and clear this cookie."""
+        """End every session of the user (the current one's by default), revoke their refresh tokens and every
+        access token issued before now, and clear this cookie."""
         if user_id is None:
             if state.record is None:
                 raise LookupError("no session: name the user")
             user_id = state.record.user_id
-        count: int = yield StoreCall(self.store, "delete_user", (user_id,))
+        # Sessions, refresh-token families and earlier access tokens go together (DESIGN.md §3).
+        now = time.time()
+        count: int = yield StoreCall(self.store, "revoke_user", (user_id, now, self.not_before_ttl))
+        if self.token_store is not None and self.token_store is not self.store:
+            yield StoreCall(self.token_store, "revoke_user", (user_id, now, self.not_before_ttl))
         if state.record is not None and state.record.user_id == user_id:
             state.record = None
             state.set_cookie = None

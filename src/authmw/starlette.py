@@ -18,27 +18,38 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.routing import Route as StarletteRoute
 
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
 from authmw.asgi import Receive, Scope, Send
+from authmw.engine import Authenticator
+from authmw.errors import AuthError
+from authmw.flows import Flow, run_async
+from authmw.issuer import NOT_CONFIGURED, TokenService
 from authmw.policy import Policy, Route
 from authmw.principal import Principal
+from authmw.request import ASGIRequestView
 from authmw.sessions import AsyncSessionHandle, SessionInfo
 
 __all__ = [
     "AuthMiddleware",
     "authenticated",
+    "compile_routes",
+    "jwks_endpoint",
     "jwt_required",
+    "list_sessions",
     "login",
     "logout",
     "logout_everywhere",
     "policy",
     "public",
+    "refresh_endpoint",
     "session",
     "session_required",
+    "token_endpoint",
     "with_policy",
 ]
 
@@ -162,3 +173,50 @@ async def logout_everywhere(conn: HTTPConnection, user_id: str | None = None) ->
 
 async def list_sessions(conn: HTTPConnection) -> list[SessionInfo]:
     return await session(conn).list_sessions()
+
+
+def _token_service(request: Request) -> tuple[Authenticator, TokenService | None]:
+    auth = request.scope.get("authmw.authenticator")
+    if not isinstance(auth, Authenticator):
+        raise LookupError("authmw's middleware is not installed")
+    return auth, auth.tokens
+
+
+def _not_configured() -> Response:
+    return JSONResponse(NOT_CONFIGURED, status_code=501, media_type="application/problem+json")
+
+
+async def _token_response(request: Request, flow: Flow[dict[str, Any]], auth: Authenticator) -> Response:
+    try:
+        body = await run_async(flow)
+    except AuthError as error:
+        answer = auth.error_response(error, ASGIRequestView(request.scope), request.scope["authmw"].policy)
+        return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+    return JSONResponse(body, headers={"cache-control": "no-store", "pragma": "no-cache"})
+
+
+async def token_endpoint(request: Request) -> Response:
+    """``POST /api/token``: the session's caller gets an access token and a refresh token."""
+    auth, service = _token_service(request)
+    if service is None:
+        return _not_configured()
+    handle = session(request)
+    record = handle._state.record
+    flow = service.issue_for_session(request.scope["authmw"].principal, record.sid if record else None)
+    return await _token_response(request, flow, auth)
+
+
+async def refresh_endpoint(request: Request) -> Response:
+    """``POST /api/token/refresh`` with JSON ``{"refresh_token": ...}``: a new pair; reuse revokes the family."""
+    auth, service = _token_service(request)
+    if service is None:
+        return _not_configured()
+    return await _token_response(request, service.refresh(await request.body()), auth)
+
+
+async def jwks_endpoint(request: Request) -> Response:
+    """The public keys of the minted tokens, for other services to verify them."""
+    _, service = _token_service(request)
+    if service is None:
+        return _not_configured()
+    return JSONResponse(service.issuer.jwks(), headers={"cache-control": "public, max-age=300"})

@@ -23,11 +23,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from authmw.errors import ServiceUnavailable
 
-__all__ = ["MemoryStore", "RedisStore", "SessionRecord", "SessionStore", "StoreUnavailable", "user_tag"]
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "RefreshOutcome",
+    "RefreshRecord",
+    "SessionRecord",
+    "SessionStore",
+    "StoreUnavailable",
+    "user_tag",
+]
 
 log = logging.getLogger("authmw")
 
@@ -110,8 +119,24 @@ class SessionRecord:
             return None
 
 
-def _tag_of(sid: str) -> str:
-    return sid.split(".", 1)[0]
+@dataclass(slots=True)
+class RefreshRecord:
+    """A refresh token, stored under the hash of its value (never the value). Times are POSIX seconds."""
+
+    token_hash: str
+    user_id: str
+    family: str
+    scopes: tuple[str, ...]
+    expires: float
+    #: the session the token was issued from (its id): when that session ends, the family is dead
+    session_sid: str | None = None
+    auth_time: float = 0.0
+    #: when the token was used (rotated); 0 while unused
+    used_at: float = 0.0
+
+
+#: the outcomes of presenting a refresh token
+RefreshOutcome = Literal["ok", "grace", "reuse", "revoked", "invalid"]
 
 
 class SessionStore(Protocol):
@@ -158,6 +183,44 @@ class SessionStore(Protocol):
 
     async def alist_user(self, user_id: str) -> list[SessionRecord]: ...
 
+    # ---- token revocation (DESIGN.md §3) and refresh tokens ----
+
+    def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        """The user's not-before time (or None) and whether this token id is on the denylist."""
+        ...
+
+    async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]: ...
+
+    def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
+        """Deny a token id until it expires anyway."""
+        ...
+
+    async def arevoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None: ...
+
+    def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
+        """Log the user out everywhere at once: every session, every refresh family, and every access token
+        issued before `not_before`. The count of sessions deleted."""
+        ...
+
+    async def arevoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int: ...
+
+    def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
+        """Store a refresh token; False when its (existing) family was revoked meanwhile."""
+        ...
+
+    async def arefresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool: ...
+
+    def refresh_use(
+        self, tag: str, token_hash: str, now: float, grace: float
+    ) -> tuple[RefreshOutcome, RefreshRecord | None]:
+        """Mark a refresh token used (atomically). A second use after `grace` seconds revokes its family.
+        `tag` is the user tag the token carries (its keys' hash slot)."""
+        ...
+
+    async def arefresh_use(
+        self, tag: str, token_hash: str, now: float, grace: float
+    ) -> tuple[RefreshOutcome, RefreshRecord | None]: ...
+
 
 # --------------------------------------------------------------------------------------------------
 # Memory
@@ -175,6 +238,10 @@ class MemoryStore:
         # sid -> (encoded value, idle deadline, last slide time)
         self._sessions: dict[str, tuple[str, float, float]] = {}
         self._users: dict[str, set[str]] = {}
+        self._denied: dict[tuple[str, str], float] = {}  # (user, jti key) -> expiry
+        self._not_before: dict[str, tuple[float, float]] = {}  # user -> (not before, kept until)
+        self._refresh: dict[str, RefreshRecord] = {}  # token hash -> record
+        self._families: dict[str, tuple[str, float]] = {}  # family -> (user, expiry)
 
     def _live(self, sid: str, now: float) -> tuple[str, float, float] | None:
         entry = self._sessions.get(sid)
@@ -275,7 +342,87 @@ class MemoryStore:
                     records.append(record)
             return records
 
+    def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        now = self._clock()
+        with self._lock:
+            entry = self._not_before.get(user_id)
+            not_before = entry[0] if entry is not None and entry[1] > now else None
+            denied = jti_key is not None and self._denied.get((user_id, jti_key), 0.0) > now
+            return not_before, denied
+
+    def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
+        now = self._clock()
+        with self._lock:
+            if len(self._denied) >= self.max_sessions:
+                self._denied = {k: v for k, v in self._denied.items() if v > now}
+            self._denied[(user_id, jti_key)] = expires_at
+
+    def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
+        now = self._clock()
+        with self._lock:
+            sids = list(self._users.get(user_id, ()))
+            for sid in sids:
+                self._drop(sid)
+            self._users.pop(user_id, None)
+            for family, (owner, _) in list(self._families.items()):
+                if owner == user_id:
+                    del self._families[family]
+            previous = self._not_before.get(user_id, (0.0, 0.0))[0]
+            self._not_before[user_id] = (max(previous, not_before), now + not_before_ttl)
+            return len(sids)
+
+    def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
+        now = self._clock()
+        with self._lock:
+            if new_family:
+                self._families[record.family] = (record.user_id, family_expires)
+            elif record.family not in self._families:
+                return False
+            if len(self._refresh) >= self.max_sessions:
+                live = {f for f, (_, until) in self._families.items() if until > now}
+                self._refresh = {h: r for h, r in self._refresh.items() if r.expires > now and r.family in live}
+            self._refresh[record.token_hash] = record
+            return True
+
+    def refresh_use(
+        self, tag: str, token_hash: str, now: float, grace: float
+    ) -> tuple[RefreshOutcome, RefreshRecord | None]:
+        with self._lock:
+            record = self._refresh.get(token_hash)
+            if record is None or user_tag(record.user_id) != tag or record.expires <= now:
+                return "invalid", None
+            family = self._families.get(record.family)
+            if family is None or family[1] <= now:
+                return "revoked", None
+            if record.session_sid is not None and self._live(record.session_sid, now) is None:
+                del self._families[record.family]
+                return "revoked", None
+            if record.used_at:
+                if now - record.used_at <= grace:
+                    return "grace", record
+                del self._families[record.family]  # reuse: the whole family is revoked
+                return "reuse", record
+            record.used_at = now
+            return "ok", record
+
     # The async face: nothing here blocks, so the same code serves the event loop.
+    async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        return self.token_state(user_id, jti_key)
+
+    async def arevoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
+        self.revoke_jti(user_id, jti_key, expires_at)
+
+    async def arevoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
+        return self.revoke_user(user_id, not_before, not_before_ttl)
+
+    async def arefresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
+        return self.refresh_create(record, family_expires, new_family)
+
+    async def arefresh_use(
+        self, tag: str, token_hash: str, now: float, grace: float
+    ) -> tuple[RefreshOutcome, RefreshRecord | None]:
+        return self.refresh_use(tag, token_hash, now, grace)
+
     async def aload(self, sid: str, touch_interval: float) -> SessionRecord | None:
         return self.load(sid, touch_interval)
 
@@ -357,6 +504,64 @@ return n
 """
 
 
+_OUTCOMES: dict[str, RefreshOutcome] = {"ok": "ok", "grace": "grace", "reuse": "reuse", "revoked": "revoked"}
+
+# KEYS[1] session index, KEYS[2] family index, KEYS[3] not-before;
+# ARGV: session key prefix, family key prefix, not_before, not_before_ttl_ms
+_REVOKE_USER = """
+local n = 0
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local dot = string.find(sid, '.', 1, true)
+  if dot then n = n + redis.call('DEL', ARGV[1] .. string.sub(sid, dot + 1)) end
+end
+redis.call('DEL', KEYS[1])
+for _, family in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('DEL', ARGV[2] .. family) end
+redis.call('DEL', KEYS[2])
+local current = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[3]) > current then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
+return n
+"""
+
+# KEYS[1] token, KEYS[2] family, KEYS[3] family index; ARGV: uid, family, scopes, exp, session, auth_time,
+# token_ttl_ms, family_ttl_ms, new_family
+_REFRESH_CREATE = """
+if ARGV[9] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'fam', ARGV[2], 'scopes', ARGV[3], 'exp', ARGV[4],
+           'sess', ARGV[5], 'auth', ARGV[6], 'used', '0')
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if ARGV[9] == '1' then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[8])
+  redis.call('SADD', KEYS[3], ARGV[2])
+  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[8]) then redis.call('PEXPIRE', KEYS[3], ARGV[8]) end
+end
+return 1
+"""
+
+# KEYS[1] token; ARGV: now, grace, family key prefix, session key prefix
+_REFRESH_USE = """
+local r = redis.call('HMGET', KEYS[1], 'uid', 'fam', 'scopes', 'exp', 'sess', 'auth', 'used')
+if not r[1] then return {'invalid'} end
+local family = ARGV[3] .. r[2]
+if redis.call('EXISTS', family) == 0 then return {'revoked'} end
+if r[5] ~= '' then
+  local dot = string.find(r[5], '.', 1, true)
+  if (not dot) or redis.call('EXISTS', ARGV[4] .. string.sub(r[5], dot + 1)) == 0 then
+    redis.call('DEL', family)
+    return {'revoked'}
+  end
+end
+local now = tonumber(ARGV[1])
+local used = tonumber(r[7])
+if used > 0 then
+  if now - used <= tonumber(ARGV[2]) then return {'grace', r[1], r[2], r[3], r[4], r[5], r[6], r[7]} end
+  redis.call('DEL', family)
+  return {'reuse', r[1], r[2], r[3], r[4], r[5], r[6], r[7]}
+end
+redis.call('HSET', KEYS[1], 'used', ARGV[1])
+return {'ok', r[1], r[2], r[3], r[4], r[5], r[6], ARGV[1]}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """One Redis operation, independent of sync/async: a script (or raw command) and how to read its reply."""
@@ -365,7 +570,7 @@ class _Plan:
     keys: Sequence[str]
     args: Sequence[str | int | bytes]
     parse: Callable[[Any], Any]
-    command: tuple[str | bytes, ...] = ()
+    command: tuple[str | bytes | int, ...] = ()
 
 
 _NO_TOUCH = 10.0**9  # a touch interval that never slides the TTL (read-only listing)
@@ -498,6 +703,87 @@ class RedisStore:
             None, (), (), lambda reply: sorted(m.decode() if isinstance(m, bytes) else m for m in reply), command
         )
 
+    def _user_key(self, user_id: str, kind: str, name: str | None = None) -> str:
+        digest = user_hash(user_id)
+        return f"{self.prefix}{{{digest[:4]}}}:{kind}:{digest if name is None else name}"
+
+    def _plan_token_state(self, user_id: str, jti_key: str | None) -> _Plan:
+        keys = [self._user_key(user_id, "nbf"), self._user_key(user_id, "jti", jti_key or "-")]
+
+        def parse(reply: Any) -> tuple[float | None, bool]:
+            not_before, denied = reply
+            return (float(not_before) if not_before is not None else None), jti_key is not None and bool(denied)
+
+        return _Plan(None, (), (), parse, ("MGET", *keys))
+
+    def _plan_revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> _Plan:
+        ttl = max(1, int((expires_at - time.time()) * 1000))
+        return _Plan(None, (), (), lambda reply: None, ("SET", self._user_key(user_id, "jti", jti_key), "1", "PX", ttl))
+
+    def _plan_revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> _Plan:
+        digest = user_hash(user_id)
+        tag = f"{self.prefix}{{{digest[:4]}}}"
+        return _Plan(
+            _REVOKE_USER,
+            [self._index_key(user_id), self._user_key(user_id, "fams"), self._user_key(user_id, "nbf")],
+            [f"{tag}:s:", f"{tag}:fam:", repr(not_before), max(1, int(not_before_ttl * 1000))],
+            lambda reply: int(reply),
+        )
+
+    def _plan_refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> _Plan:
+        now = time.time()
+        return _Plan(
+            _REFRESH_CREATE,
+            [
+                self._user_key(record.user_id, "rt", record.token_hash),
+                self._user_key(record.user_id, "fam", record.family),
+                self._user_key(record.user_id, "fams"),
+            ],
+            [
+                record.user_id,
+                record.family,
+                json.dumps(list(record.scopes)),
+                repr(record.expires),
+                record.session_sid or "",
+                repr(record.auth_time),
+                max(1, int((record.expires - now) * 1000)),
+                max(1, int((family_expires - now) * 1000)),
+                "1" if new_family else "0",
+            ],
+            lambda reply: bool(reply),
+        )
+
+    def _plan_refresh_use(self, tag: str, token_hash: str, now: float, grace: float) -> _Plan:
+        slot = f"{self.prefix}{{{tag}}}"
+
+        def parse(reply: Any) -> tuple[RefreshOutcome, RefreshRecord | None]:
+            raw = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            status: RefreshOutcome = _OUTCOMES.get(raw, "invalid")
+            if len(reply) < 8:
+                return status, None
+            fields = [v.decode() if isinstance(v, bytes) else v for v in reply[1:]]
+            uid, family, scopes, expires, session, auth_time, used = fields
+            record = RefreshRecord(
+                token_hash=token_hash,
+                user_id=uid,
+                family=family,
+                scopes=tuple(json.loads(scopes)),
+                expires=float(expires),
+                session_sid=session or None,
+                auth_time=float(auth_time),
+                used_at=float(used),
+            )
+            if user_tag(uid) != tag or record.expires <= now:
+                return "invalid", None
+            return status, record
+
+        return _Plan(
+            _REFRESH_USE,
+            [f"{slot}:rt:{token_hash}"],
+            [repr(now), repr(grace), f"{slot}:fam:", f"{slot}:s:"],
+            parse,
+        )
+
     # ---- runners ----
 
     def _failed(self, exc: BaseException) -> StoreUnavailable:
@@ -583,3 +869,45 @@ class RedisStore:
         sids: list[str] = await self._arun(self._plan_members(user_id))
         records = [await self.aload(sid, _NO_TOUCH) for sid in sids]
         return [r for r in records if r is not None]
+
+    def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        result: tuple[float | None, bool] = self._run(self._plan_token_state(user_id, jti_key))
+        return result
+
+    async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        result: tuple[float | None, bool] = await self._arun(self._plan_token_state(user_id, jti_key))
+        return result
+
+    def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
+        self._run(self._plan_revoke_jti(user_id, jti_key, expires_at))
+
+    async def arevoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
+        await self._arun(self._plan_revoke_jti(user_id, jti_key, expires_at))
+
+    def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
+        return int(self._run(self._plan_revoke_user(user_id, not_before, not_before_ttl)))
+
+    async def arevoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
+        return int(await self._arun(self._plan_revoke_user(user_id, not_before, not_before_ttl)))
+
+    def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
+        return bool(self._run(self._plan_refresh_create(record, family_expires, new_family)))
+
+    async def arefresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
+        return bool(await self._arun(self._plan_refresh_create(record, family_expires, new_family)))
+
+    def refresh_use(
+        self, tag: str, token_hash: str, now: float, grace: float
+    ) -> tuple[RefreshOutcome, RefreshRecord | None]:
+        result: tuple[RefreshOutcome, RefreshRecord | None] = self._run(
+            self._plan_refresh_use(tag, token_hash, now, grace)
+        )
+        return result
+
+    async def arefresh_use(
+        self, tag: str, token_hash: str, now: float, grace: float
+    ) -> tuple[RefreshOutcome, RefreshRecord | None]:
+        result: tuple[RefreshOutcome, RefreshRecord | None] = await self._arun(
+            self._plan_refresh_use(tag, token_hash, now, grace)
+        )
+        return result

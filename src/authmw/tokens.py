@@ -70,8 +70,9 @@ class JWTSettings:
     #: lifetime of one refresh token, and of a whole family of rotated refresh tokens
     refresh_token_ttl: float = 14 * 24 * 3600.0
     refresh_family_ttl: float = 30 * 24 * 3600.0
-    #: a refresh token used again within this many seconds (a client retrying) is not treated as theft
-    refresh_reuse_grace: float = 10.0
+    #: a refresh token used again within this many seconds (a client's concurrent retry) is not treated as
+    #: theft; 0 (the default) means any second use revokes the family, as the OAuth security BCP prefers
+    refresh_reuse_grace: float = 0.0
     #: where revocations (jti denylist, per-user not-before) and refresh tokens live; default: the session store
     revocation_store: Any = None
     keyset: KeySet = field(init=False, repr=False)

@@ -1,0 +1,255 @@
+"""The token side of the hybrid: short access JWTs minted for a principal, and opaque rotating refresh tokens.
+
+Refresh tokens are never JWTs: a random value (``<user tag>.<256 random bits>``) that the store keeps only as
+a SHA-256 hash, bound to its user, its family and, when issued from a session, to that session. Each use
+rotates it; presenting a used one again after a short grace window revokes the whole family (reuse
+detection, OAuth 2.0 Security BCP §4.14). Revocation of access tokens is a jti denylist (until `exp`) and a
+per-user not-before, both checked by the verifier after the signature.
+
+`TokenService` holds the two endpoints of DESIGN.md §6 as flows; the adapters serve them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from authmw.errors import ConfigurationError, InvalidRequest, InvalidToken, MissingCredentials
+from authmw.flows import Flow, StoreCall
+from authmw.keys import ALGORITHM_OBJECTS, VerificationKey
+from authmw.principal import Principal
+from authmw.stores import RefreshRecord, user_tag
+from authmw.tokens import JWTSettings
+
+__all__ = ["TokenIssuer", "TokenService", "jti_key"]
+
+#: the problem+json body of the token endpoints when the app cannot mint tokens (no signing key or store)
+NOT_CONFIGURED: dict[str, Any] = {
+    "type": "urn:authmw:problem:not_configured",
+    "title": "Not configured",
+    "status": 501,
+    "detail": "token issuance needs JWT settings with a signing key (AUTHMW_JWT_SIGNING_KEY) and a store",
+}
+
+_REFRESH_TOKEN = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
+
+
+def jti_key(issuer: str | None, jti: str) -> str:
+    """The denylist key of a token: ``(iss, jti)``, never the raw token string (P30: JWT malleability)."""
+    return hashlib.sha256(f"{issuer or ''}\0{jti}".encode()).hexdigest()[:32]
+
+
+def _private_key(material: Any) -> Any:
+    if isinstance(material, str | bytes):
+        data = material.encode() if isinstance(material, str) else material
+        if data.lstrip().startswith(b"-----BEGIN"):
+            from cryptography.hazmat.primitives import serialization
+
+            return serialization.load_pem_private_key(data, password=None)
+    return material
+
+
+class TokenIssuer:
+    """Mints access tokens the configured verifier accepts, and publishes the public keys as a JWKS."""
+
+    def __init__(self, settings: JWTSettings) -> None:
+        self.settings = settings
+        key = _private_key(settings.signing_key)
+        if key is None:
+            hmac_keys = [k for k in settings.keyset.keys if k.is_hmac]
+            if not hmac_keys:
+                raise ConfigurationError(
+                    "minting tokens needs a signing key: set AUTHMW_JWT_SIGNING_KEY (a PEM private key path)"
+                )
+            key, kid = hmac_keys[0].material, hmac_keys[0].kid
+        else:
+            kid = self._kid_for(key)
+        self.algorithm = self._algorithm_for(key)
+        # Prepared once (P32 checks included); PyJWT's algorithm object does the signing.
+        self._key = ALGORITHM_OBJECTS[self.algorithm].prepare_key(key)
+        self.kid = kid
+        self.headers: dict[str, Any] = {"typ": settings.access_token_type}
+        if kid is not None:
+            self.headers["kid"] = kid
+
+    def _algorithm_for(self, key: Any) -> str:
+        allowed = list(self.settings.algorithms)
+        if isinstance(key, str | bytes):
+            usable = VerificationKey.hmac(key).algorithms
+        else:
+            public = key.public_key() if hasattr(key, "public_key") else key
+            usable = VerificationKey.public(public).algorithms
+        for name in allowed:
+            if name in usable:
+                return name
+        raise ConfigurationError(f"the signing key fits none of the configured algorithms {allowed}")
+
+    def _kid_for(self, private: Any) -> str | None:
+        """The kid of the configured verification key matching this private key (the verifier must find it)."""
+        public = private.public_key() if hasattr(private, "public_key") else private
+        for candidate in self.settings.keyset.keys:
+            material = candidate.material
+            if not candidate.is_hmac and type(material) is type(public) and _same_public_key(material, public):
+                return candidate.kid
+        raise ConfigurationError("the signing key's public key is not among the verification keys")
+
+    def mint(
+        self,
+        subject: str,
+        scopes: Iterable[str] = (),
+        *,
+        auth_time: float | None = None,
+        now: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """A signed access token and its claims."""
+        settings = self.settings
+        issued = time.time() if now is None else now
+        # Fractional iat: a token minted right after a logout-everywhere must not fall before its not-before.
+        claims: dict[str, Any] = {
+            "sub": subject,
+            "iat": round(issued, 3),
+            "exp": int(issued + settings.access_token_ttl),
+            "jti": uuid.uuid4().hex,
+        }
+        scope_list = sorted(set(scopes))
+        if scope_list:
+            claims["scope"] = " ".join(scope_list)
+        if settings.issuer is not None:
+            claims["iss"] = settings.issuer if isinstance(settings.issuer, str) else next(iter(settings.issuer))
+        if settings.audience is not None:
+            claims["aud"] = settings.audience if isinstance(settings.audience, str) else list(settings.audience)
+        if auth_time is not None:
+            claims["auth_time"] = int(auth_time)
+        if extra:
+            claims.update(extra)
+        return pyjwt.encode(claims, self._key, algorithm=self.algorithm, headers=self.headers), claims
+
+    def jwks(self) -> dict[str, Any]:
+        """The public verification keys as a JWKS document (HMAC secrets are never published)."""
+        keys = []
+        for key in self.settings.keyset.keys:
+            if key.is_hmac:
+                continue
+            material = key.material
+            if isinstance(material, rsa.RSAPublicKey):
+                jwk = RSAAlgorithm.to_jwk(material, as_dict=True)
+            elif isinstance(material, ec.EllipticCurvePublicKey):
+                jwk = ECAlgorithm.to_jwk(material, as_dict=True)
+            elif isinstance(material, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+                jwk = OKPAlgorithm.to_jwk(material, as_dict=True)
+            else:  # pragma: no cover - VerificationKey admits no other types
+                continue
+            jwk["use"] = "sig"
+            if key.kid is not None:
+                jwk["kid"] = key.kid
+            if len(key.algorithms) == 1:
+                jwk["alg"] = next(iter(key.algorithms))
+            keys.append(jwk)
+        return {"keys": keys}
+
+
+def _same_public_key(a: Any, b: Any) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
+    encoding, fmt = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(a.public_bytes(encoding, fmt) == b.public_bytes(encoding, fmt))
+
+
+class TokenService:
+    """``POST /api/token`` (a session's principal → a token pair) and ``POST /api/token/refresh``, sans-IO."""
+
+    def __init__(self, issuer: TokenIssuer, store: Any) -> None:
+        self.issuer = issuer
+        self.store = store
+        self.settings = issuer.settings
+
+    def _pair(self, record: RefreshRecord, token: str) -> dict[str, Any]:
+        access, _ = self.issuer.mint(record.user_id, record.scopes, auth_time=record.auth_time or None)
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": int(self.settings.access_token_ttl),
+            "refresh_token": token,
+            "scope": " ".join(record.scopes),
+        }
+
+    def _new_refresh(
+        self, user_id: str, family: str, scopes: Iterable[str], session_sid: str | None, auth_time: float
+    ) -> tuple[RefreshRecord, str]:
+        token = f"{user_tag(user_id)}.{secrets.token_urlsafe(32)}"
+        record = RefreshRecord(
+            token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            user_id=user_id,
+            family=family,
+            scopes=tuple(sorted(set(scopes))),
+            expires=time.time() + self.settings.refresh_token_ttl,
+            session_sid=session_sid,
+            auth_time=auth_time,
+        )
+        return record, token
+
+    def issue_for_session(self, principal: Principal | None, session_sid: str | None) -> Flow[dict[str, Any]]:
+        """``POST /api/token``: only a session (never a bearer token) can be exchanged for a token pair."""
+        if principal is None or principal.source != "session" or session_sid is None:
+            raise MissingCredentials("a session is required to obtain tokens", reason="no_session")
+        return (yield from self.issue(principal, session_sid))
+
+    def issue(self, principal: Principal, session_sid: str | None = None) -> Flow[dict[str, Any]]:
+        """A new token pair and a new refresh family for `principal` (bound to the session, if given)."""
+        family = secrets.token_urlsafe(16)
+        record, token = self._new_refresh(
+            principal.id, family, principal.scopes, session_sid, principal.auth_time or time.time()
+        )
+        family_expires = time.time() + self.settings.refresh_family_ttl
+        yield StoreCall(self.store, "refresh_create", (record, family_expires, True))
+        return self._pair(record, token)
+
+    def refresh(self, body: bytes) -> Flow[dict[str, Any]]:
+        """Rotate the presented refresh token into a new pair; reuse revokes the whole family (401)."""
+        token = _refresh_token_from(body)
+        token_hash = hashlib.sha256(token.encode()).hexdigest()
+        now = time.time()
+        outcome, record = yield StoreCall(
+            self.store, "refresh_use", (token[:4], token_hash, now, self.settings.refresh_reuse_grace)
+        )
+        if outcome == "reuse":
+            raise InvalidToken("the refresh token was already used; its family is revoked", reason="refresh_reuse")
+        if outcome not in ("ok", "grace") or record is None:
+            raise InvalidToken("the refresh token is invalid, expired or revoked", reason=f"refresh_{outcome}")
+        successor, new_token = self._new_refresh(
+            record.user_id, record.family, record.scopes, record.session_sid, record.auth_time
+        )
+        if not (yield StoreCall(self.store, "refresh_create", (successor, 0.0, False))):
+            raise InvalidToken("the refresh token's family was revoked", reason="refresh_revoked")
+        return self._pair(successor, new_token)
+
+    def revoke_access_token(self, principal: Principal) -> Flow[None]:
+        """Put a JWT principal's token on the denylist until it expires."""
+        if principal.token_id is None or principal.expires_at is None:
+            raise ValueError("only a JWT principal with jti and exp can be revoked")
+        key = jti_key(principal.issuer, principal.token_id)
+        yield StoreCall(self.store, "revoke_jti", (principal.id, key, float(principal.expires_at)))
+
+
+def _refresh_token_from(body: bytes) -> str:
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the body must be JSON with a refresh_token", reason="bad_refresh_request") from None
+    token = data.get("refresh_token") if isinstance(data, dict) else None
+    if not isinstance(token, str):
+        raise InvalidRequest("the body must be JSON with a refresh_token", reason="bad_refresh_request")
+    if _REFRESH_TOKEN.fullmatch(token) is None:
+        raise InvalidToken("the refresh token is invalid, expired or revoked", reason="refresh_malformed")
+    return token
