@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit clean
+.PHONY: test demo lint typecheck unit clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,22 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# Debian's Chromium for tests/test_browser.py: installed with apt-get when missing and we are root. Otherwise the
+# browser test skips, unless AUTHMW_REQUIRE_BROWSER=1 (CI), which makes this target (and the test) fail.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "browser: $(CHROMIUM) present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "browser: installing Debian's chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			&& test -x $(CHROMIUM) || { echo "FATAL: could not install chromium ($(CHROMIUM))" >&2; exit 1; }; \
+	elif [ "$${AUTHMW_REQUIRE_BROWSER:-}" = 1 ]; then \
+		echo "FATAL: $(CHROMIUM) is missing and apt-get is unusable (not root?); AUTHMW_REQUIRE_BROWSER=1" >&2; exit 1; \
+	else \
+		echo "browser: $(CHROMIUM) missing and cannot install it (needs root and apt-get); tests/test_browser.py will skip" >&2; \
+	fi
 
 demo: $(STAMP)
 	AUTHMW_COOKIE_SECURE=$${AUTHMW_COOKIE_SECURE:-0} \
