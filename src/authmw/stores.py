@@ -204,6 +204,12 @@ class SessionStore(Protocol):
 
     async def arevoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int: ...
 
+    def revoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
+        """Revoke the user's refresh families and every access token issued before `not_before`; sessions stay."""
+        ...
+
+    async def arevoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None: ...
+
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         """Store a refresh token; False when its (existing) family was revoked meanwhile."""
         ...
@@ -358,18 +364,24 @@ class MemoryStore:
             self._denied[(user_id, jti_key)] = expires_at
 
     def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
-        now = self._clock()
         with self._lock:
             sids = list(self._users.get(user_id, ()))
             for sid in sids:
                 self._drop(sid)
             self._users.pop(user_id, None)
-            for family, (owner, _) in list(self._families.items()):
-                if owner == user_id:
-                    del self._families[family]
-            previous = self._not_before.get(user_id, (0.0, 0.0))[0]
-            self._not_before[user_id] = (max(previous, not_before), now + not_before_ttl)
+            self._revoke_tokens(user_id, not_before, not_before_ttl)
             return len(sids)
+
+    def revoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
+        with self._lock:
+            self._revoke_tokens(user_id, not_before, not_before_ttl)
+
+    def _revoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
+        for family, (owner, _) in list(self._families.items()):
+            if owner == user_id:
+                del self._families[family]
+        previous = self._not_before.get(user_id, (0.0, 0.0))[0]
+        self._not_before[user_id] = (max(previous, not_before), self._clock() + not_before_ttl)
 
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         now = self._clock()
@@ -414,6 +426,9 @@ class MemoryStore:
 
     async def arevoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
         return self.revoke_user(user_id, not_before, not_before_ttl)
+
+    async def arevoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
+        self.revoke_tokens(user_id, not_before, not_before_ttl)
 
     async def arefresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         return self.refresh_create(record, family_expires, new_family)
@@ -507,14 +522,16 @@ return n
 _OUTCOMES: dict[str, RefreshOutcome] = {"ok": "ok", "grace": "grace", "reuse": "reuse", "revoked": "revoked"}
 
 # KEYS[1] session index, KEYS[2] family index, KEYS[3] not-before;
-# ARGV: session key prefix, family key prefix, not_before, not_before_ttl_ms
+# ARGV: session key prefix, family key prefix, not_before, not_before_ttl_ms, '1' to end the sessions too
 _REVOKE_USER = """
 local n = 0
-for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local dot = string.find(sid, '.', 1, true)
-  if dot then n = n + redis.call('DEL', ARGV[1] .. string.sub(sid, dot + 1)) end
+if ARGV[5] == '1' then
+  for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local dot = string.find(sid, '.', 1, true)
+    if dot then n = n + redis.call('DEL', ARGV[1] .. string.sub(sid, dot + 1)) end
+  end
+  redis.call('DEL', KEYS[1])
 end
-redis.call('DEL', KEYS[1])
 for _, family in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('DEL', ARGV[2] .. family) end
 redis.call('DEL', KEYS[2])
 local current = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -720,13 +737,19 @@ class RedisStore:
         ttl = max(1, int((expires_at - time.time()) * 1000))
         return _Plan(None, (), (), lambda reply: None, ("SET", self._user_key(user_id, "jti", jti_key), "1", "PX", ttl))
 
-    def _plan_revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> _Plan:
+    def _plan_revoke_user(self, user_id: str, not_before: float, not_before_ttl: float, sessions: bool = True) -> _Plan:
         digest = user_hash(user_id)
         tag = f"{self.prefix}{{{digest[:4]}}}"
         return _Plan(
             _REVOKE_USER,
             [self._index_key(user_id), self._user_key(user_id, "fams"), self._user_key(user_id, "nbf")],
-            [f"{tag}:s:", f"{tag}:fam:", repr(not_before), max(1, int(not_before_ttl * 1000))],
+            [
+                f"{tag}:s:",
+                f"{tag}:fam:",
+                repr(not_before),
+                max(1, int(not_before_ttl * 1000)),
+                "1" if sessions else "0",
+            ],
             lambda reply: int(reply),
         )
 
@@ -889,6 +912,12 @@ class RedisStore:
 
     async def arevoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
         return int(await self._arun(self._plan_revoke_user(user_id, not_before, not_before_ttl)))
+
+    def revoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
+        self._run(self._plan_revoke_user(user_id, not_before, not_before_ttl, sessions=False))
+
+    async def arevoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
+        await self._arun(self._plan_revoke_user(user_id, not_before, not_before_ttl, sessions=False))
 
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         return bool(self._run(self._plan_refresh_create(record, family_expires, new_family)))
