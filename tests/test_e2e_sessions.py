@@ -227,3 +227,34 @@ def test_p29_websocket_refused_before_accept(starlette_url: str, case: str) -> N
     with pytest.raises(InvalidStatus) as refused:
         _ws(starlette_url, **headers)
     assert refused.value.response.status_code in (401, 403)
+
+
+# ---- several worker processes sharing Redis, with the local cache on ----
+
+
+@pytest.mark.parametrize("local_cache", ["0", "1"])
+def test_workers_share_sessions_and_logout_reaches_every_worker(redis_url: str, local_cache: str) -> None:
+    from tests.conftest import gunicorn_server
+
+    url = redis_url.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(url).flushdb()
+    env = _env(url) | {"AUTHMW_LOCAL_CACHE": local_cache}
+    try:
+        with gunicorn_server("examples.flask_app.app:app", env, workers=3) as app:
+            clients = [_login(app.url) for _ in range(3)]
+            for client in clients:
+                for _ in range(10):  # spread over the workers: every one of them knows the session
+                    assert client.get("/account").status_code == 200
+            old = clients[0].cookies.get("authmw_session")
+            assert clients[0].post("/logout").status_code == 303
+            time.sleep(0.1)  # the invalidation's way to the other workers (measured: ~1-20 ms)
+            for _ in range(30):
+                response = httpx.get(app.url + "/account", cookies={"authmw_session": old}, timeout=5)
+                assert response.status_code == 401
+            assert clients[1].post("/logout-everywhere").status_code == 303
+            time.sleep(0.1)
+            for client in clients[1:]:
+                for _ in range(10):
+                    assert client.get("/account").status_code == 401
+    finally:
+        redis.Redis.from_url(url).flushdb()

@@ -101,6 +101,13 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in ("0", "false", "no", "off")
+
+
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
     value = env.get(name)
     if value is None or value.strip() == "":
@@ -191,11 +198,13 @@ def _sessions_from_env(env: Mapping[str, str]) -> SessionSettings:
         )
         keys = [secrets.token_urlsafe(48)]
     redis_url = env.get("AUTHMW_REDIS_URL") or None
-    secure = env.get("AUTHMW_COOKIE_SECURE", "1").strip().lower() not in ("0", "false", "no", "off")
+    secure = _flag(env, "AUTHMW_COOKIE_SECURE", True)
     idle = _number(env, "AUTHMW_SESSION_IDLE_TIMEOUT", 1800.0)
     return SessionSettings(
         secret_keys=keys,
-        store=RedisStore.from_url(redis_url) if redis_url else MemoryStore(),
+        store=RedisStore.from_url(redis_url, local_cache=_flag(env, "AUTHMW_LOCAL_CACHE"))
+        if redis_url
+        else MemoryStore(),
         idle_timeout=idle,
         absolute_timeout=_number(env, "AUTHMW_SESSION_ABSOLUTE_TIMEOUT", 8 * 3600.0),
         touch_interval=_number(env, "AUTHMW_SESSION_TOUCH_INTERVAL", min(60.0, idle / 4)),

@@ -23,9 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from authmw.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from authmw.localcache import LocalCache
 
 __all__ = [
     "MemoryStore",
@@ -588,6 +591,8 @@ class _Plan:
     args: Sequence[str | int | bytes]
     parse: Callable[[Any], Any]
     command: tuple[str | bytes | int, ...] = ()
+    #: what other processes' local caches must drop once this write is done (see `authmw.localcache`)
+    invalidates: tuple[str, ...] = ()
 
 
 _NO_TOUCH = 10.0**9  # a touch interval that never slides the TTL (read-only listing)
@@ -619,6 +624,7 @@ class RedisStore:
         *,
         prefix: str = "authmw:",
         retry_after: int = 5,
+        local_cache: LocalCache | None = None,
     ) -> None:
         if client is None and async_client is None:
             raise ValueError("RedisStore needs a redis.Redis and/or a redis.asyncio.Redis client")
@@ -626,16 +632,31 @@ class RedisStore:
         self.async_client = async_client
         self.prefix = prefix
         self.retry_after = retry_after
+        self.local_cache = local_cache
+        #: the pub/sub channel that announces what local caches must drop
+        self.channel = f"{prefix}invalidate"
         self._scripts: dict[str, Any] = {}
         self._async_scripts: dict[str, Any] = {}
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "authmw:", socket_timeout: float = 1.0, max_connections: int = 64
+        cls,
+        url: str,
+        *,
+        prefix: str = "authmw:",
+        socket_timeout: float = 1.0,
+        max_connections: int = 64,
+        local_cache: bool = False,
     ) -> RedisStore:
-        """Both clients for `url`, failing fast: `socket_timeout` bounds every call (then 503), no retries."""
+        """Both clients for `url`, failing fast: `socket_timeout` bounds every call (then 503), no retries.
+
+        ``local_cache=True`` adds a per-process cache of sessions and revocation state, invalidated over
+        pub/sub (see `authmw.localcache`): most session requests then cost no round trip.
+        """
         import redis
         import redis.asyncio
+
+        from authmw.localcache import LocalCache
 
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
@@ -644,10 +665,16 @@ class RedisStore:
             "retry": None,
             "health_check_interval": 0,
         }
+        cache = None
+        if local_cache:
+            # Its own connection, without a read timeout: it waits for messages and pings to detect a dead link.
+            listener_options = {"socket_connect_timeout": socket_timeout, "socket_timeout": None, "retry": None}
+            cache = LocalCache(lambda: redis.Redis.from_url(url, **listener_options), f"{prefix}invalidate")
         return cls(
             redis.Redis.from_url(url, **options),
             redis.asyncio.Redis.from_url(url, **options),
             prefix=prefix,
+            local_cache=cache,
         )
 
     # ---- keys ----
@@ -699,20 +726,33 @@ class RedisStore:
             [self._session_key(old_sid), self._session_key(record.sid), self._index_key(record.user_id)],
             [record.encode(), self._ttl_ms(record), old_sid, record.sid, self._index_ttl_ms(record)],
             lambda reply: bool(reply),
+            invalidates=(f"s:{old_sid}",),
         )
 
     def _plan_save(self, record: SessionRecord) -> _Plan:
         # SET ... XX KEEPTTL: only if the session still exists, and without extending its life.
         command = ("SET", self._session_key(record.sid), record.encode(), "XX", "KEEPTTL")
-        return _Plan(None, (), (), lambda reply: bool(reply), command)
+        return _Plan(None, (), (), lambda reply: bool(reply), command, invalidates=(f"s:{record.sid}",))
 
     def _plan_delete(self, sid: str, user_id: str) -> _Plan:
-        return _Plan(_DELETE, [self._session_key(sid), self._index_key(user_id)], [sid], lambda reply: bool(reply))
+        return _Plan(
+            _DELETE,
+            [self._session_key(sid), self._index_key(user_id)],
+            [sid],
+            lambda reply: bool(reply),
+            invalidates=(f"s:{sid}",),
+        )
 
     def _plan_delete_user(self, user_id: str) -> _Plan:
         digest = user_hash(user_id)
         session_prefix = f"{self.prefix}{{{digest[:4]}}}:s:"
-        return _Plan(_DELETE_USER, [self._index_key(user_id)], [session_prefix], lambda reply: int(reply))
+        return _Plan(
+            _DELETE_USER,
+            [self._index_key(user_id)],
+            [session_prefix],
+            lambda reply: int(reply),
+            invalidates=(f"u:{user_id}",),
+        )
 
     def _plan_members(self, user_id: str) -> _Plan:
         command = ("SMEMBERS", self._index_key(user_id))
@@ -735,7 +775,8 @@ class RedisStore:
 
     def _plan_revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> _Plan:
         ttl = max(1, int((expires_at - time.time()) * 1000))
-        return _Plan(None, (), (), lambda reply: None, ("SET", self._user_key(user_id, "jti", jti_key), "1", "PX", ttl))
+        command = ("SET", self._user_key(user_id, "jti", jti_key), "1", "PX", ttl)
+        return _Plan(None, (), (), lambda reply: None, command, invalidates=(f"t:{user_id}",))
 
     def _plan_revoke_user(self, user_id: str, not_before: float, not_before_ttl: float, sessions: bool = True) -> _Plan:
         digest = user_hash(user_id)
@@ -751,6 +792,7 @@ class RedisStore:
                 "1" if sessions else "0",
             ],
             lambda reply: int(reply),
+            invalidates=(f"u:{user_id}" if sessions else f"t:{user_id}",),
         )
 
     def _plan_refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> _Plan:
@@ -824,6 +866,11 @@ class RedisStore:
                 if script is None:
                     script = self._scripts[plan.script] = self.client.register_script(plan.script)
                 reply = script(keys=list(plan.keys), args=list(plan.args))
+            if plan.invalidates:
+                # Always announced, cache or not: other processes (and the CLI's changes) must reach every cache.
+                if self.local_cache is not None:
+                    self.local_cache.invalidate(plan.invalidates)
+                self.client.publish(self.channel, "\n".join(plan.invalidates))
         except _redis_errors() as exc:
             raise self._failed(exc) from None
         return plan.parse(reply)
@@ -839,6 +886,10 @@ class RedisStore:
                 if script is None:
                     script = self._async_scripts[plan.script] = self.async_client.register_script(plan.script)
                 reply = await script(keys=list(plan.keys), args=list(plan.args))
+            if plan.invalidates:
+                if self.local_cache is not None:
+                    self.local_cache.invalidate(plan.invalidates)
+                await self.async_client.publish(self.channel, "\n".join(plan.invalidates))
         except _redis_errors() as exc:
             raise self._failed(exc) from None
         return plan.parse(reply)
@@ -846,12 +897,34 @@ class RedisStore:
     # ---- the protocol ----
 
     def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
-        result: SessionRecord | None = self._run(self._plan_load(sid, touch_interval))
-        return result
+        cache = self.local_cache
+        if cache is None:
+            result: SessionRecord | None = self._run(self._plan_load(sid, touch_interval))
+            return result
+        cache.ensure_listening()
+        hit = cache.session(sid, time.time(), touch_interval)
+        if hit is not None:
+            return hit
+        epoch = cache.epoch
+        record: SessionRecord | None = self._run(self._plan_load(sid, touch_interval))
+        if record is not None:
+            cache.put_session(record, epoch)
+        return record
 
     async def aload(self, sid: str, touch_interval: float) -> SessionRecord | None:
-        result: SessionRecord | None = await self._arun(self._plan_load(sid, touch_interval))
-        return result
+        cache = self.local_cache
+        if cache is None:
+            result: SessionRecord | None = await self._arun(self._plan_load(sid, touch_interval))
+            return result
+        cache.ensure_listening()
+        hit = cache.session(sid, time.time(), touch_interval)
+        if hit is not None:
+            return hit
+        epoch = cache.epoch
+        record: SessionRecord | None = await self._arun(self._plan_load(sid, touch_interval))
+        if record is not None:
+            cache.put_session(record, epoch)
+        return record
 
     def create(self, record: SessionRecord) -> None:
         self._run(self._plan_create(record))
@@ -894,11 +967,31 @@ class RedisStore:
         return [r for r in records if r is not None]
 
     def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        cache = self.local_cache
+        if cache is not None:
+            cache.ensure_listening()
+            now = time.time()
+            hit = cache.token_state(user_id, jti_key, now)
+            if hit is not None:
+                return hit
+            epoch = cache.epoch
         result: tuple[float | None, bool] = self._run(self._plan_token_state(user_id, jti_key))
+        if cache is not None:
+            cache.put_token_state(user_id, jti_key, result, now, epoch)
         return result
 
     async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        cache = self.local_cache
+        if cache is not None:
+            cache.ensure_listening()
+            now = time.time()
+            hit = cache.token_state(user_id, jti_key, now)
+            if hit is not None:
+                return hit
+            epoch = cache.epoch
         result: tuple[float | None, bool] = await self._arun(self._plan_token_state(user_id, jti_key))
+        if cache is not None:
+            cache.put_token_state(user_id, jti_key, result, now, epoch)
         return result
 
     def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:

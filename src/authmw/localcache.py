@@ -1,0 +1,189 @@
+"""An opt-in per-process cache of session records and revocation state, kept correct by Redis pub/sub.
+
+Every write that can end or change a session or revoke a token publishes an invalidation on one channel;
+every process listens (a daemon thread) and drops what it holds. So a session-authenticated request
+usually costs no Redis round trip, yet a logout on one process is refused by every other one within
+milliseconds. Correctness over speed: while the channel is down the cache serves nothing, and when it
+comes back everything cached before is dropped (messages may have been missed).
+
+A cached session is also re-read from Redis once per sliding interval (that read slides its idle TTL),
+so the idle timeout keeps working and a lost message can never keep a session alive for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from authmw.stores import SessionRecord
+
+__all__ = ["LocalCache"]
+
+log = logging.getLogger("authmw")
+
+_MAX_TOKEN_STATE_AGE = 60.0
+
+
+class LocalCache:
+    """Process-local cache for a `RedisStore`; ``RedisStore.from_url(url, local_cache=True)`` builds one."""
+
+    def __init__(
+        self,
+        pubsub_client_factory: Callable[[], Any],
+        channel: str,
+        *,
+        max_entries: int = 50_000,
+        ping_interval: float = 1.0,
+    ) -> None:
+        self.channel = channel
+        self.max_entries = max_entries
+        self.ping_interval = ping_interval
+        self._factory = pubsub_client_factory
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SessionRecord] = {}
+        self._user_sessions: dict[str, set[str]] = {}
+        self._token_states: dict[tuple[str, str | None], tuple[float | None, bool, float]] = {}
+        #: bumped on every invalidation; a read that raced one is not cached
+        self.epoch = 0
+        self.healthy = False
+        self._pid = -1
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    # ---- the listener ----
+
+    def ensure_listening(self) -> None:
+        """Start the listener thread in this process (again after a fork: threads do not survive it)."""
+        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self.healthy = False
+            self._clear()
+            self._stopped.clear()
+            self._thread = threading.Thread(target=self._listen, name="authmw-invalidation", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.healthy = False
+
+    def _listen(self) -> None:
+        backoff = 0.05
+        while not self._stopped.is_set():
+            pubsub = None
+            try:
+                pubsub = self._factory().pubsub()
+                pubsub.subscribe(self.channel)
+                last_ping = time.monotonic()
+                while not self._stopped.is_set():
+                    message = pubsub.get_message(timeout=self.ping_interval)
+                    if message is not None:
+                        self._on_message(message)
+                        backoff = 0.05
+                    if time.monotonic() - last_ping >= self.ping_interval:
+                        pubsub.ping()  # a dead connection raises here, even when nobody publishes
+                        last_ping = time.monotonic()
+            except Exception as exc:
+                if self.healthy:
+                    log.warning("authmw: invalidation channel lost (%s); local cache off", type(exc).__name__)
+                with self._lock:
+                    self.healthy = False
+                    self._clear()
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # closing a broken connection may fail too
+                        pubsub.close()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            with self._lock:
+                self._clear()  # anything cached before may have missed an invalidation
+                self.healthy = True
+            log.info("authmw: invalidation channel up; local cache on")
+        elif kind == "message":
+            data = message.get("data")
+            self.invalidate((data.decode() if isinstance(data, bytes) else str(data)).split("\n"))
+
+    # ---- invalidation ----
+
+    def _clear(self) -> None:
+        self.epoch += 1
+        self._sessions.clear()
+        self._user_sessions.clear()
+        self._token_states.clear()
+
+    def invalidate(self, messages: Iterable[str]) -> None:
+        """Apply invalidation messages: ``s:<sid>``, ``u:<user>`` (sessions and tokens), ``t:<user>`` (tokens)."""
+        with self._lock:
+            self.epoch += 1
+            for message in messages:
+                kind, _, value = message.partition(":")
+                if kind == "s":
+                    record = self._sessions.pop(value, None)
+                    if record is not None:
+                        self._user_sessions.get(record.user_id, set()).discard(value)
+                elif kind in ("u", "t"):
+                    if kind == "u":
+                        for sid in self._user_sessions.pop(value, set()):
+                            self._sessions.pop(sid, None)
+                    for key in [k for k in self._token_states if k[0] == value]:
+                        del self._token_states[key]
+
+    # ---- reads ----
+
+    def session(self, sid: str, now: float, touch_interval: float) -> SessionRecord | None:
+        """A cached live record, if the channel is up and the record was seen in Redis within the interval."""
+        if not self.healthy:
+            return None
+        record = self._sessions.get(sid)
+        if record is None:
+            return None
+        if (
+            now - record.last_seen >= touch_interval
+            or now >= record.absolute_expiry
+            or now >= record.last_seen + record.idle_timeout
+        ):
+            return None
+        # A copy: requests must not share (or mutate) one another's view of the data bag.
+        return replace(record, data=copy.deepcopy(record.data)) if record.data else replace(record, data={})
+
+    def put_session(self, record: SessionRecord, epoch: int) -> None:
+        with self._lock:
+            if epoch != self.epoch or not self.healthy:
+                return  # an invalidation arrived while this was read: it may be stale
+            if len(self._sessions) >= self.max_entries:
+                self._sessions.clear()
+                self._user_sessions.clear()
+            self._sessions[record.sid] = record
+            self._user_sessions.setdefault(record.user_id, set()).add(record.sid)
+
+    def token_state(self, user_id: str, jti_key: str | None, now: float) -> tuple[float | None, bool] | None:
+        if not self.healthy:
+            return None
+        entry = self._token_states.get((user_id, jti_key))
+        if entry is None or now - entry[2] >= _MAX_TOKEN_STATE_AGE:
+            return None
+        return entry[0], entry[1]
+
+    def put_token_state(
+        self, user_id: str, jti_key: str | None, state: tuple[float | None, bool], now: float, epoch: int
+    ) -> None:
+        with self._lock:
+            if epoch != self.epoch or not self.healthy:
+                return
+            if len(self._token_states) >= self.max_entries:
+                self._token_states.clear()
+            self._token_states[(user_id, jti_key)] = (state[0], state[1], now)

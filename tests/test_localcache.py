@@ -1,0 +1,204 @@
+"""The opt-in local cache (authmw.localcache) against real Redis: hits cost no round trip, a logout or a
+revocation on one process is refused by the others within milliseconds, and a dropped invalidation channel
+stops the cache serving until it is back.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from collections.abc import Iterator
+from uuid import uuid4
+
+import pytest
+import redis
+
+from authmw.localcache import LocalCache
+from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    value = f"test:{uuid4().hex}:"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{value}*"):
+        client.delete(key)
+
+
+def _record(user: str = "alice", idle: float = 600.0) -> SessionRecord:
+    now = time.time()
+    return SessionRecord(
+        sid=f"{user_tag(user)}.{uuid4().hex}{uuid4().hex[:11]}",
+        user_id=user,
+        scopes=("items:read",),
+        created=now,
+        auth_time=now,
+        absolute_expiry=now + 3600,
+        idle_timeout=idle,
+        last_seen=now,
+    )
+
+
+def _wait_healthy(store: RedisStore, timeout: float = 5.0) -> None:
+    cache = store.local_cache
+    assert cache is not None
+    cache.ensure_listening()
+    deadline = time.monotonic() + timeout
+    while not cache.healthy:
+        assert time.monotonic() < deadline, "the invalidation channel never came up"
+        time.sleep(0.01)
+
+
+def _cached_store(url: str, prefix: str) -> RedisStore:
+    store = RedisStore.from_url(url, prefix=prefix, local_cache=True)
+    _wait_healthy(store)
+    return store
+
+
+def test_hits_are_served_locally_and_logout_elsewhere_is_seen(redis_url: str, prefix: str) -> None:
+    writer, reader = _cached_store(redis_url, prefix), _cached_store(redis_url, prefix)
+    record = _record()
+    writer.create(record)
+    assert reader.load(record.sid, 60) is not None
+    # Delete behind the cache's back (no invalidation): a cached read still answers, proving no round trip.
+    raw = redis.Redis.from_url(redis_url)
+    value = raw.get(writer._session_key(record.sid))
+    raw.delete(writer._session_key(record.sid))
+    assert reader.load(record.sid, 60) is not None
+    raw.set(writer._session_key(record.sid), value, px=600_000)
+    # A real logout through another store publishes: the reader refuses it promptly.
+    writer.delete(record.sid, record.user_id)
+    deadline = time.monotonic() + 1.0
+    while reader.load(record.sid, 60) is not None:
+        assert time.monotonic() < deadline, "the logout never reached the other cache"
+        time.sleep(0.001)
+
+
+def test_cached_copies_are_independent(redis_url: str, prefix: str) -> None:
+    store = _cached_store(redis_url, prefix)
+    record = _record()
+    record.data = {"theme": "dark"}
+    store.create(record)
+    first = store.load(record.sid, 60)
+    assert first is not None
+    second = store.load(record.sid, 60)
+    assert second is not None and second is not first
+    second.data["theme"] = "light"
+    third = store.load(record.sid, 60)
+    assert third is not None and third.data == {"theme": "dark"}
+
+
+def test_revocation_state_is_invalidated(redis_url: str, prefix: str) -> None:
+    writer, reader = _cached_store(redis_url, prefix), _cached_store(redis_url, prefix)
+    assert reader.token_state("bob", "jti-1") == (None, False)
+    writer.revoke_jti("bob", "jti-1", time.time() + 60)
+    deadline = time.monotonic() + 1.0
+    while reader.token_state("bob", "jti-1") != (None, True):
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    now = time.time()
+    writer.revoke_user("bob", now, 60)
+    deadline = time.monotonic() + 1.0
+    while reader.token_state("bob", None)[0] != pytest.approx(now):
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+def test_dropped_channel_stops_the_cache_until_it_is_back(redis_url: str, prefix: str) -> None:
+    store = _cached_store(redis_url, prefix)
+    record = _record()
+    store.create(record)
+    assert store.load(record.sid, 60) is not None  # now cached
+    raw = redis.Redis.from_url(redis_url)
+    raw.client_kill_filter(_type="pubsub")
+    # The listener notices at once (or at its next ping) and stops serving.
+    deadline = time.monotonic() + 3.0
+    cache = store.local_cache
+    assert cache is not None
+    while cache.healthy:
+        assert time.monotonic() < deadline, "the dropped channel was not noticed"
+        time.sleep(0.01)
+    # A deletion made while the channel is down (so never announced) is seen: reads go to Redis.
+    raw.delete(store._session_key(record.sid))
+    assert store.load(record.sid, 60) is None
+    _wait_healthy(store)  # it reconnects by itself
+    other = _record()
+    store.create(other)
+    assert store.load(other.sid, 60) is not None
+
+
+def test_a_read_racing_an_invalidation_is_not_cached(redis_url: str, prefix: str) -> None:
+    store = _cached_store(redis_url, prefix)
+    cache = store.local_cache
+    assert isinstance(cache, LocalCache)
+    record = _record()
+    epoch = cache.epoch
+    cache.invalidate([f"s:{record.sid}"])
+    cache.put_session(record, epoch)
+    assert cache.session(record.sid, time.time(), 60) is None
+
+
+def test_redis_down_with_local_cache_fails_closed(redis_url: str) -> None:
+    store = RedisStore.from_url("redis://127.0.0.1:1/0", local_cache=True)
+    with pytest.raises(StoreUnavailable):
+        store.load(_record().sid, 60)
+
+
+def _watch(
+    url: str, prefix: str, sid: str, ready: multiprocessing.Event, go: multiprocessing.Event, out: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
+    store = RedisStore.from_url(url, prefix=prefix, local_cache=True)
+    _wait_healthy(store)
+    assert store.load(sid, 3600) is not None
+    ready.set()
+    go.wait(10)
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        if store.load(sid, 3600) is None:
+            out.put(time.time())
+            return
+    out.put(None)
+
+
+@pytest.mark.slow
+def test_logout_propagates_to_other_processes_within_milliseconds(redis_url: str, prefix: str) -> None:
+    """Several worker processes hold the session in their local caches; one logout elsewhere must reach all.
+
+    Prints p50/p99 of the delay (the benchmarks record the same figure); asserts only a generous bound.
+    """
+    context = multiprocessing.get_context("spawn")
+    writer = RedisStore.from_url(redis_url, prefix=prefix)
+    delays: list[float] = []
+    for _ in range(8):
+        record = _record()
+        writer.create(record)
+        go = context.Event()
+        out = context.Queue()
+        workers = []
+        readies = []
+        for _ in range(3):
+            ready = context.Event()
+            process = context.Process(target=_watch, args=(redis_url, prefix, record.sid, ready, go, out), daemon=True)
+            process.start()
+            workers.append(process)
+            readies.append(ready)
+        for ready in readies:
+            assert ready.wait(20), "a worker did not start"
+        go.set()
+        started = time.time()
+        writer.delete(record.sid, record.user_id)
+        for _ in workers:
+            seen = out.get(timeout=10)
+            assert seen is not None, "a worker kept serving a logged-out session"
+            delays.append(max(0.0, seen - started))
+        for process in workers:
+            process.join(5)
+    delays.sort()
+    p50 = statistics.median(delays) * 1000
+    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000
+    print(f"logout propagation over {len(delays)} observations: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    assert p99 < 1000
