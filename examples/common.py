@@ -59,6 +59,14 @@ def parse_form(body: bytes, content_type: str) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items()}
 
 
+def parse_json(body: bytes) -> tuple[Any, bool]:
+    """The JSON value of a body (whatever its content type), and whether it parsed."""
+    try:
+        return json.loads(body), True
+    except (ValueError, UnicodeDecodeError):
+        return None, False
+
+
 class Items:
     """The demo's in-memory item list (thread-safe)."""
 

@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from authmw import AuthConfig, Policy
 from authmw.flask import AuthFailed, AuthMW, current_principal, list_sessions, login, logout, logout_everywhere
 from authmw.flask import cross_site_reason as login_cross_site_reason
-from examples.common import ROUTES, Items, check_password, home_page, parse_form
+from examples.common import ROUTES, Items, check_password, home_page, parse_form, parse_json
 
 items = Items()
 
@@ -71,8 +71,8 @@ def create_app(config: AuthConfig | None = None) -> Flask:
 
     @app.post("/api/items")
     def create_item() -> Any:
-        data = request.get_json(silent=True)
-        if data is None:
+        data, ok = parse_json(request.get_data())
+        if not ok:
             return jsonify(detail="body must be JSON"), 400
         body, status = items.create(data, current_principal.identity)
         return jsonify(body), status

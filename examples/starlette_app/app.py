@@ -27,7 +27,7 @@ from authmw.starlette import (
     session,
     token_endpoint,
 )
-from examples.common import ROUTES, Items, check_password, home_page, parse_form
+from examples.common import ROUTES, Items, check_password, home_page, parse_form, parse_json
 
 items = Items()
 
@@ -76,9 +76,8 @@ async def list_items(request: Request) -> JSONResponse:
 
 @requires("items:write")
 async def create_item(request: Request) -> JSONResponse:
-    try:
-        data = await request.json()
-    except ValueError:
+    data, ok = parse_json(await request.body())
+    if not ok:
         return JSONResponse({"detail": "body must be JSON"}, status_code=400)
     body, status = items.create(data, request.user.identity)
     return JSONResponse(body, status_code=status)
@@ -98,7 +97,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(config: AuthConfig | None = None) -> Starlette:
     config = config or AuthConfig.from_env(routes=ROUTES, default=Policy.optional())
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", home),
             Route("/health", health),
@@ -117,6 +116,8 @@ def create_app(config: AuthConfig | None = None) -> Starlette:
         middleware=[Middleware(GZipMiddleware), Middleware(AuthMiddleware, config=config)],
         exception_handlers={HTTPException: http_error},
     )
+    app.router.redirect_slashes = False  # answer exactly what the Flask app answers: no slash redirects
+    return app
 
 
 app = create_app()

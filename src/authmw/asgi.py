@@ -74,6 +74,7 @@ class AuthMiddleware:
 
         async def send_with_auth_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                exchange.response_started = True
                 try:
                     await run_async(exchange.finish())
                 except ServiceUnavailable as error:
@@ -86,7 +87,15 @@ class AuthMiddleware:
                         message["headers"] = changed
             await send(message)
 
-        await self.app(scope, receive, send_with_auth_headers)
+        try:
+            await self.app(scope, receive, send_with_auth_headers)
+        except ServiceUnavailable as error:
+            # The app called login()/logout()… while the store was down: 503, never a 500 (fail closed).
+            if exchange.response_started:
+                raise
+            failed = auth.error_response(error, exchange.view, None)
+            await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
+            await send({"type": "http.response.body", "body": failed.body})
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)

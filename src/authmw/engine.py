@@ -50,7 +50,7 @@ class AuthState:
 class Exchange:
     """One request's trip through authmw: its policy, session state and caller, and what the response needs."""
 
-    __slots__ = ("policy", "principal", "public", "state", "view")
+    __slots__ = ("policy", "principal", "public", "response_started", "state", "view")
 
     def __init__(self, view: RequestView, policy: Policy, public: bool, state: SessionState | None) -> None:
         self.view = view
@@ -58,6 +58,7 @@ class Exchange:
         self.public = public
         self.state = state
         self.principal: Principal | None = None
+        self.response_started = False
 
     @property
     def passthrough(self) -> bool:

@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Blueprint, Flask, current_app, g, has_app_context, request
 from flask import Response as FlaskResponse
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, Unauthorized
@@ -169,16 +169,36 @@ class AuthMW:
 
     def __init__(self, app: Flask | None = None, config: AuthConfig | None = None) -> None:
         self._blueprints: dict[str, Policy] = {}
-        self.authenticator: Authenticator | None = None
+        self._last_authenticator: Authenticator | None = None
         if app is not None:
             self.init_app(app, config)
 
     def init_app(self, app: Flask, config: AuthConfig | None = None) -> None:
         config = config or app.config.get("AUTHMW_CONFIG") or AuthConfig.from_env()
-        self.authenticator = Authenticator(config)
+        # One Authenticator per app: an extension object may serve several apps with different configs.
         app.extensions["authmw"] = self
+        app.extensions["authmw.authenticator"] = self._last_authenticator = Authenticator(config)
         app.before_request(self._before_request)
         app.after_request(self._after_request)
+        app.register_error_handler(ServiceUnavailable, self._store_down)
+
+    @property
+    def authenticator(self) -> Authenticator | None:
+        """The current app's Authenticator (outside a request: the one `init_app` built last)."""
+        if has_app_context():
+            found = current_app.extensions.get("authmw.authenticator")
+            if isinstance(found, Authenticator):
+                return found
+        return self._last_authenticator
+
+    def _store_down(self, error: ServiceUnavailable) -> FlaskResponse:
+        """`login()`, `logout()`… in a view with the store unreachable: 503 + Retry-After, never a 500."""
+        auth = self.authenticator
+        assert auth is not None
+        answer = auth.error_response(error, WSGIRequestView(request.environ), None)
+        response = FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
+        response._authmw_error = True  # type: ignore[attr-defined]
+        return response
 
     # ---- per-view and per-blueprint policies ----
 
@@ -229,12 +249,22 @@ class AuthMW:
     def _policy_for(self, view_state: WSGIRequestView, auth: Authenticator) -> Policy:
         if request.endpoint is not None:
             view = current_app.view_functions.get(request.endpoint)
-            value = getattr(view, POLICY_ATTRIBUTE, None)
-            if isinstance(value, Policy):
-                return value
-            for name in request.blueprints:  # innermost first
-                if name in self._blueprints:
-                    return self._blueprints[name]
+            candidates: list[Any] = [view]
+            view_class = getattr(view, "view_class", None)
+            if view_class is not None:  # a MethodView/View: the method handler, then the class
+                method = request.method.lower()
+                handler = getattr(view_class, method, None)
+                if handler is None and method == "head":
+                    handler = getattr(view_class, "get", None)
+                candidates = [handler, view_class, view]
+            for candidate in candidates:
+                value = getattr(candidate, POLICY_ATTRIBUTE, None)
+                if isinstance(value, Policy):
+                    return value
+            for name in request.blueprints:  # innermost first; nested ones are named "parent.child"
+                for key in (name, name.rsplit(".", 1)[-1]):
+                    if key in self._blueprints:
+                        return self._blueprints[key]
         return auth.table.match(view_state.method, view_state.path)
 
     # ---- token endpoints (register them with app.add_url_rule) ----

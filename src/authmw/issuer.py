@@ -12,6 +12,7 @@ per-user not-before, both checked by the verifier after the signature.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -31,7 +32,7 @@ from authmw.principal import Principal
 from authmw.stores import RefreshRecord, user_tag
 from authmw.tokens import JWTSettings
 
-__all__ = ["TokenIssuer", "TokenService", "jti_key"]
+__all__ = ["NOT_CONFIGURED", "TokenIssuer", "TokenService", "jti_key", "signing_parameters"]
 
 #: the problem+json body of the token endpoints when the app cannot mint tokens (no signing key or store)
 NOT_CONFIGURED: dict[str, Any] = {
@@ -59,49 +60,52 @@ def _private_key(material: Any) -> Any:
     return material
 
 
+def signing_parameters(settings: JWTSettings, key: Any = None) -> tuple[Any, str, str | None]:
+    """The key, algorithm and kid to sign tokens that `settings` will verify.
+
+    `key` defaults to the configured signing key, else (HS* only) the verification secret. The algorithm is
+    the first configured one the key's type allows; the kid is the one of the matching verification key.
+    """
+    key = _private_key(settings.signing_key if key is None else key)
+    if key is None:
+        hmac_keys = [k for k in settings.keyset.keys if k.is_hmac]
+        if not hmac_keys:
+            raise ConfigurationError(
+                "minting tokens needs a signing key: set AUTHMW_JWT_SIGNING_KEY (a PEM private key path)"
+            )
+        key = hmac_keys[0].material
+    if isinstance(key, str | bytes):
+        raw = key.encode() if isinstance(key, str) else bytes(key)
+        usable = VerificationKey.hmac(raw).algorithms
+        matches = [k for k in settings.keyset.keys if k.is_hmac and hmac.compare_digest(k.material, raw)]
+        key = raw
+    else:
+        public = key.public_key() if hasattr(key, "public_key") else key
+        usable = VerificationKey.public(public).algorithms
+        matches = [
+            k
+            for k in settings.keyset.keys
+            if not k.is_hmac and type(k.material) is type(public) and _same_public_key(k.material, public)
+        ]
+    if not matches:
+        raise ConfigurationError("the signing key is not among the verification keys: its tokens would be refused")
+    algorithm = next((name for name in settings.algorithms if name in usable and name in matches[0].algorithms), None)
+    if algorithm is None:
+        raise ConfigurationError(f"the signing key fits none of the configured algorithms {list(settings.algorithms)}")
+    return key, algorithm, matches[0].kid
+
+
 class TokenIssuer:
     """Mints access tokens the configured verifier accepts, and publishes the public keys as a JWKS."""
 
     def __init__(self, settings: JWTSettings) -> None:
         self.settings = settings
-        key = _private_key(settings.signing_key)
-        if key is None:
-            hmac_keys = [k for k in settings.keyset.keys if k.is_hmac]
-            if not hmac_keys:
-                raise ConfigurationError(
-                    "minting tokens needs a signing key: set AUTHMW_JWT_SIGNING_KEY (a PEM private key path)"
-                )
-            key, kid = hmac_keys[0].material, hmac_keys[0].kid
-        else:
-            kid = self._kid_for(key)
-        self.algorithm = self._algorithm_for(key)
+        key, self.algorithm, self.kid = signing_parameters(settings)
         # Prepared once (P32 checks included); PyJWT's algorithm object does the signing.
         self._key = ALGORITHM_OBJECTS[self.algorithm].prepare_key(key)
-        self.kid = kid
         self.headers: dict[str, Any] = {"typ": settings.access_token_type}
-        if kid is not None:
-            self.headers["kid"] = kid
-
-    def _algorithm_for(self, key: Any) -> str:
-        allowed = list(self.settings.algorithms)
-        if isinstance(key, str | bytes):
-            usable = VerificationKey.hmac(key).algorithms
-        else:
-            public = key.public_key() if hasattr(key, "public_key") else key
-            usable = VerificationKey.public(public).algorithms
-        for name in allowed:
-            if name in usable:
-                return name
-        raise ConfigurationError(f"the signing key fits none of the configured algorithms {allowed}")
-
-    def _kid_for(self, private: Any) -> str | None:
-        """The kid of the configured verification key matching this private key (the verifier must find it)."""
-        public = private.public_key() if hasattr(private, "public_key") else private
-        for candidate in self.settings.keyset.keys:
-            material = candidate.material
-            if not candidate.is_hmac and type(material) is type(public) and _same_public_key(material, public):
-                return candidate.kid
-        raise ConfigurationError("the signing key's public key is not among the verification keys")
+        if self.kid is not None:
+            self.headers["kid"] = self.kid
 
     def mint(
         self,

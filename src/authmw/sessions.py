@@ -300,7 +300,7 @@ class SessionManager:
         reason = cross_site_reason(view, self.settings.trusted_origins, websocket=websocket)
         if reason is not None:
             raise CSRFError(reason, reason="csrf_" + reason.split()[0].lower().replace("-", "_"))
-        if self.settings.csrf_require_token and not websocket:
+        if self.settings.csrf_require_token and not websocket and view.method not in _SAFE_METHODS:
             presented = view.header(self.settings.csrf_header)
             record = state.record
             expected = self.csrf_token(record.sid) if record is not None else ""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.routing import BaseRoute, Host, Mount, WebSocketRoute
 from starlette.routing import Route as StarletteRoute
 
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
@@ -103,6 +103,10 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "") -> list[Route]
     """authmw `Route` rules for every Starlette route (nested in mounts) that carries a policy."""
     compiled: list[Route] = []
     for route in routes:
+        if isinstance(route, Host):
+            # The host is not part of the path: its routes' policies apply on every host (fails closed).
+            compiled.extend(compile_routes(route.routes, prefix))
+            continue
         if isinstance(route, Mount):
             mount_policy = getattr(route, POLICY_ATTRIBUTE, None)
             inner = compile_routes(route.routes, _join(prefix, route.path))

@@ -23,7 +23,9 @@ import jwt as pyjwt
 
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator
+from authmw.errors import ConfigurationError
 from authmw.flows import run_sync
+from authmw.issuer import signing_parameters
 from authmw.principal import Principal
 from authmw.request import WSGIRequestView
 from authmw.sessions import SessionManager, SessionState
@@ -48,14 +50,19 @@ def mint_token(
     settings = config.jwt
     if settings is None:
         raise LookupError("the config has no JWT settings")
-    algorithm = algorithm or settings.algorithms[0]
-    if key is None:
-        key = settings.signing_key
-    if key is None:
-        hmac_keys = [k for k in settings.keyset.keys if k.is_hmac]
-        if not hmac_keys:
-            raise LookupError("pass key=<private key> to sign tokens for an asymmetric configuration")
-        key = hmac_keys[0].material
+    try:
+        signing_key, chosen, kid = signing_parameters(settings, key)
+    except ConfigurationError as exc:
+        if key is None:
+            raise LookupError(f"{exc}; or pass key=<private key> to sign test tokens") from None
+        if algorithm is None:
+            raise
+        signing_key, chosen, kid = key, algorithm, None  # a deliberately foreign key: tests of refusals
+    algorithm = algorithm or chosen
+    headers = dict(headers or {})
+    if kid is not None:
+        headers.setdefault("kid", kid)
+    key = signing_key
     now = int(time.time())
     body: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + int(ttl), "jti": uuid.uuid4().hex}
     if scopes:
