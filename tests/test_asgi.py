@@ -750,7 +750,7 @@ def test_p29_websocket_denial_response_extension(headers: list[tuple[bytes, byte
     scope = ws_scope(headers, extensions={"websocket.http.response": {}})
     sent = raw_ws(AuthMiddleware(inner, make_config()), scope)
     assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
-    assert sent[0]["status"] == status
+    assert sent[0]["status"] == 403  # DESIGN.md §1: a refused handshake is HTTP 403; the body says why
     assert header_values(sent[0]["headers"], "www-authenticate")
     assert json.loads(sent[1]["body"])["status"] == status
     assert not inner.called

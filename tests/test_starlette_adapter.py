@@ -654,12 +654,12 @@ def expect_refused(client: TestClient, path: str, **kwargs: Any) -> int:
 
 @pytest.mark.parametrize("path", ["/ws/session", "/ws/jwt", "/ws/ruled"])
 def test_websocket_refused_before_accept(client: TestClient, path: str) -> None:
-    assert expect_refused(client, path) in (401, 1008)
+    assert expect_refused(client, path) in (403, 1008)
 
 
 def test_websocket_with_the_wrong_credential_kind_is_refused(client: TestClient, config: AuthConfig) -> None:
     log_in(client)
-    assert expect_refused(client, "/ws/jwt") in (401, 1008)
+    assert expect_refused(client, "/ws/jwt") in (403, 1008)
     assert expect_refused(client, "/ws/jwt", headers=bearer(config, set())) in (403, 1008)
 
 
@@ -686,7 +686,7 @@ def test_websocket_cross_site_session_handshake_is_refused(client: TestClient) -
 def test_websocket_denial_response_carries_authmws_answer(client: TestClient) -> None:
     with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/ws/session"):
         pass  # pragma: no cover - never accepted
-    assert refused.value.status_code == 401
+    assert refused.value.status_code == 403  # DESIGN.md §1: a refused handshake is HTTP 403
     assert refused.value.headers["www-authenticate"] == 'Session realm="authmw"'
     assert refused.value.json()["status"] == 401
 
@@ -908,8 +908,8 @@ def test_starlette_example_walks_the_design_table(example: tuple[Starlette, Auth
     assert anon.post("/api/token/refresh", json={"refresh_token": refreshed.json()["refresh_token"]}).status_code == 401
     assert anon.post("/api/token/refresh", json={}).status_code == 400
     # WS /ws — session or JWT; otherwise refused before accept
-    assert expect_refused(anon, "/ws") in (401, 1008)
-    assert expect_refused(anon, "/ws", headers={"Authorization": "Bearer abc.def.ghi"}) in (401, 1008)
+    assert expect_refused(anon, "/ws") in (403, 1008)
+    assert expect_refused(anon, "/ws", headers={"Authorization": "Bearer abc.def.ghi"}) in (403, 1008)
     assert expect_refused(browser, "/ws", headers={"Origin": "https://evil.example"}) in (403, 1008)
     with browser.websocket_connect("/ws") as ws:
         assert ws.receive_json() == {"id": "alice"}
@@ -927,7 +927,7 @@ def test_starlette_example_walks_the_design_table(example: tuple[Starlette, Auth
     replay = TestClient(app)
     replay.cookies.set(COOKIE, old)
     assert replay.get("/account").status_code == 401
-    assert expect_refused(replay, "/ws") in (401, 1008)
+    assert expect_refused(replay, "/ws") in (403, 1008)
     # POST /logout-everywhere — session, CSRF-checked; every session and every token of the user
     laptop, phone, bob = example_login(app), example_login(app), example_login(app, "bob", "builder")
     phone_pair = phone.post("/api/token").json()
@@ -943,5 +943,5 @@ def test_starlette_example_walks_the_design_table(example: tuple[Starlette, Auth
     assert anon.get("/api/me", headers=alice_jwt).status_code == 401
     assert anon.get("/api/me", headers={"Authorization": "Bearer " + phone_pair["access_token"]}).status_code == 401
     assert anon.post("/api/token/refresh", json={"refresh_token": phone_pair["refresh_token"]}).status_code == 401
-    assert expect_refused(anon, "/ws", headers=alice_jwt) in (401, 1008)
+    assert expect_refused(anon, "/ws", headers=alice_jwt) in (403, 1008)
     assert anon.get("/api/me", headers=bob_jwt).status_code == 200

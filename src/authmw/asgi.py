@@ -104,7 +104,10 @@ class AuthMiddleware:
             # P29: refuse at the handshake, before any accept.
             await receive()  # websocket.connect
             if "websocket.http.response" in (scope.get("extensions") or {}):
-                start = {"type": "websocket.http.response.start", "status": response.status, "headers": headers}
+                # DESIGN.md §1: a refused handshake is HTTP 403 (as close-before-accept gives) and the body says
+                # why; a store that cannot be reached stays 503 + Retry-After.
+                status = 503 if response.status == 503 else 403
+                start = {"type": "websocket.http.response.start", "status": status, "headers": headers}
                 await send(start)
                 await send({"type": "websocket.http.response.body", "body": response.body})
             else:
