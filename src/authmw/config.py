@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from authmw.audit import AuditHook
 from authmw.errors import ConfigurationError, ErrorHook
 from authmw.keys import KeySet
 from authmw.policy import Policy, Route
@@ -37,6 +38,8 @@ class AuthConfig:
     realm: str = "authmw"
     #: customise error answers: ``on_error(error, request_view, default_response) -> response``
     on_error: ErrorHook | None = None
+    #: receives every `authmw.audit.AuditEvent` (default: the ``authmw.audit`` logger)
+    audit: AuditHook | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> AuthConfig:

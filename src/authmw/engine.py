@@ -8,12 +8,14 @@ shell runs it with `run_sync`, the ASGI shell with `run_async`; the logic exists
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, AnyStr
 from urllib.parse import quote
 
+from authmw.audit import Auditor
 from authmw.config import AuthConfig
 from authmw.errors import (
     AuthError,
@@ -109,7 +111,10 @@ class Authenticator:
         self.config = config
         self.table = RouteTable(config.routes, config.default)
         self.verifier = JWTVerifier(config.jwt) if config.jwt is not None else None
-        self.sessions = SessionManager(config.sessions) if config.sessions is not None else None
+        first = config.sessions.secret_keys[0] if config.sessions is not None else secrets.token_bytes(32)
+        salt = first.encode() if isinstance(first, str) else bytes(first)
+        self.auditor = Auditor(config.audit, salt)
+        self.sessions = SessionManager(config.sessions, self.auditor) if config.sessions is not None else None
         self._max_token_bytes = config.jwt.max_token_bytes if config.jwt is not None else 8192
         # Revocations (jti denylist, per-user not-before) and refresh tokens live with the sessions by default.
         self.token_store: Any = None
@@ -118,7 +123,7 @@ class Authenticator:
             self.token_store = config.jwt.revocation_store or (config.sessions.store if config.sessions else None)
             if self.token_store is not None:
                 try:
-                    self.tokens = TokenService(TokenIssuer(config.jwt), self.token_store)
+                    self.tokens = TokenService(TokenIssuer(config.jwt), self.token_store, self.auditor)
                 except ConfigurationError as exc:
                     log.info("authmw: token issuance is off: %s", exc)
         if self.sessions is not None and config.jwt is not None:
@@ -216,7 +221,13 @@ class Authenticator:
 
     def error_response(self, error: AuthError, view: RequestView, policy: Policy | None) -> ErrorResponse:
         """The answer for `error`, after the user's `on_error` hook; logs the reason code, never a secret (P28)."""
-        log.info("authmw: refused %s %s: %s (%d)", view.method, view.path[:200], error.reason, error.status)
+        self.auditor.emit(
+            "store_unavailable" if error.status == 503 else "auth_failure",
+            reason=error.reason,
+            method=view.method,
+            path=view.path[:200],
+            status=error.status,
+        )
         accept = policy.accept if policy is not None else frozenset(("jwt",))
         bearer = "jwt" in accept
         session = "session" in accept and self.sessions is not None

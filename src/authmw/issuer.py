@@ -25,6 +25,7 @@ import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, InvalidRequest, InvalidToken, MissingCredentials
 from authmw.flows import Flow, StoreCall
 from authmw.keys import ALGORITHM_OBJECTS, VerificationKey
@@ -173,10 +174,11 @@ def _same_public_key(a: Any, b: Any) -> bool:
 class TokenService:
     """``POST /api/token`` (a session's principal → a token pair) and ``POST /api/token/refresh``, sans-IO."""
 
-    def __init__(self, issuer: TokenIssuer, store: Any) -> None:
+    def __init__(self, issuer: TokenIssuer, store: Any, auditor: Auditor | None = None) -> None:
         self.issuer = issuer
         self.store = store
         self.settings = issuer.settings
+        self.auditor = auditor or Auditor(None, secrets.token_bytes(32))
 
     def _pair(self, record: RefreshRecord, token: str) -> dict[str, Any]:
         access, _ = self.issuer.mint(record.user_id, record.scopes, auth_time=record.auth_time or None)
@@ -228,6 +230,7 @@ class TokenService:
             self.store, "refresh_use", (token[:4], token_hash, now, self.settings.refresh_reuse_grace)
         )
         if outcome == "reuse":
+            self.auditor.emit("refresh_reuse", user_id=record.user_id if record else None, reason="family revoked")
             raise InvalidToken("the refresh token was already used; its family is revoked", reason="refresh_reuse")
         if outcome not in ("ok", "grace") or record is None:
             raise InvalidToken("the refresh token is invalid, expired or revoked", reason=f"refresh_{outcome}")
@@ -236,6 +239,7 @@ class TokenService:
         )
         if not (yield StoreCall(self.store, "refresh_create", (successor, 0.0, False))):
             raise InvalidToken("the refresh token's family was revoked", reason="refresh_revoked")
+        self.auditor.emit("refresh", user_id=record.user_id, reason=outcome)
         return self._pair(successor, new_token)
 
     def revoke_access_token(self, principal: Principal) -> Flow[None]:
@@ -244,6 +248,7 @@ class TokenService:
             raise ValueError("only a JWT principal with jti and exp can be revoked")
         key = jti_key(principal.issuer, principal.token_id)
         yield StoreCall(self.store, "revoke_jti", (principal.id, key, float(principal.expires_at)))
+        self.auditor.emit("revoke_token", user_id=principal.id)
 
 
 def _refresh_token_from(body: bytes) -> str:

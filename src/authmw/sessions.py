@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, Signer, TimestampSigner
 
+from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
 from authmw.flows import Flow, StoreCall, run_async, run_sync
 from authmw.principal import Principal
@@ -199,13 +200,14 @@ def _dump(data: Any) -> str:
 class SessionManager:
     """The session lifecycle, framework-free. One per middleware; thread- and asyncio-safe."""
 
-    def __init__(self, settings: SessionSettings) -> None:
+    def __init__(self, settings: SessionSettings, auditor: Auditor | None = None) -> None:
         self.settings = settings
         self.store = settings.store
         keys = [k.encode() if isinstance(k, str) else bytes(k) for k in settings.secret_keys]
         # itsdangerous signs with the *last* key of its list; ours signs with the first (P17: salt, SHA-256).
         self._signer = TimestampSigner(list(reversed(keys)), salt="authmw.session", digest_method=hashlib.sha256)
         self._csrf_signer = Signer(list(reversed(keys)), salt="authmw.csrf", digest_method=hashlib.sha256)
+        self.auditor = auditor or Auditor(None, keys[0])
         self.cookie_name: str = settings.cookie_name or "authmw_session"
         self._cookie_prefix = self.cookie_name + "="
         self._max_cookie = settings.max_cookie_bytes
@@ -355,7 +357,9 @@ class SessionManager:
         state.record = record
         state._data_snapshot = None
         state.set_cookie = self.cookie_for(record.sid, remember)
-        log.info("authmw: login user_hash=%s session=%s", _hash(user_id), session_handle(record.sid))
+        if old is not None:
+            self.auditor.emit("logout", user_id=old.user_id, session=session_handle(old.sid), reason="replaced")
+        self.auditor.emit("login", user_id=user_id, session=session_handle(record.sid))
         return self.principal_of(record)
 
     def rotate(self, state: SessionState, scopes: Iterable[str] | None = None) -> Flow[Principal]:
@@ -376,6 +380,7 @@ class SessionManager:
             raise LookupError("the session ended before it could be rotated")
         state.record = record
         state.set_cookie = self.cookie_for(record.sid, record.remember)
+        self.auditor.emit("rotate", user_id=record.user_id, session=session_handle(record.sid))
         return self.principal_of(record)
 
     def logout(self, state: SessionState) -> Flow[bool]:
@@ -386,7 +391,7 @@ class SessionManager:
         deleted = False
         if record is not None:
             deleted = bool((yield StoreCall(self.store, "delete", (record.sid, record.user_id))))
-            log.info("authmw: logout session=%s", session_handle(record.sid))
+            self.auditor.emit("logout", user_id=record.user_id, session=session_handle(record.sid))
         state.record = None
         state.set_cookie = None
         state.clear_cookie = True
@@ -408,7 +413,7 @@ class SessionManager:
             state.record = None
             state.set_cookie = None
             state.clear_cookie = True
-        log.info("authmw: logout everywhere user_hash=%s sessions=%d", _hash(user_id), count)
+        self.auditor.emit("logout_everywhere", user_id=user_id, reason=f"{count} sessions")
         return count
 
     def list_sessions(self, state: SessionState | None, user_id: str) -> Flow[list[SessionInfo]]:
@@ -435,6 +440,7 @@ class SessionManager:
         for record in records:
             if hmac.compare_digest(session_handle(record.sid), handle):
                 deleted = bool((yield StoreCall(self.store, "delete", (record.sid, record.user_id))))
+                self.auditor.emit("revoke_session", user_id=user_id, session=handle)
                 if state is not None and state.record is not None and state.record.sid == record.sid:
                     state.record = None
                     state.clear_cookie = True
@@ -452,10 +458,6 @@ class SessionManager:
         saved = bool((yield StoreCall(self.store, "save", (record,))))
         state._data_snapshot = _dump(record.data)
         return saved
-
-
-def _hash(value: str) -> str:
-    return hashlib.sha256(b"authmw.log:" + value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def request_origin(view: RequestView) -> str | None:
