@@ -605,7 +605,7 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     if not _REDIS_ERRORS:
         import redis.exceptions as rexc
 
-        _REDIS_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterError, rexc.ResponseError, OSError)
+        _REDIS_ERRORS = (rexc.RedisError, OSError)  # any client-side failure is "unavailable", never a 500
     return _REDIS_ERRORS
 
 
