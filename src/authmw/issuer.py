@@ -19,6 +19,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import jwt as pyjwt
@@ -123,7 +124,7 @@ class TokenIssuer:
         # Fractional iat: a token minted right after a logout-everywhere must not fall before its not-before.
         claims: dict[str, Any] = {
             "sub": subject,
-            "iat": round(issued, 3),
+            "iat": issued,
             "exp": int(issued + settings.access_token_ttl),
             "jti": uuid.uuid4().hex,
         }
@@ -155,11 +156,15 @@ class TokenIssuer:
                 jwk = OKPAlgorithm.to_jwk(material, as_dict=True)
             else:  # pragma: no cover - VerificationKey admits no other types
                 continue
+            jwk.pop("key_ops", None)  # RFC 7517 §4.3: not together with "use"
             jwk["use"] = "sig"
             if key.kid is not None:
                 jwk["kid"] = key.kid
-            if len(key.algorithms) == 1:
-                jwk["alg"] = next(iter(key.algorithms))
+            usable = sorted(key.algorithms & set(self.settings.algorithms))
+            if self.kid is not None and key.kid == self.kid:
+                jwk["alg"] = self.algorithm
+            elif len(usable) == 1:
+                jwk["alg"] = usable[0]
             keys.append(jwk)
         return {"keys": keys}
 
@@ -222,25 +227,26 @@ class TokenService:
         return self._pair(record, token)
 
     def refresh(self, body: bytes) -> Flow[dict[str, Any]]:
-        """Rotate the presented refresh token into a new pair; reuse revokes the whole family (401)."""
+        """Rotate the presented refresh token into a new pair; reuse revokes the whole family (401).
+
+        Marking the token used and storing its successor is one atomic store operation: of concurrent
+        presentations exactly one wins (grace 0), and no successor can outlive a family revoked meanwhile.
+        """
         token = _refresh_token_from(body)
         token_hash = hashlib.sha256(token.encode()).hexdigest()
         now = time.time()
+        new_token = f"{token[:4]}.{secrets.token_urlsafe(32)}"
+        successor = (hashlib.sha256(new_token.encode()).hexdigest(), now + self.settings.refresh_token_ttl)
         outcome, record = yield StoreCall(
-            self.store, "refresh_use", (token[:4], token_hash, now, self.settings.refresh_reuse_grace)
+            self.store, "refresh_use", (token[:4], token_hash, now, self.settings.refresh_reuse_grace, successor)
         )
         if outcome == "reuse":
             self.auditor.emit("refresh_reuse", user_id=record.user_id if record else None, reason="family revoked")
             raise InvalidToken("the refresh token was already used; its family is revoked", reason="refresh_reuse")
         if outcome not in ("ok", "grace") or record is None:
             raise InvalidToken("the refresh token is invalid, expired or revoked", reason=f"refresh_{outcome}")
-        successor, new_token = self._new_refresh(
-            record.user_id, record.family, record.scopes, record.session_sid, record.auth_time
-        )
-        if not (yield StoreCall(self.store, "refresh_create", (successor, 0.0, False))):
-            raise InvalidToken("the refresh token's family was revoked", reason="refresh_revoked")
         self.auditor.emit("refresh", user_id=record.user_id, reason=outcome)
-        return self._pair(successor, new_token)
+        return self._pair(replace(record, token_hash=successor[0], expires=successor[1], used_at=0.0), new_token)
 
     def revoke_access_token(self, principal: Principal) -> Flow[None]:
         """Put a JWT principal's token on the denylist until it expires."""

@@ -195,7 +195,10 @@ async def _token_response(request: Request, flow: Flow[dict[str, Any]], auth: Au
         body = await run_async(flow)
     except AuthError as error:
         answer = auth.error_response(error, ASGIRequestView(request.scope), request.scope["authmw"].policy)
-        return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+        response = Response(answer.body, status_code=answer.status)
+        # Several WWW-Authenticate challenges may be due: keep every header, not one per name.
+        response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+        return response
     return JSONResponse(body, headers={"cache-control": "no-store", "pragma": "no-cache"})
 
 

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from authmw.errors import ServiceUnavailable
@@ -220,14 +220,15 @@ class SessionStore(Protocol):
     async def arefresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool: ...
 
     def refresh_use(
-        self, tag: str, token_hash: str, now: float, grace: float
+        self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
-        """Mark a refresh token used (atomically). A second use after `grace` seconds revokes its family.
-        `tag` is the user tag the token carries (its keys' hash slot)."""
+        """Mark a refresh token used and, given ``successor=(hash, expires)``, store its successor in the same
+        family, all atomically. A second use after `grace` seconds revokes the family. `tag` is the user tag
+        the token carries (its keys' hash slot)."""
         ...
 
     async def arefresh_use(
-        self, tag: str, token_hash: str, now: float, grace: float
+        self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]: ...
 
 
@@ -400,7 +401,7 @@ class MemoryStore:
             return True
 
     def refresh_use(
-        self, tag: str, token_hash: str, now: float, grace: float
+        self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
         with self._lock:
             record = self._refresh.get(token_hash)
@@ -412,13 +413,19 @@ class MemoryStore:
             if record.session_sid is not None and self._live(record.session_sid, now) is None:
                 del self._families[record.family]
                 return "revoked", None
+            outcome: RefreshOutcome = "ok"
             if record.used_at:
-                if now - record.used_at <= grace:
-                    return "grace", record
-                del self._families[record.family]  # reuse: the whole family is revoked
-                return "reuse", record
-            record.used_at = now
-            return "ok", record
+                if now - record.used_at > grace:
+                    del self._families[record.family]  # reuse: the whole family is revoked
+                    return "reuse", record
+                outcome = "grace"
+            else:
+                record.used_at = now
+            if successor is not None:
+                self._refresh[successor[0]] = replace(
+                    record, token_hash=successor[0], expires=successor[1], used_at=0.0
+                )
+            return outcome, record
 
     # The async face: nothing here blocks, so the same code serves the event loop.
     async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
@@ -437,9 +444,9 @@ class MemoryStore:
         return self.refresh_create(record, family_expires, new_family)
 
     async def arefresh_use(
-        self, tag: str, token_hash: str, now: float, grace: float
+        self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
-        return self.refresh_use(tag, token_hash, now, grace)
+        return self.refresh_use(tag, token_hash, now, grace, successor)
 
     async def aload(self, sid: str, touch_interval: float) -> SessionRecord | None:
         return self.load(sid, touch_interval)
@@ -557,7 +564,8 @@ end
 return 1
 """
 
-# KEYS[1] token; ARGV: now, grace, family key prefix, session key prefix
+# KEYS[1] token; ARGV: now, grace, family key prefix, session key prefix, successor key ('' for none),
+# successor expiry, successor ttl_ms
 _REFRESH_USE = """
 local r = redis.call('HMGET', KEYS[1], 'uid', 'fam', 'scopes', 'exp', 'sess', 'auth', 'used')
 if not r[1] then return {'invalid'} end
@@ -572,13 +580,23 @@ if r[5] ~= '' then
 end
 local now = tonumber(ARGV[1])
 local used = tonumber(r[7])
+local outcome = 'ok'
 if used > 0 then
-  if now - used <= tonumber(ARGV[2]) then return {'grace', r[1], r[2], r[3], r[4], r[5], r[6], r[7]} end
-  redis.call('DEL', family)
-  return {'reuse', r[1], r[2], r[3], r[4], r[5], r[6], r[7]}
+  if now - used > tonumber(ARGV[2]) then
+    redis.call('DEL', family)
+    return {'reuse', r[1], r[2], r[3], r[4], r[5], r[6], r[7]}
+  end
+  outcome = 'grace'
+else
+  redis.call('HSET', KEYS[1], 'used', ARGV[1])
+  used = ARGV[1]
 end
-redis.call('HSET', KEYS[1], 'used', ARGV[1])
-return {'ok', r[1], r[2], r[3], r[4], r[5], r[6], ARGV[1]}
+if ARGV[5] ~= '' then
+  redis.call('HSET', ARGV[5], 'uid', r[1], 'fam', r[2], 'scopes', r[3], 'exp', ARGV[6], 'sess', r[5],
+             'auth', r[6], 'used', '0')
+  redis.call('PEXPIRE', ARGV[5], ARGV[7])
+end
+return {outcome, r[1], r[2], r[3], r[4], r[5], r[6], tostring(used)}
 """
 
 
@@ -818,8 +836,13 @@ class RedisStore:
             lambda reply: bool(reply),
         )
 
-    def _plan_refresh_use(self, tag: str, token_hash: str, now: float, grace: float) -> _Plan:
+    def _plan_refresh_use(
+        self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None
+    ) -> _Plan:
         slot = f"{self.prefix}{{{tag}}}"
+        successor_args: list[str | int] = ["", "0", 1]
+        if successor is not None:
+            successor_args = [f"{slot}:rt:{successor[0]}", repr(successor[1]), max(1, int((successor[1] - now) * 1000))]
 
         def parse(reply: Any) -> tuple[RefreshOutcome, RefreshRecord | None]:
             raw = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
@@ -845,7 +868,7 @@ class RedisStore:
         return _Plan(
             _REFRESH_USE,
             [f"{slot}:rt:{token_hash}"],
-            [repr(now), repr(grace), f"{slot}:fam:", f"{slot}:s:"],
+            [repr(now), repr(grace), f"{slot}:fam:", f"{slot}:s:", *successor_args],
             parse,
         )
 
@@ -1019,17 +1042,17 @@ class RedisStore:
         return bool(await self._arun(self._plan_refresh_create(record, family_expires, new_family)))
 
     def refresh_use(
-        self, tag: str, token_hash: str, now: float, grace: float
+        self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
         result: tuple[RefreshOutcome, RefreshRecord | None] = self._run(
-            self._plan_refresh_use(tag, token_hash, now, grace)
+            self._plan_refresh_use(tag, token_hash, now, grace, successor)
         )
         return result
 
     async def arefresh_use(
-        self, tag: str, token_hash: str, now: float, grace: float
+        self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
         result: tuple[RefreshOutcome, RefreshRecord | None] = await self._arun(
-            self._plan_refresh_use(tag, token_hash, now, grace)
+            self._plan_refresh_use(tag, token_hash, now, grace, successor)
         )
         return result

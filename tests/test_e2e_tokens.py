@@ -1,0 +1,183 @@
+"""End to end: the token rows of DESIGN.md §6 over real HTTP (httpx), on both example apps (the Starlette one under
+uvicorn, the Flask one under gunicorn) and both stores (in-memory; Redis on a database of its own per app, flushed
+before and after).
+
+Login → ``/api/token`` → ``/api/items`` with the access token → refresh → the old refresh token again (401, and
+the whole family revoked) → ``/logout-everywhere`` (earlier access tokens refused) → log in again → new tokens work.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import redis
+from tests.conftest import APPS
+
+pytestmark = pytest.mark.slow
+
+COOKIE_KEY = "e2e-token-cookie-key-" + "c" * 40
+JWT_KEY = "e2e-token-jwt-secret-" + "j" * 40
+REDIS_DB = {"starlette": 10, "flask": 11}
+REFRESH_SHAPE = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
+PASSWORDS = {"alice": "wonderland", "bob": "builder"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "starlette-memory",
+        pytest.param("starlette-redis", marks=pytest.mark.redis),
+        "flask-memory",
+        pytest.param("flask-redis", marks=pytest.mark.redis),
+    ],
+)
+def app_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    framework, store = request.param.split("-")
+    env = {
+        "AUTHMW_SECRET_KEYS": COOKIE_KEY,
+        "AUTHMW_JWT_ALGORITHMS": "HS256",
+        "AUTHMW_JWT_KEY": JWT_KEY,
+        "AUTHMW_COOKIE_SECURE": "0",
+        "AUTHMW_ACCESS_TOKEN_TTL": "120",
+    }
+    url = None
+    if store == "redis":
+        url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + f"/{REDIS_DB[framework]}"
+        redis.Redis.from_url(url).flushdb()
+        env["AUTHMW_REDIS_URL"] = url
+    try:
+        with APPS[framework](env) as server:
+            yield server.url
+    finally:
+        if url:
+            redis.Redis.from_url(url).flushdb()
+
+
+def login(url: str, user: str = "alice") -> httpx.Client:
+    client = httpx.Client(base_url=url, timeout=5)
+    response = client.post("/login", data={"username": user, "password": PASSWORDS[user]})
+    assert response.status_code == 303, response.text
+    return client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def refresh(url: str, token: Any) -> httpx.Response:
+    return httpx.post(url + "/api/token/refresh", json={"refresh_token": token}, timeout=5)
+
+
+def test_token_lifecycle(app_url: str) -> None:
+    alice, bob = login(app_url), login(app_url, "bob")
+    issued = alice.post("/api/token")
+    assert issued.status_code == 200, issued.text
+    assert "no-store" in issued.headers["cache-control"]
+    pair = issued.json()
+    assert pair["token_type"] == "Bearer" and pair["expires_in"] == 120
+    assert REFRESH_SHAPE.fullmatch(pair["refresh_token"])
+    claims = jwt.decode(pair["access_token"], JWT_KEY, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["scope"] == "items:read items:write"
+    bob_pair = bob.post("/api/token").json()
+
+    # The access token works on the JWT routes, with the session's scopes.
+    items = httpx.get(app_url + "/api/items", headers=bearer(pair["access_token"]), timeout=5)
+    assert items.status_code == 200 and isinstance(items.json(), list)
+    me = httpx.get(app_url + "/api/me", headers=bearer(pair["access_token"]), timeout=5)
+    assert me.json() == {"id": "alice", "source": "jwt", "scopes": ["items:read", "items:write"]}
+
+    # Refresh: a new pair.
+    rotated = refresh(app_url, pair["refresh_token"])
+    assert rotated.status_code == 200 and "no-store" in rotated.headers["cache-control"]
+    second = rotated.json()
+    assert second["refresh_token"] != pair["refresh_token"] and second["access_token"] != pair["access_token"]
+    assert httpx.get(app_url + "/api/items", headers=bearer(second["access_token"]), timeout=5).status_code == 200
+
+    # The old refresh token again: 401, and its whole family is revoked (the new one fails too).
+    reused = refresh(app_url, pair["refresh_token"])
+    assert reused.status_code == 401
+    assert reused.headers["content-type"] == "application/problem+json"
+    assert 'error="invalid_token"' in reused.headers["www-authenticate"]
+    assert refresh(app_url, second["refresh_token"]).status_code == 401
+    assert alice.get("/account").status_code == 200  # the session itself lives on
+
+    # Logout everywhere: sessions, refresh families and earlier access tokens, at once.
+    third = alice.post("/api/token").json()
+    assert httpx.get(app_url + "/api/me", headers=bearer(pair["access_token"]), timeout=5).status_code == 200
+    time.sleep(0.002)  # the tokens above are minted strictly before the not-before
+    assert alice.post("/logout-everywhere").status_code == 303
+    for access in (pair["access_token"], second["access_token"], third["access_token"]):
+        assert httpx.get(app_url + "/api/me", headers=bearer(access), timeout=5).status_code == 401
+    assert refresh(app_url, third["refresh_token"]).status_code == 401
+    assert alice.get("/account").status_code == 401
+    # Bob is untouched.
+    assert httpx.get(app_url + "/api/me", headers=bearer(bob_pair["access_token"]), timeout=5).status_code == 200
+    assert refresh(app_url, bob_pair["refresh_token"]).status_code == 200
+
+    # Alice logs in again: the new tokens work.
+    again = login(app_url)
+    fresh = again.post("/api/token").json()
+    assert httpx.get(app_url + "/api/items", headers=bearer(fresh["access_token"]), timeout=5).status_code == 200
+    assert httpx.get(app_url + "/api/me", headers=bearer(fresh["access_token"]), timeout=5).json()["id"] == "alice"
+    renewed = refresh(app_url, fresh["refresh_token"])
+    assert renewed.status_code == 200
+    renewed_access = renewed.json()["access_token"]
+    assert httpx.get(app_url + "/api/items", headers=bearer(renewed_access), timeout=5).status_code == 200
+    for client in (alice, bob, again):
+        client.close()
+
+
+def test_token_endpoint_refusals(app_url: str) -> None:
+    assert httpx.post(app_url + "/api/token", timeout=5).status_code == 401
+    browser = login(app_url)
+    access = browser.post("/api/token").json()["access_token"]
+    assert httpx.post(app_url + "/api/token", headers=bearer(access), timeout=5).status_code == 401  # not a session
+    cross = browser.post("/api/token", headers={"Origin": "https://evil.example"})
+    assert cross.status_code == 403 and cross.headers["content-type"] == "application/problem+json"
+    not_json = httpx.post(
+        app_url + "/api/token/refresh", content=b"not json", headers={"content-type": "application/json"}, timeout=5
+    )
+    assert not_json.status_code == 400
+    assert refresh(app_url, 42).status_code == 400
+    assert httpx.post(app_url + "/api/token/refresh", json={}, timeout=5).status_code == 400
+    assert refresh(app_url, "nonsense").status_code == 401
+    assert refresh(app_url, "abcd." + "a" * 43).status_code == 401
+    jwks = httpx.get(app_url + "/.well-known/jwks.json", timeout=5)
+    assert jwks.status_code == 200 and jwks.json() == {"keys": []}  # an HMAC secret is never published
+    browser.close()
+
+
+def test_concurrent_presentations_of_one_refresh_token(app_url: str) -> None:
+    browser = login(app_url)
+    token = browser.post("/api/token").json()["refresh_token"]
+    barrier = threading.Barrier(10)
+    responses: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def present() -> None:
+        barrier.wait()
+        response = refresh(app_url, token)
+        with lock:
+            responses.append(response)
+
+    threads = [threading.Thread(target=present) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    statuses = Counter(r.status_code for r in responses)
+    assert sum(statuses.values()) == 10 and set(statuses) <= {200, 401}, statuses
+    assert statuses[200] <= 1 and statuses[401] >= 9
+    for response in responses:  # afterwards the family is revoked
+        if response.status_code == 200:
+            assert refresh(app_url, response.json()["refresh_token"]).status_code == 401
+    assert refresh(app_url, token).status_code == 401
+    browser.close()

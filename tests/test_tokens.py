@@ -1,0 +1,1219 @@
+"""The token side of the hybrid (DESIGN.md §3 revocation rows, §6 token rows): `TokenIssuer`, `TokenService`,
+the refresh-token and revocation parts of both stores, the engine's revocation check, and the token endpoints of
+both adapters in-process.
+
+Stores are real: `MemoryStore` and `RedisStore` (each Redis test on its own key prefix, deleted afterwards), each
+through its sync face and its async face (one `asyncio.Runner` per test, so the redis.asyncio pool stays on one
+loop). Tests that found a bug assert the correct behaviour and are marked ``xfail(strict=True, reason="BUG: ...")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import jwt as pyjwt
+import pytest
+import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from examples.common import ROUTES
+
+import authmw.issuer as issuer_module
+from authmw import (
+    AuthConfig,
+    ConfigurationError,
+    InvalidRequest,
+    InvalidToken,
+    JWTSettings,
+    JWTVerifier,
+    KeySet,
+    MissingCredentials,
+    Policy,
+    Principal,
+    Route,
+)
+from authmw.engine import Authenticator
+from authmw.flows import Flow, run_async, run_sync
+from authmw.issuer import NOT_CONFIGURED, TokenIssuer, TokenService, jti_key
+from authmw.request import WSGIRequestView
+from authmw.sessions import SessionSettings
+from authmw.stores import MemoryStore, RedisStore, SessionRecord, user_tag
+
+SECRET = "k" * 40
+COOKIE_KEY = "s" * 40
+ISSUER = "https://issuer.example"
+AUDIENCE = "authmw-tests"
+REFRESH_SHAPE = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
+ALICE_SCOPES = ["items:read", "items:write"]
+#: the order of the P-256 group: (r, n - s) is a second valid ECDSA signature of the same message
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def unb64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def header_of(token: str) -> dict[str, Any]:
+    return dict(json.loads(unb64(token.split(".")[0])))
+
+
+def private_pem(key: Any) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def public_pem(key: Any) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def body(token: Any) -> bytes:
+    return json.dumps({"refresh_token": token}).encode()
+
+
+def session_principal(user: str = "alice", scopes: tuple[str, ...] = ("items:read", "items:write")) -> Principal:
+    return Principal(id=user, source="session", scopes=frozenset(scopes), auth_time=time.time())
+
+
+def make_session(user: str = "alice", scopes: tuple[str, ...] = ("items:read", "items:write")) -> SessionRecord:
+    now = time.time()
+    return SessionRecord(
+        sid=f"{user_tag(user)}.{secrets.token_urlsafe(32)}",
+        user_id=user,
+        scopes=scopes,
+        created=now,
+        auth_time=now,
+        absolute_expiry=now + 3600,
+        idle_timeout=600.0,
+        last_seen=now,
+    )
+
+
+def malleate_es256(token: str) -> str:
+    """The same token with the other valid ECDSA signature (r, n - s): a different string, equally valid."""
+    header, payload, signature = token.split(".")
+    raw = unb64(signature)
+    r, s = raw[:32], int.from_bytes(raw[32:], "big")
+    return f"{header}.{payload}.{b64(r + (P256_ORDER - s).to_bytes(32, 'big'))}"
+
+
+def purge(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def redis_contents(store: RedisStore) -> list[bytes]:
+    """Every key name and every stored value under the store's prefix (strings, hashes, sets)."""
+    client = store.client
+    found: list[bytes] = []
+    for key in client.scan_iter(match=store.prefix + "*", count=1000):
+        found.append(key)
+        kind = client.type(key)
+        if kind == b"string":
+            found.append(client.get(key) or b"")
+        elif kind == b"hash":
+            for field_name, value in client.hgetall(key).items():
+                found.extend((field_name, value))
+        elif kind == b"set":
+            found.extend(client.smembers(key))
+        elif kind != b"none":
+            raise AssertionError(f"unexpected Redis type {kind!r} at {key!r}")
+    return found
+
+
+class Harness:
+    """One store and one face: flows run with `run_sync`, or with `run_async` on one event loop."""
+
+    def __init__(self, store: Any, runner: asyncio.Runner | None) -> None:
+        self.store = store
+        self.runner = runner
+        self.mode = "sync" if runner is None else "async"
+
+    def run(self, flow: Flow[Any]) -> Any:
+        if self.runner is None:
+            return run_sync(flow)
+        return self.runner.run(run_async(flow))
+
+    def call(self, name: str, *args: Any) -> Any:
+        if self.runner is None:
+            return getattr(self.store, name)(*args)
+        return self.runner.run(getattr(self.store, "a" + name)(*args))
+
+    def service(self, **jwt: Any) -> TokenService:
+        jwt.setdefault("algorithms", ["HS256"])
+        jwt.setdefault("keys", SECRET)
+        return TokenService(TokenIssuer(JWTSettings(**jwt)), self.store)
+
+    def authenticator(self, **jwt: Any) -> Authenticator:
+        jwt.setdefault("algorithms", ["HS256"])
+        jwt.setdefault("keys", SECRET)
+        sessions = SessionSettings(secret_keys=[COOKIE_KEY], store=self.store, cookie_secure=False)
+        return Authenticator(AuthConfig(jwt=JWTSettings(**jwt), sessions=sessions))
+
+    def verify(self, auth: Authenticator, token: str) -> Principal:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/me", "HTTP_AUTHORIZATION": f"Bearer {token}"}
+        principal: Principal = self.run(auth.flow(WSGIRequestView(environ), Policy.jwt()))
+        return principal
+
+    def refused(self, auth: Authenticator, token: str) -> str:
+        """The reason code a token is refused with."""
+        with pytest.raises(InvalidToken) as info:
+            self.verify(auth, token)
+        return info.value.reason
+
+
+@pytest.fixture
+def redis_store(redis_url: str) -> Iterator[RedisStore]:
+    prefix = f"test:{uuid4().hex}:"
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    yield store
+    store.client.close()
+    purge(redis_url, prefix)
+
+
+def _harness(request: pytest.FixtureRequest, kind: str, mode: str) -> Iterator[Harness]:
+    store: Any = request.getfixturevalue("redis_store") if kind == "redis" else MemoryStore()
+    if mode == "sync":
+        yield Harness(store, None)
+        return
+    with asyncio.Runner() as runner:
+        yield Harness(store, runner)
+        if isinstance(store, RedisStore):
+            runner.run(store.async_client.aclose())
+
+
+FACES = [
+    pytest.param(("memory", "sync"), id="memory-sync"),
+    pytest.param(("memory", "async"), id="memory-async"),
+    pytest.param(("redis", "sync"), id="redis-sync", marks=pytest.mark.redis),
+    pytest.param(("redis", "async"), id="redis-async", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=FACES)
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    yield from _harness(request, *request.param)
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, Any]:
+    return {
+        "RS256": rsa.generate_private_key(65537, 2048),
+        "ES256": ec.generate_private_key(ec.SECP256R1()),
+        "EdDSA": ed25519.Ed25519PrivateKey.generate(),
+        "other-rsa": rsa.generate_private_key(65537, 2048),
+        "other-ES256": ec.generate_private_key(ec.SECP256R1()),
+        "other-EdDSA": ed25519.Ed25519PrivateKey.generate(),
+    }
+
+
+# --- TokenIssuer --------------------------------------------------------------------------------------------------
+
+
+def test_hs256_signs_with_the_verification_secret_by_default() -> None:
+    settings = JWTSettings(algorithms=["HS256"], keys=SECRET)
+    issuer = TokenIssuer(settings)
+    assert issuer.algorithm == "HS256"
+    token, claims = issuer.mint("alice", ["items:read"])
+    assert header_of(token) == {"alg": "HS256", "typ": "JWT"}  # one key without a kid: no kid header
+    assert pyjwt.decode(token, SECRET, algorithms=["HS256"]) == claims
+    principal = JWTVerifier(settings).verify(token)
+    assert (principal.id, principal.source, principal.scopes) == ("alice", "jwt", frozenset({"items:read"}))
+
+
+def test_hs256_kid_of_the_configured_secret_is_in_the_header() -> None:
+    settings = JWTSettings(algorithms=["HS256"], keys=KeySet.from_keys({"hmac-1": SECRET, "hmac-2": "z" * 40}))
+    token, _ = TokenIssuer(settings).mint("alice")
+    assert header_of(token)["kid"] == "hmac-1"
+    assert JWTVerifier(settings).verify(token).id == "alice"
+
+
+def test_explicit_hmac_signing_key_equal_to_a_verification_secret_is_accepted() -> None:
+    keyset = KeySet.from_keys({"h1": "z" * 40, "h2": SECRET})
+    settings = JWTSettings(algorithms=["HS256"], keys=keyset, signing_key=SECRET)
+    issuer = TokenIssuer(settings)
+    token, _ = issuer.mint("alice")
+    assert header_of(token)["kid"] == "h2"  # the kid of the secret that matches, not simply the first one
+    assert JWTVerifier(settings).verify(token).id == "alice"
+
+
+def test_hmac_signing_key_that_verifies_nothing_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET, signing_key="q" * 40))
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
+@pytest.mark.parametrize("form", ["pem", "object"])
+def test_asymmetric_signing_key_mints_tokens_the_verifier_accepts(
+    keys: dict[str, Any], algorithm: str, form: str
+) -> None:
+    private = keys[algorithm]
+    other = keys["other-rsa" if algorithm == "RS256" else f"other-{algorithm}"]
+    keyset = KeySet.from_keys({"old": public_pem(other), f"{algorithm}-key": public_pem(private)})
+    settings = JWTSettings(
+        algorithms=[algorithm],
+        keys=keyset,
+        signing_key=private_pem(private) if form == "pem" else private,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+    )
+    issuer = TokenIssuer(settings)
+    assert issuer.algorithm == algorithm
+    token, claims = issuer.mint("alice", ["items:write", "items:read"])
+    assert header_of(token) == {"alg": algorithm, "typ": "JWT", "kid": f"{algorithm}-key"}
+    decoded = pyjwt.decode(token, private.public_key(), algorithms=[algorithm], audience=AUDIENCE, issuer=ISSUER)
+    assert decoded == claims
+    principal = JWTVerifier(settings).verify(token)
+    assert principal.id == "alice" and principal.scopes == frozenset(ALICE_SCOPES)
+    assert principal.issuer == ISSUER and principal.token_id == claims["jti"]
+
+
+def test_at_jwt_type(keys: dict[str, Any]) -> None:
+    settings = JWTSettings(
+        algorithms=["ES256"], keys=public_pem(keys["ES256"]), signing_key=keys["ES256"], access_token_type="at+jwt"
+    )
+    token, _ = TokenIssuer(settings).mint("alice")
+    assert header_of(token)["typ"] == "at+jwt"
+    assert JWTVerifier(settings).verify(token).id == "alice"
+    with pytest.raises(ConfigurationError):
+        JWTSettings(algorithms=["HS256"], keys=SECRET, access_token_type="id_token")
+
+
+def test_claims_of_a_minted_token() -> None:
+    settings = JWTSettings(
+        algorithms=["HS256"], keys=SECRET, issuer=ISSUER, audience=[AUDIENCE, "other"], access_token_ttl=120
+    )
+    issuer = TokenIssuer(settings)
+    before = time.time()
+    token, claims = issuer.mint("alice", ["items:write", "items:read", "items:read"])
+    after = time.time()
+    assert set(claims) == {"sub", "iat", "exp", "jti", "scope", "iss", "aud"}
+    assert claims["sub"] == "alice"
+    assert isinstance(claims["iat"], float) and before - 0.001 <= claims["iat"] <= after + 0.001
+    assert int(before + 120) <= claims["exp"] <= int(after + 120)  # ttl = access_token_ttl
+    fixed = issuer.mint("alice", now=1_800_000_000.25)[1]
+    assert (fixed["iat"], fixed["exp"]) == (1_800_000_000.25, 1_800_000_120)
+    assert re.fullmatch(r"[0-9a-f]{32}", claims["jti"])
+    assert claims["scope"] == "items:read items:write"  # space-separated (RFC 9068), each once
+    assert claims["iss"] == ISSUER and claims["aud"] == [AUDIENCE, "other"]
+    assert pyjwt.decode(token, SECRET, algorithms=["HS256"], audience=AUDIENCE) == claims
+    # jti is unique per token; no iss/aud/scope when not configured or empty
+    plain = TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET))
+    one, two = plain.mint("bob")[1], plain.mint("bob")[1]
+    assert one["jti"] != two["jti"]
+    assert set(one) == {"sub", "iat", "exp", "jti"}
+    assert one["exp"] - one["iat"] == pytest.approx(300, abs=1)
+
+
+def test_signing_key_must_be_among_the_verification_keys(keys: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="not among the verification keys"):
+        TokenIssuer(JWTSettings(algorithms=["RS256"], keys=public_pem(keys["other-rsa"]), signing_key=keys["RS256"]))
+    with pytest.raises(ConfigurationError):  # a key of another type entirely
+        TokenIssuer(JWTSettings(algorithms=["RS256"], keys=public_pem(keys["RS256"]), signing_key=keys["ES256"]))
+
+
+def test_asymmetric_config_without_signing_key_cannot_mint(keys: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="signing key"):
+        TokenIssuer(JWTSettings(algorithms=["RS256"], keys=public_pem(keys["RS256"])))
+
+
+def test_jwks_publishes_public_keys_with_kid_and_use(keys: dict[str, Any]) -> None:
+    keyset = KeySet.from_keys({"rsa-1": public_pem(keys["RS256"]), "rsa-2": public_pem(keys["other-rsa"])})
+    issuer = TokenIssuer(JWTSettings(algorithms=["RS256"], keys=keyset, signing_key=private_pem(keys["RS256"])))
+    document = issuer.jwks()
+    assert [k["kid"] for k in document["keys"]] == ["rsa-1", "rsa-2"]
+    for jwk in document["keys"]:
+        assert jwk["kty"] == "RSA" and jwk["use"] == "sig"
+        assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & set(jwk)  # public parameters only
+    # Another service can verify the minted tokens from the published document alone.
+    token, _ = issuer.mint("alice", ["items:read"])
+    other = JWTVerifier(JWTSettings(algorithms=["RS256"], keys=KeySet.from_jwks(document)))
+    assert other.verify(token).id == "alice"
+
+
+@pytest.mark.parametrize(("algorithm", "kty", "crv"), [("ES256", "EC", "P-256"), ("EdDSA", "OKP", "Ed25519")])
+def test_jwks_of_single_algorithm_keys_names_the_algorithm(
+    keys: dict[str, Any], algorithm: str, kty: str, crv: str
+) -> None:
+    private = keys[algorithm]
+    settings = JWTSettings(
+        algorithms=[algorithm], keys=KeySet.from_keys({"k1": public_pem(private)}), signing_key=private
+    )
+    (jwk,) = TokenIssuer(settings).jwks()["keys"]
+    assert (jwk["kty"], jwk["crv"], jwk["kid"], jwk["alg"], jwk["use"]) == (kty, crv, "k1", algorithm, "sig")
+    assert "d" not in jwk
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "PS256"])
+def test_jwks_names_the_algorithm_of_rsa_keys(keys: dict[str, Any], algorithm: str) -> None:
+    settings = JWTSettings(
+        algorithms=[algorithm], keys=KeySet.from_keys({"r1": public_pem(keys["RS256"])}), signing_key=keys["RS256"]
+    )
+    issuer = TokenIssuer(settings)
+    (jwk,) = issuer.jwks()["keys"]
+    assert jwk.get("alg") == issuer.algorithm == algorithm
+
+
+def test_jwks_never_publishes_hmac_secrets() -> None:
+    issuer = TokenIssuer(JWTSettings(algorithms=["HS256"], keys=KeySet.from_keys({"h1": SECRET})))
+    document = issuer.jwks()
+    assert document == {"keys": []}
+    assert b64(SECRET.encode()) not in json.dumps(document) and SECRET not in json.dumps(document)
+
+
+def test_jti_key_is_derived_from_issuer_and_jti_only() -> None:
+    key = jti_key(ISSUER, "abc")
+    assert re.fullmatch(r"[0-9a-f]{32}", key)
+    assert key == jti_key(ISSUER, "abc")
+    assert key != jti_key("https://other.example", "abc")
+    assert key != jti_key(ISSUER, "abd")
+    assert key != jti_key(None, "abc")
+
+
+# --- refresh tokens -----------------------------------------------------------------------------------------------
+
+
+def test_issue_gives_a_pair_with_an_opaque_refresh_token(harness: Harness) -> None:
+    service = harness.service(access_token_ttl=120, issuer=ISSUER)
+    pair = harness.run(service.issue(session_principal()))
+    assert set(pair) >= {"access_token", "token_type", "expires_in", "refresh_token"}
+    assert pair["token_type"] == "Bearer" and pair["expires_in"] == 120
+    refresh = pair["refresh_token"]
+    assert REFRESH_SHAPE.fullmatch(refresh)
+    assert refresh.split(".")[0] == user_tag("alice")
+    principal = JWTVerifier(service.settings).verify(pair["access_token"])
+    assert (principal.id, principal.scopes) == ("alice", frozenset(ALICE_SCOPES))
+    with pytest.raises(pyjwt.DecodeError):  # never a JWT
+        pyjwt.decode(refresh, options={"verify_signature": False})
+
+
+def test_refresh_tokens_are_stored_only_hashed(harness: Harness) -> None:
+    service = harness.service()
+    first = harness.run(service.issue(session_principal()))
+    second = harness.run(service.refresh(body(first["refresh_token"])))
+    raw_tokens = [first["refresh_token"], second["refresh_token"]]
+    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in raw_tokens]
+    store = harness.store
+    if isinstance(store, RedisStore):
+        contents = redis_contents(store)
+        assert contents
+        blob = b"\n".join(contents)
+        for token in raw_tokens:
+            assert token.encode() not in blob
+            assert token.split(".")[1].encode() not in blob  # not even the random part
+        keys = [k.decode() for k in store.client.scan_iter(match=store.prefix + "*")]
+        for digest in hashes:
+            assert any(k.endswith(":rt:" + digest) for k in keys)
+    else:
+        assert set(store._refresh) == set(hashes)
+        assert all(token not in repr(record) for record in store._refresh.values() for token in raw_tokens)
+
+
+def test_rotation_then_reuse_revokes_the_family(harness: Harness) -> None:
+    service = harness.service()
+    r1 = harness.run(service.issue(session_principal()))["refresh_token"]
+    pair2 = harness.run(service.refresh(body(r1)))
+    r2 = pair2["refresh_token"]
+    assert r2 != r1 and REFRESH_SHAPE.fullmatch(r2)
+    assert JWTVerifier(service.settings).verify(pair2["access_token"]).scopes == frozenset(ALICE_SCOPES)
+    r3 = harness.run(service.refresh(body(r2)))["refresh_token"]
+    with pytest.raises(InvalidToken) as reused:
+        harness.run(service.refresh(body(r1)))
+    assert reused.value.status == 401 and reused.value.reason == "refresh_reuse"
+    with pytest.raises(InvalidToken) as successor:  # the live end of the family is dead too
+        harness.run(service.refresh(body(r3)))
+    assert successor.value.reason == "refresh_revoked"
+
+
+def test_reuse_leaves_other_families_alone(harness: Harness) -> None:
+    service = harness.service()
+    laptop = harness.run(service.issue(session_principal()))["refresh_token"]
+    phone = harness.run(service.issue(session_principal()))["refresh_token"]
+    bob = harness.run(service.issue(session_principal("bob", ("items:read",))))["refresh_token"]
+    harness.run(service.refresh(body(laptop)))
+    with pytest.raises(InvalidToken):
+        harness.run(service.refresh(body(laptop)))
+    phone_next = harness.run(service.refresh(body(phone)))
+    assert harness.run(service.refresh(body(phone_next["refresh_token"])))["token_type"] == "Bearer"
+    bob_next = harness.run(service.refresh(body(bob)))
+    assert JWTVerifier(service.settings).verify(bob_next["access_token"]).id == "bob"
+
+
+class ShiftedClock:
+    """Stands in for the `time` module inside `authmw.issuer`: real time plus an offset."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._real = time.time
+
+    def time(self) -> float:
+        return self._real() + self.offset
+
+
+def test_reuse_grace_window(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ShiftedClock()
+    monkeypatch.setattr(issuer_module, "time", clock)
+    service = harness.service(refresh_reuse_grace=5)
+    r1 = harness.run(service.issue(session_principal()))["refresh_token"]
+    first = harness.run(service.refresh(body(r1)))
+    clock.offset = 3.0  # a client's retry within the window: a new pair, not theft
+    second = harness.run(service.refresh(body(r1)))
+    assert second["refresh_token"] not in (first["refresh_token"], r1)
+    assert JWTVerifier(service.settings).verify(second["access_token"]).id == "alice"
+    r2 = harness.run(service.refresh(body(first["refresh_token"])))["refresh_token"]
+    clock.offset = 6.5  # past the window: reuse, and the whole family goes
+    with pytest.raises(InvalidToken) as late:
+        harness.run(service.refresh(body(r1)))
+    assert late.value.reason == "refresh_reuse"
+    for token in (r2, second["refresh_token"]):
+        with pytest.raises(InvalidToken):
+            harness.run(service.refresh(body(token)))
+
+
+def test_store_refresh_use_outcomes_with_explicit_times(harness: Harness) -> None:
+    service = harness.service()
+    token = harness.run(service.issue(session_principal()))["refresh_token"]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    tag = token[:4]
+    now = time.time()
+    outcome, record = harness.call("refresh_use", tag, digest, now, 5.0)
+    assert outcome == "ok" and record is not None and record.user_id == "alice"
+    assert record.scopes == tuple(ALICE_SCOPES)
+    assert harness.call("refresh_use", tag, digest, now + 4.9, 5.0)[0] == "grace"
+    assert harness.call("refresh_use", tag, digest, now + 5.5, 5.0)[0] == "reuse"
+    assert harness.call("refresh_use", tag, digest, now + 6.0, 5.0)[0] == "revoked"
+    other_tag = "0000" if tag != "0000" else "ffff"
+    assert harness.call("refresh_use", other_tag, digest, now, 0.0) == ("invalid", None)
+    assert harness.call("refresh_use", tag, "0" * 64, now, 0.0) == ("invalid", None)
+
+
+def test_refresh_token_expires(harness: Harness) -> None:
+    service = harness.service(refresh_token_ttl=0.5)
+    pair = harness.run(service.issue(session_principal()))
+    fresh = harness.run(service.issue(session_principal()))["refresh_token"]
+    assert harness.run(service.refresh(body(fresh)))["token_type"] == "Bearer"
+    time.sleep(0.7)
+    with pytest.raises(InvalidToken) as expired:
+        harness.run(service.refresh(body(pair["refresh_token"])))
+    assert expired.value.status == 401
+
+
+def test_refresh_tokens_bound_to_a_session_die_with_it(harness: Harness) -> None:
+    service = harness.service()
+    laptop, phone = make_session(), make_session()
+    harness.call("create", laptop)
+    harness.call("create", phone)
+    principal = session_principal()
+    laptop_token = harness.run(service.issue_for_session(principal, laptop.sid))["refresh_token"]
+    laptop_later = harness.run(service.issue_for_session(principal, laptop.sid))["refresh_token"]
+    phone_token = harness.run(service.issue_for_session(principal, phone.sid))["refresh_token"]
+    laptop_next = harness.run(service.refresh(body(laptop_token)))["refresh_token"]
+    assert harness.call("delete", laptop.sid, "alice") is True  # logout of the laptop session
+    for token in (laptop_next, laptop_later):
+        with pytest.raises(InvalidToken) as info:
+            harness.run(service.refresh(body(token)))
+        assert info.value.reason == "refresh_revoked"
+    assert harness.run(service.refresh(body(phone_token)))["token_type"] == "Bearer"
+
+
+def test_logout_everywhere_in_the_store_ends_every_family(harness: Harness) -> None:
+    service = harness.service()
+    bound_session = make_session()
+    harness.call("create", bound_session)
+    bound = harness.run(service.issue_for_session(session_principal(), bound_session.sid))["refresh_token"]
+    unbound = harness.run(service.issue(session_principal()))["refresh_token"]
+    bob = harness.run(service.issue(session_principal("bob", ("items:read",))))["refresh_token"]
+    assert harness.call("revoke_user", "alice", time.time(), 3600.0) == 1
+    for token in (bound, unbound):
+        with pytest.raises(InvalidToken):
+            harness.run(service.refresh(body(token)))
+    assert harness.run(service.refresh(body(bob)))["token_type"] == "Bearer"
+
+
+def test_issue_for_session_needs_a_session_principal(harness: Harness) -> None:
+    service = harness.service()
+    jwt_caller = Principal(id="alice", source="jwt", scopes=frozenset(ALICE_SCOPES))
+    for principal, sid in ((None, "x"), (jwt_caller, "abcd.x"), (session_principal(), None)):
+        with pytest.raises(MissingCredentials) as info:
+            harness.run(service.issue_for_session(principal, sid))
+        assert info.value.status == 401
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"not json", b"[]", b"null", b'"a.b"', b"{}", b'{"token": "x"}', b'{"refresh_token": 5}',
+     b'{"refresh_token": null}', b'{"refresh_token": ["abcd.x"]}', b"\xff\xfe{}"],
+)  # fmt: skip
+def test_malformed_refresh_bodies_are_400(raw: bytes) -> None:
+    service = TokenService(TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET)), MemoryStore())
+    with pytest.raises(InvalidRequest) as info:
+        run_sync(service.refresh(raw))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["nonsense", "", "abcd", "ABCD." + "a" * 43, "abcd." + "a" * 42, "abcd." + "a" * 44, " abcd." + "a" * 43,
+     "abcd." + "a" * 42 + "=", "abcd." + "a" * 42 + "/", "abcd:" + "a" * 43, "x" * 9000],
+)  # fmt: skip
+def test_malformed_refresh_token_values_are_401(token: str) -> None:
+    service = TokenService(TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET)), MemoryStore())
+    with pytest.raises(InvalidToken) as info:
+        run_sync(service.refresh(body(token)))
+    assert info.value.status == 401 and info.value.reason == "refresh_malformed"
+
+
+def test_well_formed_but_unknown_or_retagged_refresh_tokens_are_401(harness: Harness) -> None:
+    service = harness.service()
+    token = harness.run(service.issue(session_principal()))["refresh_token"]
+    tag, rest = token.split(".")
+    other_tag = "0000" if tag != "0000" else "ffff"
+    for candidate in (f"{tag}.{secrets.token_urlsafe(32)}", f"{other_tag}.{rest}"):
+        with pytest.raises(InvalidToken) as info:
+            harness.run(service.refresh(body(candidate)))
+        assert info.value.reason == "refresh_invalid"
+    assert harness.run(service.refresh(body(token)))["token_type"] == "Bearer"  # the real one still works
+
+
+# --- concurrency: the same refresh token presented 20 times at once -----------------------------------------------
+
+
+class RecordingStore:
+    """A pass-through to a real store that records the outcome of every `refresh_use` (not a mock: it delegates)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.outcomes: list[str] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def refresh_use(self, *args: Any) -> Any:
+        result = self._store.refresh_use(*args)
+        with self._lock:
+            self.outcomes.append(result[0])
+        return result
+
+    async def arefresh_use(self, *args: Any) -> Any:
+        result = await self._store.arefresh_use(*args)
+        with self._lock:
+            self.outcomes.append(result[0])
+        return result
+
+
+def _outcome(call: Callable[[], dict[str, Any]]) -> tuple[int, Any]:
+    try:
+        return 200, call()
+    except InvalidToken as exc:
+        return exc.status, exc.reason
+    except Exception as exc:  # anything else would be a 500
+        return 500, repr(exc)
+
+
+def _check_grace_zero_race(service: TokenService, recorder: RecordingStore, results: list[tuple[int, Any]]) -> None:
+    statuses = Counter(status for status, _ in results)
+    assert set(statuses) <= {200, 401}, results
+    # The token is consumed exactly once; the first presentation after that is a reuse, which revokes the family,
+    # and the later ones find it revoked.
+    outcomes = Counter(recorder.outcomes)
+    assert outcomes["ok"] == 1 and outcomes["reuse"] >= 1, outcomes
+    assert set(outcomes) <= {"ok", "reuse", "revoked"} and sum(outcomes.values()) == 20, outcomes
+    # Exactly one caller gets a pair: consuming the token and storing its successor is one atomic operation.
+    assert statuses[200] == 1
+    assert statuses[401] == 19
+    winners = [pair for status, pair in results if status == 200]
+    for pair in winners:  # afterwards the family is revoked: the winner's successor is dead too
+        with pytest.raises(InvalidToken):
+            run_sync(service.refresh(body(pair["refresh_token"])))
+
+
+def test_rotation_stores_its_successor_atomically(harness: Harness) -> None:
+    """Consuming a refresh token and storing its successor is one store operation: the flow yields a single
+    effect, the successor works at once, and a later reuse of the consumed token revokes it with its family."""
+    service = harness.service()
+    token = harness.run(service.issue(session_principal()))["refresh_token"]
+    flow = service.refresh(body(token))
+    use = flow.send(None)
+    assert use.name == "refresh_use"
+    with pytest.raises(StopIteration) as done:
+        flow.send(harness.run(_single(use)))
+    successor = done.value.value["refresh_token"]
+    with pytest.raises(InvalidToken) as reuse:
+        harness.run(service.refresh(body(token)))
+    assert reuse.value.reason == "refresh_reuse"
+    with pytest.raises(InvalidToken) as late:
+        harness.run(service.refresh(body(successor)))
+    assert late.value.reason == "refresh_revoked"
+
+
+def _single(effect: Any) -> Flow[Any]:
+    """A flow of one effect, so `Harness.run` drives it on the harness's face."""
+    return (yield effect)
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_twenty_threads_race_one_refresh_token(request: pytest.FixtureRequest, kind: str) -> None:
+    store: Any = request.getfixturevalue("redis_store") if kind == "redis" else MemoryStore()
+    recorder = RecordingStore(store)
+    service = TokenService(TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET)), recorder)
+    token = run_sync(service.issue(session_principal()))["refresh_token"]
+    barrier = threading.Barrier(20)
+    results: list[tuple[int, Any]] = []
+
+    def present() -> None:
+        barrier.wait()
+        outcome = _outcome(lambda: run_sync(service.refresh(body(token))))
+        with recorder._lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=present) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 20
+    _check_grace_zero_race(service, recorder, results)
+
+
+@pytest.mark.redis
+def test_twenty_tasks_race_one_refresh_token(redis_store: RedisStore) -> None:
+    recorder = RecordingStore(redis_store)
+    service = TokenService(TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET)), recorder)
+
+    async def race() -> list[tuple[int, Any]]:
+        token = (await run_async(service.issue(session_principal())))["refresh_token"]
+
+        async def present() -> tuple[int, Any]:
+            try:
+                return 200, await run_async(service.refresh(body(token)))
+            except InvalidToken as exc:
+                return exc.status, exc.reason
+            except Exception as exc:
+                return 500, repr(exc)
+
+        results = await asyncio.gather(*(present() for _ in range(20)))
+        await redis_store.async_client.aclose()
+        return list(results)
+
+    results = asyncio.run(race())
+    _check_grace_zero_race(service, recorder, results)
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_twenty_concurrent_uses_within_the_grace_window_all_succeed(request: pytest.FixtureRequest, kind: str) -> None:
+    store: Any = request.getfixturevalue("redis_store") if kind == "redis" else MemoryStore()
+    recorder = RecordingStore(store)
+    service = TokenService(TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET, refresh_reuse_grace=5)), recorder)
+    token = run_sync(service.issue(session_principal()))["refresh_token"]
+    barrier = threading.Barrier(20)
+    results: list[tuple[int, Any]] = []
+
+    def present() -> None:
+        barrier.wait()
+        outcome = _outcome(lambda: run_sync(service.refresh(body(token))))
+        with recorder._lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=present) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [status for status, _ in results] == [200] * 20, results
+    assert Counter(recorder.outcomes) == {"ok": 1, "grace": 19}
+    new_tokens = {pair["refresh_token"] for _, pair in results}
+    assert len(new_tokens) == 20
+    assert run_sync(service.refresh(body(new_tokens.pop())))["token_type"] == "Bearer"
+
+    async def async_race() -> list[tuple[int, Any]]:
+        # The same with 20 asyncio tasks on the async face.
+        second = (await run_async(service.issue(session_principal())))["refresh_token"]
+
+        async def present_async() -> tuple[int, Any]:
+            try:
+                return 200, await run_async(service.refresh(body(second)))
+            except InvalidToken as exc:
+                return exc.status, exc.reason
+            except Exception as exc:
+                return 500, repr(exc)
+
+        outcomes = await asyncio.gather(*(present_async() for _ in range(20)))
+        if isinstance(store, RedisStore):
+            await store.async_client.aclose()
+        return list(outcomes)
+
+    assert [status for status, _ in asyncio.run(async_race())] == [200] * 20
+
+
+# --- revocation: jti denylist and per-user not-before, checked after the signature and the cache ------------------
+
+
+def test_revoked_access_token_is_refused_even_when_cached(harness: Harness) -> None:
+    auth = harness.authenticator(issuer=ISSUER)
+    assert auth.tokens is not None
+    token, claims = auth.tokens.issuer.mint("alice", ALICE_SCOPES)
+    other, _ = auth.tokens.issuer.mint("alice", ALICE_SCOPES)
+    principal = harness.verify(auth, token)
+    assert auth.verifier is not None and auth.verifier.verify(token) is principal  # served from the cache
+    harness.run(auth.tokens.revoke_access_token(principal))
+    assert harness.call("token_state", "alice", jti_key(ISSUER, claims["jti"])) == (None, True)
+    assert harness.refused(auth, token) == "revoked"
+    assert harness.verify(auth, other).id == "alice"  # only that token
+    with pytest.raises(ValueError):
+        harness.run(auth.tokens.revoke_access_token(session_principal()))
+
+
+def test_denylist_entry_lives_until_the_token_expires(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    token, claims = auth.tokens.issuer.mint("alice", now=time.time() - 290)  # expires in about 10 s
+    harness.run(auth.tokens.revoke_access_token(harness.verify(auth, token)))
+    if isinstance(harness.store, RedisStore):
+        (key,) = harness.store.client.scan_iter(match=harness.store.prefix + "*:jti:*")
+        assert key.decode().endswith(":jti:" + jti_key(None, claims["jti"]))
+        assert 0 < harness.store.client.pttl(key) <= 11_000
+    else:
+        assert harness.store._denied == {("alice", jti_key(None, claims["jti"])): float(claims["exp"])}
+
+
+def test_p30_malleated_copies_of_a_revoked_token_are_refused(keys: dict[str, Any], harness: Harness) -> None:
+    private = keys["ES256"]
+    auth = harness.authenticator(
+        algorithms=["ES256"], keys=KeySet.from_keys({"e1": public_pem(private)}), signing_key=private, issuer=ISSUER
+    )
+    assert auth.tokens is not None
+    token, claims = auth.tokens.issuer.mint("alice", ALICE_SCOPES)
+    twin = malleate_es256(token)
+    assert twin != token
+    harness.run(auth.tokens.revoke_access_token(harness.verify(auth, token)))
+    assert harness.refused(auth, token) == "revoked"
+    # The other valid ECDSA signature of the same claims: a different string the verifier has never cached.
+    assert harness.refused(auth, twin) == "revoked"
+    # Padding on the signature is refused by strict parsing before any lookup.
+    assert harness.refused(auth, token + "=") == "malformed"
+    # Re-signed with the same iss and jti (different iat and extra claims): the (iss, jti) key catches it.
+    resigned = pyjwt.encode(
+        {**claims, "iat": claims["iat"] + 1, "note": "resigned"}, private, algorithm="ES256", headers={"kid": "e1"}
+    )
+    assert harness.refused(auth, resigned) == "revoked"
+    # The same jti from a different issuer would be a different token: not on the denylist (only the iss differs).
+    assert jti_key("https://other.example", claims["jti"]) != jti_key(ISSUER, claims["jti"])
+
+
+def test_per_user_not_before(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    mint = auth.tokens.issuer.mint
+    earlier, _ = mint("alice", now=time.time() - 5)
+    cached, _ = mint("alice", now=time.time() - 1)
+    harness.verify(auth, cached)
+    bob, _ = mint("bob", now=time.time() - 5)
+    not_before = time.time()
+    harness.call("revoke_user", "alice", not_before, 3600.0)
+    assert harness.refused(auth, earlier) == "revoked"
+    assert harness.refused(auth, cached) == "revoked"
+    assert harness.verify(auth, bob).id == "bob"
+    later, claims = mint("alice", now=not_before + 0.01)
+    assert claims["iat"] != int(claims["iat"])  # fractional iat: same-second tokens are told apart
+    assert harness.verify(auth, later).id == "alice"
+    # A token without iat can never be shown to postdate the not-before.
+    no_iat = pyjwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    lenient = harness.authenticator(required_claims=("exp", "sub"))
+    harness.call("revoke_user", "alice", time.time(), 3600.0)
+    assert harness.refused(lenient, no_iat) == "revoked"
+
+
+def _millisecond() -> float:
+    return math.floor(time.time() * 1000) / 1000
+
+
+def test_token_minted_just_after_the_not_before_passes(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    not_before = _millisecond() + 0.0002
+    minted_at = not_before + 0.0001
+    harness.call("revoke_user", "alice", not_before, 3600.0)
+    token, _ = auth.tokens.issuer.mint("alice", now=minted_at)
+    assert harness.verify(auth, token).id == "alice"
+
+
+def test_token_minted_just_before_the_not_before_is_refused(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    not_before = _millisecond() + 0.0009
+    minted_at = not_before - 0.0002
+    token, _ = auth.tokens.issuer.mint("alice", now=minted_at)
+    harness.call("revoke_user", "alice", not_before, 3600.0)
+    assert harness.refused(auth, token) == "revoked"
+
+
+# --- the endpoints, in-process, on both adapters ------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    cookies: list[str]
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+Transport = Callable[[str, str, dict[str, str], dict[str, Any]], Reply]
+
+
+class Browser:
+    """One user agent with its own cookie jar, over a transport shared by every browser of the app."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self.jar: dict[str, str] = {}
+
+    def request(self, method: str, path: str, *, bearer: str | None = None, **kwargs: Any) -> Reply:
+        headers = dict(kwargs.pop("headers", None) or {})
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
+        if self.jar:
+            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.jar.items())
+        reply = self._transport(method, path, headers, kwargs)
+        for cookie in reply.cookies:
+            name, _, value = cookie.split(";", 1)[0].partition("=")
+            if not value or "max-age=0" in cookie.lower():
+                self.jar.pop(name, None)
+            else:
+                self.jar[name] = value
+        return reply
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Reply:
+        return self.request("POST", path, **kwargs)
+
+    def login(self, user: str = "alice", password: str | None = None) -> Browser:
+        password = password or {"alice": "wonderland", "bob": "builder"}[user]
+        reply = self.post("/login", data={"username": user, "password": password})
+        assert reply.status == 303, reply.content
+        assert self.jar.get("authmw_session")
+        return self
+
+
+@contextmanager
+def serve_in_process(framework: str, config: AuthConfig, store: Any = None) -> Iterator[Callable[[], Browser]]:
+    """The example app of `framework` on `config`; yields a factory of browsers sharing one in-process client."""
+    if framework == "starlette":
+        from examples.starlette_app.app import create_app as create_starlette
+        from starlette.testclient import TestClient
+
+        with TestClient(create_starlette(config), follow_redirects=False) as client:
+
+            def send_asgi(method: str, path: str, headers: dict[str, str], kwargs: dict[str, Any]) -> Reply:
+                client.cookies.clear()
+                response = client.request(method, path, headers=headers, **kwargs)
+                flat = {k.lower(): ", ".join(response.headers.get_list(k)) for k in response.headers}
+                return Reply(response.status_code, flat, response.headers.get_list("set-cookie"), response.content)
+
+            yield lambda: Browser(send_asgi)
+            if isinstance(store, RedisStore):
+                assert client.portal is not None
+                client.portal.call(store.async_client.aclose)
+        return
+    from examples.flask_app.app import create_app as create_flask
+
+    flask_client = create_flask(config).test_client(use_cookies=False)
+
+    def send_wsgi(method: str, path: str, headers: dict[str, str], kwargs: dict[str, Any]) -> Reply:
+        if "content" in kwargs:
+            kwargs["data"] = kwargs.pop("content")
+        response = flask_client.open(path, method=method, headers=headers, **kwargs)
+        flat = {k.lower(): ", ".join(response.headers.getlist(k)) for k in response.headers.keys()}  # noqa: SIM118
+        return Reply(response.status_code, flat, response.headers.getlist("Set-Cookie"), response.get_data())
+
+    yield lambda: Browser(send_wsgi)
+
+
+def code_config(store: Any = None, routes: list[Route] | None = None, **jwt: Any) -> AuthConfig:
+    sessions: dict[str, Any] = {"secret_keys": [COOKIE_KEY], "cookie_secure": False}
+    if store is not None:
+        sessions["store"] = store
+    return AuthConfig(
+        jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, **jwt),
+        sessions=SessionSettings(**sessions),
+        routes=routes if routes is not None else ROUTES,
+        default=Policy.optional(),
+    )
+
+
+def env_config(**env: str) -> AuthConfig:
+    base = {
+        "AUTHMW_SECRET_KEYS": COOKIE_KEY,
+        "AUTHMW_JWT_ALGORITHMS": "HS256",
+        "AUTHMW_JWT_KEY": SECRET,
+        "AUTHMW_COOKIE_SECURE": "0",
+    }
+    return AuthConfig.from_env({**base, **env}, routes=ROUTES, default=Policy.optional())
+
+
+FRAMEWORKS = ["starlette", "flask"]
+SETUPS = ["code-memory", "env-memory", pytest.param("code-redis", marks=pytest.mark.redis)]
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=SETUPS)
+def app(request: pytest.FixtureRequest, framework: str) -> Iterator[Callable[[], Browser]]:
+    """The example app of each framework: configured in code (memory or Redis store) or from the environment."""
+    setup = request.param
+    store = request.getfixturevalue("redis_store") if setup == "code-redis" else None
+    if setup == "env-memory":
+        config = env_config(AUTHMW_ACCESS_TOKEN_TTL="120")
+    else:
+        config = code_config(store, access_token_ttl=120)
+    with serve_in_process(framework, config, store) as browsers:
+        yield browsers
+
+
+def test_token_endpoint_needs_a_session_and_is_csrf_checked(app: Callable[[], Browser]) -> None:
+    anon, browser = app(), app().login()
+    assert anon.post("/api/token").status == 401
+    bearer = browser.post("/api/token").json()["access_token"]
+    refused = anon.post("/api/token", bearer=bearer)  # a bearer token alone is not a session
+    assert refused.status == 401
+    assert refused.headers["content-type"] == "application/problem+json"
+    for cross_site in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        answer = browser.post("/api/token", headers=cross_site)
+        assert answer.status == 403, cross_site
+        assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_token_endpoint_issues_a_pair(app: Callable[[], Browser]) -> None:
+    alice, bob, anon = app().login(), app().login("bob"), app()
+    issued = alice.post("/api/token")
+    assert issued.status == 200
+    assert issued.headers["content-type"].startswith("application/json")
+    assert "no-store" in issued.headers["cache-control"]
+    pair = issued.json()
+    assert {"access_token", "token_type", "expires_in", "refresh_token"} <= set(pair)
+    assert pair["token_type"] == "Bearer" and pair["expires_in"] == 120
+    assert REFRESH_SHAPE.fullmatch(pair["refresh_token"])
+    claims = pyjwt.decode(pair["access_token"], SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["scope"] == "items:read items:write"
+    assert claims["exp"] - claims["iat"] == pytest.approx(pair["expires_in"], abs=1)
+    # The access token carries the session's scopes.
+    listed = anon.get("/api/items", bearer=pair["access_token"])
+    assert listed.status == 200 and isinstance(listed.json(), list)
+    assert anon.get("/api/me", bearer=pair["access_token"]).json() == {
+        "id": "alice",
+        "source": "jwt",
+        "scopes": ALICE_SCOPES,
+    }
+    assert anon.post("/api/items", bearer=pair["access_token"], json={"name": "jam"}).status == 201
+    bob_token = bob.post("/api/token").json()["access_token"]
+    assert anon.get("/api/items", bearer=bob_token).status == 200
+    assert anon.post("/api/items", bearer=bob_token, json={"name": "jam"}).status == 403
+
+
+def test_refresh_endpoint_rotates_and_detects_reuse(app: Callable[[], Browser]) -> None:
+    alice, anon = app().login(), app()
+    first = alice.post("/api/token").json()
+    other_family = alice.post("/api/token").json()
+    refreshed = anon.post("/api/token/refresh", json={"refresh_token": first["refresh_token"]})
+    assert refreshed.status == 200 and "no-store" in refreshed.headers["cache-control"]
+    second = refreshed.json()
+    assert second["token_type"] == "Bearer" and REFRESH_SHAPE.fullmatch(second["refresh_token"])
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    assert anon.get("/api/items", bearer=second["access_token"]).status == 200
+    reused = anon.post("/api/token/refresh", json={"refresh_token": first["refresh_token"]})
+    assert reused.status == 401
+    assert reused.headers["content-type"] == "application/problem+json"
+    assert 'error="invalid_token"' in reused.headers["www-authenticate"]
+    assert first["refresh_token"] not in reused.content.decode()
+    assert anon.post("/api/token/refresh", json={"refresh_token": second["refresh_token"]}).status == 401
+    untouched = anon.post("/api/token/refresh", json={"refresh_token": other_family["refresh_token"]})
+    assert untouched.status == 200
+    # The session itself is not ended by a refresh-token reuse.
+    assert alice.get("/account").status == 200
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"content": b"not json"}, {"content": b""}, {"json": {}}, {"json": []}, {"json": {"refresh_token": 7}},
+     {"json": {"token": "abcd.x"}}, {"content": b"\xff\xfe"}],
+)  # fmt: skip
+def test_refresh_endpoint_malformed_bodies_are_400(app: Callable[[], Browser], kwargs: dict[str, Any]) -> None:
+    answer = app().post("/api/token/refresh", **kwargs)
+    assert answer.status == 400
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("token", ["nonsense", "abcd." + "a" * 43, "ABCD." + "a" * 43, "x" * 9000])
+def test_refresh_endpoint_bad_tokens_are_401(app: Callable[[], Browser], token: str) -> None:
+    answer = app().post("/api/token/refresh", json={"refresh_token": token})
+    assert answer.status == 401
+    assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+
+
+def test_logout_kills_that_sessions_refresh_tokens(app: Callable[[], Browser]) -> None:
+    laptop, phone, anon = app().login(), app().login(), app()
+    laptop_pair, phone_pair = laptop.post("/api/token").json(), phone.post("/api/token").json()
+    assert laptop.post("/logout").status == 303
+    assert anon.post("/api/token/refresh", json={"refresh_token": laptop_pair["refresh_token"]}).status == 401
+    assert anon.post("/api/token/refresh", json={"refresh_token": phone_pair["refresh_token"]}).status == 200
+
+
+def test_logout_everywhere_revokes_sessions_families_and_access_tokens(app: Callable[[], Browser]) -> None:
+    laptop, phone, bob, anon = app().login(), app().login(), app().login("bob"), app()
+    laptop_pair, phone_pair, bob_pair = (b.post("/api/token").json() for b in (laptop, phone, bob))
+    rotated = anon.post("/api/token/refresh", json={"refresh_token": phone_pair["refresh_token"]}).json()
+    assert anon.get("/api/me", bearer=laptop_pair["access_token"]).status == 200  # verified, now cached
+    time.sleep(0.002)  # minted well before the not-before
+    assert laptop.post("/logout-everywhere", headers={"Origin": "https://evil.example"}).status == 403
+    everywhere = laptop.post("/logout-everywhere")
+    assert everywhere.status == 303
+    assert "authmw_session" not in laptop.jar
+    assert phone.get("/account").status == 401
+    for access in (laptop_pair["access_token"], phone_pair["access_token"], rotated["access_token"]):
+        assert anon.get("/api/me", bearer=access).status == 401
+    for refresh in (laptop_pair["refresh_token"], rotated["refresh_token"]):
+        assert anon.post("/api/token/refresh", json={"refresh_token": refresh}).status == 401
+    # Bob keeps everything.
+    assert bob.get("/account").status == 200
+    assert anon.get("/api/me", bearer=bob_pair["access_token"]).json()["id"] == "bob"
+    assert anon.post("/api/token/refresh", json={"refresh_token": bob_pair["refresh_token"]}).status == 200
+    # Alice logs in again: the new tokens work.
+    again = app().login()
+    fresh = again.post("/api/token").json()
+    assert anon.get("/api/items", bearer=fresh["access_token"]).status == 200
+    assert anon.post("/api/token/refresh", json={"refresh_token": fresh["refresh_token"]}).status == 200
+
+
+def test_jwks_endpoint_on_an_hmac_config(app: Callable[[], Browser]) -> None:
+    answer = app().get("/.well-known/jwks.json")
+    assert answer.status == 200
+    assert answer.json() == {"keys": []}
+    assert SECRET not in answer.content.decode()
+
+
+@pytest.mark.parametrize(
+    "framework",
+    [
+        "starlette",
+        "flask",
+    ],
+)
+def test_token_endpoint_refusal_carries_every_challenge(framework: str) -> None:
+    """The endpoint's own 401 (a bearer caller on a route that accepts both kinds) challenges like the middleware's."""
+    routes = [Route("/api/token", Policy.either(), methods={"POST"}), *ROUTES]
+    with serve_in_process(framework, code_config(routes=routes)) as browsers:
+        browser, anon = browsers().login(), browsers()
+        access = browser.post("/api/token").json()["access_token"]
+        from_middleware = anon.post("/api/token")
+        from_endpoint = anon.post("/api/token", bearer=access)
+        assert from_middleware.status == from_endpoint.status == 401
+        challenges = from_middleware.headers["www-authenticate"]
+        assert "Bearer" in challenges and "Session" in challenges
+        assert from_endpoint.headers["www-authenticate"] == challenges
+
+
+def test_bearer_token_cannot_be_exchanged_even_where_the_route_accepts_jwts(framework: str) -> None:
+    routes = [Route("/api/token", Policy.either(), methods={"POST"}), *ROUTES]
+    with serve_in_process(framework, code_config(routes=routes)) as browsers:
+        browser, anon = browsers().login(), browsers()
+        access = browser.post("/api/token").json()["access_token"]
+        refused = anon.post("/api/token", bearer=access)
+        assert refused.status == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        # With both, the bearer token is the credential used (P26): still no exchange.
+        assert browser.post("/api/token", bearer=access).status == 401
+
+
+@pytest.fixture
+def rsa_files(tmp_path: Path, keys: dict[str, Any]) -> tuple[Path, Path]:
+    public, private = tmp_path / "jwt.pub.pem", tmp_path / "jwt.key.pem"
+    public.write_bytes(public_pem(keys["RS256"]))
+    private.write_text(private_pem(keys["RS256"]))
+    return public, private
+
+
+def test_verification_only_config_answers_501(framework: str, rsa_files: tuple[Path, Path]) -> None:
+    public, _ = rsa_files
+    config = env_config(AUTHMW_JWT_ALGORITHMS="RS256", AUTHMW_JWT_KEY=str(public))
+    with serve_in_process(framework, config) as browsers:
+        browser, anon = browsers().login(), browsers()
+        for answer in (
+            browser.post("/api/token"),
+            anon.post("/api/token/refresh", json={"refresh_token": "abcd." + "a" * 43}),
+            anon.get("/.well-known/jwks.json"),
+        ):
+            assert answer.status == 501
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.json() == NOT_CONFIGURED
+        assert anon.post("/api/token").status == 401  # the session requirement comes first
+
+
+def test_rs256_config_with_a_signing_key_mints_and_publishes(framework: str, rsa_files: tuple[Path, Path]) -> None:
+    public, private = rsa_files
+    config = env_config(
+        AUTHMW_JWT_ALGORITHMS="RS256",
+        AUTHMW_JWT_KEY=str(public),
+        AUTHMW_JWT_SIGNING_KEY=str(private),
+        AUTHMW_JWT_ISSUER=ISSUER,
+        AUTHMW_JWT_AUDIENCE=AUDIENCE,
+    )
+    with serve_in_process(framework, config) as browsers:
+        browser, anon = browsers().login(), browsers()
+        pair = browser.post("/api/token").json()
+        assert header_of(pair["access_token"])["alg"] == "RS256"
+        jwks = anon.get("/.well-known/jwks.json")
+        assert jwks.status == 200 and "max-age" in jwks.headers["cache-control"]
+        document = jwks.json()
+        assert [k["kty"] for k in document["keys"]] == ["RSA"] and "d" not in document["keys"][0]
+        verifier = JWTVerifier(
+            JWTSettings(algorithms=["RS256"], keys=KeySet.from_jwks(document), issuer=ISSUER, audience=AUDIENCE)
+        )
+        assert verifier.verify(pair["access_token"]).scopes == frozenset(ALICE_SCOPES)
+        assert anon.get("/api/items", bearer=pair["access_token"]).status == 200
+        refreshed = anon.post("/api/token/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert refreshed.status == 200
+
+
+def test_env_hmac_signing_key_equal_to_the_jwt_key_works(framework: str) -> None:
+    with serve_in_process(framework, env_config(AUTHMW_JWT_SIGNING_KEY=SECRET)) as browsers:
+        browser, anon = browsers().login(), browsers()
+        issued = browser.post("/api/token")
+        assert issued.status == 200
+        assert anon.get("/api/items", bearer=issued.json()["access_token"]).status == 200
