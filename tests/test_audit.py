@@ -87,7 +87,7 @@ def _authenticator(app: Starlette) -> Any:
     return layer.authenticator
 
 
-def test_lifecycle_events_reach_the_hook_without_secrets(caplog: pytest.LogCaptureFixture) -> None:
+def test_p28_lifecycle_events_reach_the_hook_without_secrets(caplog: pytest.LogCaptureFixture) -> None:
     events: list[AuditEvent] = []
     app, config = _app(events)
     secrets_seen: list[str] = []
