@@ -72,7 +72,17 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
 
+        # A 500 is held back until the app returns: an app's own error middleware (Starlette's) turns a store
+        # outage raised by login()/logout() into a 500 before re-raising it, and that must become a 503.
+        held: list[Message] = []
+
         async def send_with_auth_headers(message: Message) -> None:
+            if held or (message["type"] == "http.response.start" and message.get("status") == 500):
+                held.append(message)
+                return
+            await forward(message)
+
+        async def forward(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.response_started = True
                 try:
@@ -96,6 +106,13 @@ class AuthMiddleware:
             failed = auth.error_response(error, exchange.view, None)
             await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
             await send({"type": "http.response.body", "body": failed.body})
+            return
+        except BaseException:
+            for message in held:
+                await forward(message)
+            raise
+        for message in held:
+            await forward(message)
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)

@@ -8,6 +8,7 @@ shell runs it with `run_sync`, the ASGI shell with `run_async`; the logic exists
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
@@ -214,7 +215,7 @@ class Authenticator:
             )
         if policy.max_auth_age is not None:
             auth_time = principal.auth_time
-            if auth_time is None or time.time() - auth_time > policy.max_auth_age:
+            if auth_time is None or not math.isfinite(auth_time) or time.time() - auth_time > policy.max_auth_age:
                 raise StepUpRequired(
                     "a more recent authentication is required for this route", max_age=policy.max_auth_age
                 )

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from itsdangerous import BadSignature, Signer, TimestampSigner
+from itsdangerous import BadData, BadSignature, Signer, TimestampSigner
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
@@ -241,7 +242,8 @@ class SessionManager:
             return None
         # P22: a duplicate (tossed) cookie, an oversized or oddly shaped value: no session, and clear it.
         value = found[0]
-        if len(found) > 1 or len(value) > self._max_cookie or _COOKIE_VALUE.fullmatch(value) is None:
+        too_large = len(name) + 1 + len(value) > self._max_cookie  # P13: name and value together
+        if len(found) > 1 or too_large or _COOKIE_VALUE.fullmatch(value) is None:
             state.bad_cookie = True
             return None
         try:
@@ -249,7 +251,9 @@ class SessionManager:
         except (BadSignature, UnicodeDecodeError, ValueError, OverflowError):
             state.bad_cookie = True
             return None
-        if _SID.fullmatch(sid) is None:
+        signature = value.rsplit(".", 1)[-1]
+        if _SID.fullmatch(sid) is None or not _canonical_base64(signature):
+            # One issued value, one accepted spelling: no equivalent variants of a cookie (P22, P30).
             state.bad_cookie = True
             return None
         return sid
@@ -458,6 +462,13 @@ class SessionManager:
         saved = bool((yield StoreCall(self.store, "save", (record,))))
         state._data_snapshot = _dump(record.data)
         return saved
+
+
+def _canonical_base64(text: str) -> bool:
+    try:
+        return base64_encode(base64_decode(text)).decode("ascii") == text
+    except (BadData, ValueError):
+        return False
 
 
 def request_origin(view: RequestView) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -96,30 +97,48 @@ class SessionRecord:
         try:
             text = value.decode() if isinstance(value, bytes) else value
             absolute_ms, idle_ms, payload = text.split(":", 2)
-            body = json.loads(payload)
-            scopes = body["scopes"]
-            if not isinstance(body["uid"], str) or not all(isinstance(s, str) for s in scopes):
-                return None
-            data = body.get("data") or {}
-            if not isinstance(data, dict):
-                return None
+            body = json.loads(payload, parse_constant=_no_constant)
+            uid, scopes, data = body["uid"], body["scopes"], body.get("data", {})
+            created, auth_time = body["created"], body["auth_time"]
+            user_agent, ip, remember = body.get("ua", ""), body.get("ip", ""), body.get("remember", False)
+            if (
+                not isinstance(uid, str)
+                or not uid
+                or not isinstance(scopes, list)
+                or not all(isinstance(s, str) for s in scopes)
+                or not isinstance(data, dict)
+                or not _finite_number(created)
+                or not _finite_number(auth_time)
+                or not isinstance(user_agent, str)
+                or not isinstance(ip, str)
+                or not isinstance(remember, bool)
+            ):
+                raise ValueError("malformed record")
             return cls(
                 sid=sid,
-                user_id=body["uid"],
+                user_id=uid,
                 scopes=tuple(scopes),
-                created=float(body["created"]),
-                auth_time=float(body["auth_time"]),
+                created=float(created),
+                auth_time=float(auth_time),
                 absolute_expiry=int(absolute_ms) / 1000,
                 idle_timeout=int(idle_ms) / 1000,
                 last_seen=last_seen,
-                user_agent=str(body.get("ua", "")),
-                ip=str(body.get("ip", "")),
-                remember=bool(body.get("remember", False)),
+                user_agent=user_agent,
+                ip=ip,
+                remember=remember,
                 data=data,
             )
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
             log.warning("authmw: a corrupt session record was ignored")
             return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} in a session record")
+
+
+def _finite_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 @dataclass(slots=True)
@@ -679,18 +698,22 @@ class RedisStore:
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_timeout,
-            "max_connections": max_connections,
             "retry": None,
             "health_check_interval": 0,
         }
+        # Blocking pools: a burst beyond `max_connections` waits (at most `socket_timeout`) for a free
+        # connection instead of failing at once with a spurious 503.
+        pool_options = {"max_connections": max_connections, "timeout": socket_timeout}
+        sync_pool = redis.BlockingConnectionPool.from_url(url, **options, **pool_options)
+        async_pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options, **pool_options)
         cache = None
         if local_cache:
             # Its own connection, without a read timeout: it waits for messages and pings to detect a dead link.
             listener_options = {"socket_connect_timeout": socket_timeout, "socket_timeout": None, "retry": None}
             cache = LocalCache(lambda: redis.Redis.from_url(url, **listener_options), f"{prefix}invalidate")
         return cls(
-            redis.Redis.from_url(url, **options),
-            redis.asyncio.Redis.from_url(url, **options),
+            redis.Redis(connection_pool=sync_pool),
+            redis.asyncio.Redis(connection_pool=async_pool),
             prefix=prefix,
             local_cache=cache,
         )

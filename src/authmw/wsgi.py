@@ -7,6 +7,7 @@ It attaches `environ["authmw"]` (an `AuthState`), `environ["authmw.principal"]`,
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -73,4 +74,10 @@ class AuthMiddleware:
             changed = exchange.response_headers(headers, "")
             return start_response(status, headers if changed is None else changed, exc_info)
 
-        return self.app(environ, start_with_auth_headers)
+        try:
+            return self.app(environ, start_with_auth_headers)
+        except ServiceUnavailable as error:
+            # The app called login()/logout()… while the store was down: 503, never a 500 (fail closed).
+            failed = auth.error_response(error, exchange.view, None)
+            start_response(status_line(503), failed.headers, sys.exc_info())
+            return [failed.body]

@@ -1,0 +1,1640 @@
+"""Server-side sessions through both shells: `authmw.asgi.AuthMiddleware` around Starlette and
+`authmw.wsgi.AuthMiddleware` around a plain WSGI app, driven by httpx (ASGITransport / WSGITransport), on
+`MemoryStore` and on a real Redis.
+
+Promises: P16 (ids), P17 (signed cookie, key rotation), P18 (rotation, fixation), P19 (timeouts), P20 (logout),
+P21 (cookie attributes), P22 (robust cookie parsing), P23 (CSRF), P27 (store faults fail closed), P29 (websocket
+Origin check); also no resurrection under concurrency, logout everywhere, devices list, step-up, remember-me and
+the data bag. Each Redis-backed app uses its own key prefix, deleted after the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterator, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import jwt
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from itsdangerous import BadSignature, TimestampSigner
+from redis.crc import key_slot
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route as StarletteRoute
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from tests.conftest import free_port
+
+import authmw.asgi
+import authmw.sessions
+import authmw.wsgi
+from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Route
+from authmw.flows import run_sync
+from authmw.request import ASGIRequestView, WSGIRequestView
+from authmw.sessions import SessionManager, SessionSettings, SessionState
+from authmw.stores import MemoryStore, RedisStore, SessionRecord, StoreUnavailable, user_tag
+
+NAME = "authmw_session"
+SECURE_NAME = "__Host-authmw"
+SECRET = "sessions-test-signing-key-" + "0123456789abcdef" * 2
+NEW_SECRET = "sessions-test-newer-key---" + "fedcba9876543210" * 2
+JWT_KEY = "k" * 40
+BASE = "http://testserver"
+SID = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
+NEVER = 10.0**9  # a touch interval that never slides: read a record without writing
+
+Message = MutableMapping[str, Any]
+
+ROUTES = [
+    Route("/login", Policy.public()),
+    Route("/login-page", Policy.public()),
+    Route("/account", Policy.session()),
+    Route("/step-up", Policy.session(max_auth_age=60)),
+    Route("/logout", Policy.session()),
+    Route("/logout-everywhere", Policy.session()),
+    Route("/sessions", Policy.session()),
+    Route("/revoke", Policy.session()),
+    Route("/rotate", Policy.session()),
+    Route("/either", Policy.either()),
+    Route("/ws", Policy.session()),
+]
+PATHS = [
+    "/login",
+    "/login-page",
+    "/account",
+    "/step-up",
+    "/logout",
+    "/logout-everywhere",
+    "/sessions",
+    "/revoke",
+    "/rotate",
+    "/either",
+    "/whoami",  # the default policy: optional
+]
+
+
+# --- one app, two shells -------------------------------------------------------------------------------------------
+
+
+class Gate:
+    """Holds a request inside the endpoint, after authentication, until the test opens it (to stage a race)."""
+
+    def __init__(self, asynchronous: bool) -> None:
+        self.asynchronous = asynchronous
+        self.arrived: Any = asyncio.Event() if asynchronous else threading.Event()
+        self.opened: Any = asyncio.Event() if asynchronous else threading.Event()
+
+    async def pass_through(self) -> None:
+        self.arrived.set()
+        if self.asynchronous:
+            await asyncio.wait_for(self.opened.wait(), 5)
+        else:
+            self.opened.wait(5)
+
+
+async def _value(result: Any) -> Any:
+    """The ASGI handle's methods are awaitable, the WSGI handle's are plain: the endpoint logic exists once."""
+    return await result if inspect.isawaitable(result) else result
+
+
+async def endpoint(
+    path: str, query: dict[str, str], body: dict[str, Any], handle: Any, principal: Any, gate: Gate
+) -> tuple[int, dict[str, Any]]:
+    if path == "/login":
+        principal = await _value(
+            handle.login(
+                body["user"], body.get("scopes", ()), remember=bool(body.get("remember")), data=body.get("data")
+            )
+        )
+        return 200, {"id": principal.id, "handle": principal.session_handle}
+    if path == "/login-page":
+        return 200, {"login": True}
+    if path == "/logout":
+        return 200, {"deleted": await _value(handle.logout())}
+    if path == "/logout-everywhere":
+        return 200, {"count": await _value(handle.logout_everywhere())}
+    if path == "/sessions":
+        infos = await _value(handle.list_sessions())
+        return 200, {"sessions": [dataclasses.asdict(info) for info in infos]}
+    if path == "/revoke":
+        return 200, {"revoked": await _value(handle.revoke_session(body["handle"]))}
+    if "wait" in query:
+        await gate.pass_through()
+    if path == "/rotate":
+        try:
+            principal = await _value(handle.rotate(body.get("scopes")))
+        except LookupError:
+            return 409, {"rotated": False}
+        return 200, {"id": principal.id, "scopes": sorted(principal.scopes)}
+    data: dict[str, Any] = {}
+    if principal is not None and principal.source == "session":
+        bag = handle.data
+        if "set" in query:
+            key, _, value = query["set"].partition(":")
+            bag[key] = value
+        data = dict(bag)
+    return 200, {
+        "id": principal.id if principal else None,
+        "source": principal.source if principal else None,
+        "scopes": sorted(principal.scopes) if principal else [],
+        "handle": principal.session_handle if principal else None,
+        "csrf": handle.csrf_token,
+        "data": data,
+    }
+
+
+def _inline(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run the endpoint logic under WSGI: it never suspends there (every call it awaits is plain)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise RuntimeError("the WSGI endpoint suspended")
+
+
+def asgi_app(config: AuthConfig, gate: Gate) -> authmw.asgi.AuthMiddleware:
+    async def http(request: Request) -> JSONResponse:
+        raw = await request.body()
+        status, payload = await endpoint(
+            request.url.path,
+            dict(request.query_params),
+            json.loads(raw) if raw else {},
+            authmw.asgi.get_session(request.scope),
+            request.scope["authmw"].principal,
+            gate,
+        )
+        return JSONResponse(payload, status_code=status)
+
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json({"id": websocket.user.identity})
+        await websocket.close()
+
+    routes: list[Any] = [StarletteRoute(p, http, methods=["GET", "POST"]) for p in PATHS]
+    routes.append(WebSocketRoute("/ws", socket))
+    return authmw.asgi.AuthMiddleware(Starlette(routes=routes), config)
+
+
+def wsgi_app(config: AuthConfig, gate: Gate) -> authmw.wsgi.AuthMiddleware:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        status, payload = _inline(
+            endpoint(
+                environ["PATH_INFO"],
+                dict(parse_qsl(environ.get("QUERY_STRING", ""))),
+                json.loads(raw) if raw else {},
+                authmw.wsgi.get_session(environ),
+                environ["authmw"].principal,
+                gate,
+            )
+        )
+        out = json.dumps(payload).encode()
+        start_response(f"{status} X", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+        return [out]
+
+    return authmw.wsgi.AuthMiddleware(app, config)
+
+
+def make_config(store: Any, **session_options: Any) -> AuthConfig:
+    options: dict[str, Any] = {"secret_keys": [SECRET], "store": store, "cookie_secure": False}
+    options.update(session_options)
+    return AuthConfig(
+        sessions=SessionSettings(**options),
+        routes=ROUTES,
+        jwt=JWTSettings(algorithms=["HS256"], keys=JWT_KEY),
+    )
+
+
+class Client:
+    """A sync face over httpx for either shell (ASGI requests run on the test's one event loop)."""
+
+    def __init__(self, app: App, base_url: str, headers: dict[str, str], raise_app_exceptions: bool) -> None:
+        self.app = app
+        if app.runner is not None:
+            transport: Any = httpx.ASGITransport(app=app.app, raise_app_exceptions=raise_app_exceptions)
+            self.http: Any = httpx.AsyncClient(transport=transport, base_url=base_url, headers=headers)
+        else:
+            transport = httpx.WSGITransport(app=app.app, raise_app_exceptions=raise_app_exceptions)
+            self.http = httpx.Client(transport=transport, base_url=base_url, headers=headers)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        result = self.http.request(method, url, **kwargs)
+        response: httpx.Response = self.app.runner.run(result) if self.app.runner is not None else result
+        return response
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def login(self, user: str = "alice", scopes: tuple[str, ...] = ("items:read",), **body: Any) -> httpx.Response:
+        response = self.post("/login", json={"user": user, "scopes": list(scopes), **body})
+        assert response.status_code == 200, response.text
+        return response
+
+    @property
+    def cookie(self) -> str:
+        value: str = self.http.cookies.get(self.app.cookie_name)
+        assert value, "no session cookie in the jar"
+        return value
+
+    def plant(self, value: str) -> None:
+        """Put a session cookie in the jar, as a browser holding it would (http.cookiejar names a bare host .local)."""
+        self.http.cookies.set(self.app.cookie_name, value, domain="testserver.local")
+
+    def close(self) -> None:
+        if self.app.runner is not None:
+            self.app.runner.run(self.http.aclose())
+        else:
+            self.http.close()
+
+
+class App:
+    def __init__(self, lab: Lab, store: Any, options: dict[str, Any]) -> None:
+        self.lab = lab
+        self.store = store
+        self.runner = lab.runner
+        self.config = make_config(store, **options)
+        settings = self.config.sessions
+        assert settings is not None and settings.cookie_name is not None
+        self.settings = settings
+        self.cookie_name = settings.cookie_name
+        self.gate = Gate(self.runner is not None)
+        self.app: Any = (
+            asgi_app(self.config, self.gate) if self.runner is not None else wsgi_app(self.config, self.gate)
+        )
+
+    def client(
+        self, *, base_url: str = BASE, user_agent: str = "pytest-client", raise_app_exceptions: bool = True
+    ) -> Client:
+        client = Client(self, base_url, {"User-Agent": user_agent}, raise_app_exceptions)
+        self.lab.clients.append(client)
+        return client
+
+    def send_cookie(self, value: str | bytes, path: str = "/account", method: str = "GET", **kwargs: Any) -> Any:
+        """One request carrying exactly this Cookie header (no cookie jar involved)."""
+        headers = dict(kwargs.pop("headers", {}))
+        headers["Cookie"] = value
+        if self.runner is None and isinstance(value, bytes) and not value.isascii():
+            return self._direct_wsgi(method, path, value)
+        return self.client().request(method, path, headers=headers, **kwargs)
+
+    def _direct_wsgi(self, method: str, path: str, cookie: bytes) -> httpx.Response:
+        """httpx's WSGITransport only takes ASCII header values; PEP 3333 servers pass other bytes as latin-1."""
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "testserver",
+            "HTTP_COOKIE": cookie.decode("latin-1"),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.errors": io.StringIO(),
+        }
+        started: list[Any] = []
+        body = b"".join(self.app(environ, lambda status, headers, exc_info=None: started.extend([status, headers])))
+        return httpx.Response(int(started[0].split()[0]), headers=started[1], content=body)
+
+
+class Lab:
+    """Every app of one test: one shell, one kind of store, one event loop (ASGI), cleanup of Redis keys."""
+
+    def __init__(self, shell: str, kind: str, redis_url: str | None = None, *, purge: bool = True) -> None:
+        self.shell = shell
+        self.kind = kind
+        self.redis_url = redis_url
+        self.purge = purge
+        self.runner: asyncio.Runner | None = asyncio.Runner() if shell == "asgi" else None
+        self.clients: list[Client] = []
+        self.stores: list[Any] = []
+
+    def new_store(self, **memory_options: Any) -> Any:
+        if self.kind == "memory":
+            store: Any = MemoryStore(**memory_options)
+        else:
+            assert self.redis_url is not None
+            store = RedisStore.from_url(self.redis_url, prefix=f"test:{uuid.uuid4().hex}:")
+        self.stores.append(store)
+        return store
+
+    def app(self, store: Any = None, **options: Any) -> App:
+        return App(self, self.new_store() if store is None else store, options)
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        assert self.runner is not None
+        return self.runner.run(coroutine)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for store in self.stores:
+            if isinstance(store, RedisStore):
+                if self.runner is not None:
+                    self.runner.run(store.async_client.aclose())
+                store.client.close()
+                if self.purge:
+                    assert self.redis_url is not None
+                    _purge(self.redis_url, store.prefix)
+        if self.runner is not None:
+            self.runner.close()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _purge(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def _lab(request: pytest.FixtureRequest, shell: str, kind: str) -> Iterator[Lab]:
+    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    with Lab(shell, kind, url) as lab:
+        yield lab
+
+
+EVERY = [
+    pytest.param(("asgi", "memory"), id="asgi-memory"),
+    pytest.param(("wsgi", "memory"), id="wsgi-memory"),
+    pytest.param(("asgi", "redis"), id="asgi-redis", marks=pytest.mark.redis),
+    pytest.param(("wsgi", "redis"), id="wsgi-redis", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=EVERY)
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """Both shells, both stores."""
+    yield from _lab(request, *request.param)
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def memory_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """Both shells, the memory store (for behaviour that does not depend on the store)."""
+    yield from _lab(request, request.param, "memory")
+
+
+@pytest.fixture(params=[pytest.param("asgi", marks=pytest.mark.redis), pytest.param("wsgi", marks=pytest.mark.redis)])
+def redis_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """Both shells, Redis only."""
+    yield from _lab(request, request.param, "redis")
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+
+def set_cookies(response: httpx.Response) -> list[str]:
+    return response.headers.get_list("set-cookie")
+
+
+def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
+    pair, *attributes = [part.strip() for part in header.split(";")]
+    name, _, value = pair.partition("=")
+    parsed = {}
+    for attribute in attributes:
+        key, _, val = attribute.partition("=")
+        parsed[key.lower()] = val
+    return name, value, parsed
+
+
+def assert_cleared(response: httpx.Response, name: str = NAME) -> dict[str, str]:
+    """The response expires the session cookie (same name, path and attributes)."""
+    cookies = [parse_set_cookie(h) for h in set_cookies(response)]
+    assert len(cookies) == 1, set_cookies(response)
+    cookie_name, value, attributes = cookies[0]
+    assert (cookie_name, value) == (name, "")
+    assert attributes["max-age"] == "0"
+    assert attributes["path"] == "/"
+    assert "httponly" in attributes
+    assert attributes["samesite"] == "Lax"
+    assert "domain" not in attributes
+    return attributes
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    return body
+
+
+def sid_of(cookie_value: str) -> str:
+    """The session id inside a signed cookie value (``<sid>.<timestamp>.<signature>``)."""
+    return cookie_value.rsplit(".", 2)[0]
+
+
+def signer(key: str = SECRET) -> TimestampSigner:
+    return TimestampSigner(key, salt="authmw.session", digest_method=hashlib.sha256)
+
+
+def session_key(store: RedisStore, sid: str) -> str:
+    tag, _, random_part = sid.partition(".")
+    return f"{store.prefix}{{{tag}}}:s:{random_part}"
+
+
+def index_key(store: RedisStore, user: str) -> str:
+    digest = hashlib.sha256(user.encode()).hexdigest()
+    return f"{store.prefix}{{{digest[:4]}}}:u:{digest}"
+
+
+def alive(store: Any, sid: str) -> bool:
+    """Is the record there (read without sliding it)? On Redis, also checks the raw key."""
+    found = store.load(sid, NEVER) is not None
+    if isinstance(store, RedisStore):
+        assert bool(store.client.exists(session_key(store, sid))) == found
+    return found
+
+
+def spy_saves(store: Any) -> list[tuple[str, bool]]:
+    """Record every `save` the store performs (sid, result), through either face; the store stays real."""
+    saves: list[tuple[str, bool]] = []
+    real_save = store.save
+
+    def save(record: SessionRecord) -> bool:
+        saves.append((record.sid, real_save(record)))
+        return saves[-1][1]
+
+    store.save = save
+    if isinstance(store, RedisStore):  # MemoryStore.asave calls save itself
+        real_asave = store.asave
+
+        async def asave(record: SessionRecord) -> bool:
+            saves.append((record.sid, await real_asave(record)))
+            return saves[-1][1]
+
+        store.asave = asave
+    return saves
+
+
+def bearer_token(sub: str = "carol", scope: str = "items:read") -> str:
+    now = int(time.time())
+    claims = {"sub": sub, "iat": now, "exp": now + 300, "jti": uuid.uuid4().hex, "scope": scope}
+    return jwt.encode(claims, JWT_KEY, algorithm="HS256")
+
+
+# --- P16: session ids ---------------------------------------------------------------------------------------------
+
+
+def _login_state(manager: SessionManager) -> SessionState:
+    view = WSGIRequestView({"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "HTTP_USER_AGENT": "pytest"})
+    state = SessionState(manager, view)
+    run_sync(manager.login(state, "alice@example.com", ["items:read"]))
+    return state
+
+
+def test_p16_session_ids_are_256_random_bits_and_unique(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int | None] = []
+    real = secrets.token_urlsafe
+
+    def spy(nbytes: int | None = None) -> str:
+        sizes.append(nbytes)
+        return real(nbytes)
+
+    monkeypatch.setattr(authmw.sessions.secrets, "token_urlsafe", spy)
+    manager = SessionManager(SessionSettings(secret_keys=[SECRET], store=MemoryStore(), cookie_secure=False))
+    sids = set()
+    for _ in range(1000):
+        state = _login_state(manager)
+        assert state.record is not None
+        sid = state.record.sid
+        assert SID.fullmatch(sid), sid
+        assert sid.split(".")[0] == user_tag("alice@example.com")
+        sids.add(sid)
+    assert len(sids) == 1000
+    assert len({sid.split(".")[1] for sid in sids}) == 1000
+    assert sizes and set(sizes) == {32}  # secrets.token_urlsafe(32): 256 bits from the CSPRNG
+
+
+def test_p16_cookie_carries_no_user_id_in_clear(memory_lab: Lab) -> None:
+    app = memory_lab.app()
+    client = app.client()
+    response = client.login("alice@example.com", ("items:read", "admin"))
+    header = set_cookies(response)[0]
+    assert "alice" not in header and "example" not in header and "admin" not in header
+    sid = sid_of(client.cookie)
+    assert SID.fullmatch(sid)
+    assert response.json()["handle"] not in header  # the public handle is not the id either
+
+
+# --- P17: a signed cookie only allows a store lookup ----------------------------------------------------------------
+
+
+def test_p17_cookie_is_a_sha256_timestamp_signature_with_the_session_salt(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    value = client.cookie
+    sid = signer().unsign(value, max_age=60).decode()
+    assert SID.fullmatch(sid) and alive(app.store, sid)
+    for wrong in (
+        TimestampSigner(SECRET, salt="authmw.session"),  # SHA-1, the itsdangerous default
+        TimestampSigner(SECRET, salt="authmw.csrf", digest_method=hashlib.sha256),
+        TimestampSigner(SECRET, digest_method=hashlib.sha256),
+    ):
+        with pytest.raises(BadSignature):
+            wrong.unsign(value)
+
+
+def _forgeries(valid: str, known_sid: str) -> dict[str, str]:
+    sid, timestamp, signature = valid.rsplit(".", 2)
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+
+    class OldSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - 31 * 24 * 3600  # older than any session may live
+
+    return {
+        "other-key": TimestampSigner(NEW_SECRET, salt="authmw.session", digest_method=hashlib.sha256)
+        .sign(known_sid)
+        .decode(),
+        "tampered-signature": f"{sid}.{timestamp}.{flipped}",
+        "tampered-id": f"{sid[:-1]}{'A' if sid[-1] != 'A' else 'B'}.{timestamp}.{signature}",
+        "truncated": valid[:-5],
+        "no-signature": sid,
+        "unknown-id": signer().sign(f"{user_tag('alice')}.{secrets.token_urlsafe(32)}").decode(),
+        "not-an-id": signer().sign("alice").decode(),
+        "signature-too-old": OldSigner(SECRET, salt="authmw.session", digest_method=hashlib.sha256)
+        .sign(known_sid)
+        .decode(),
+        "empty": "",
+    }
+
+
+FORGERIES = [
+    "other-key",
+    "tampered-signature",
+    "tampered-id",
+    "truncated",
+    "no-signature",
+    "unknown-id",
+    "not-an-id",
+    "signature-too-old",
+    "empty",
+]
+
+
+@pytest.mark.parametrize("kind", FORGERIES)
+def test_p17_forged_or_unknown_cookie_is_401_and_cleared(lab: Lab, kind: str) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    forged = _forgeries(client.cookie, sid_of(client.cookie))[kind]
+    response = app.send_cookie(f"{NAME}={forged}")
+    assert_problem(response, 401)
+    assert_cleared(response)
+    whoami = app.send_cookie(f"{NAME}={forged}", "/whoami")  # optional route: anonymous, never this session
+    assert whoami.status_code == 200 and whoami.json()["id"] is None
+    assert client.get("/account").status_code == 200  # the real session is untouched
+
+
+def test_p17_key_rotation_old_cookies_keep_working(lab: Lab) -> None:
+    old_app = lab.app()
+    client = old_app.client()
+    client.login()
+    old_cookie = client.cookie
+
+    rotated = lab.app(store=old_app.store, secret_keys=[NEW_SECRET, SECRET])  # new key prepended
+    response = rotated.send_cookie(f"{NAME}={old_cookie}")
+    assert response.status_code == 200 and response.json()["id"] == "alice"
+
+    fresh = rotated.client()
+    fresh.login("bob")
+    assert signer(NEW_SECRET).unsign(fresh.cookie).decode() == sid_of(fresh.cookie)  # the first key signs
+    with pytest.raises(BadSignature):
+        signer(SECRET).unsign(fresh.cookie)
+
+    retired = lab.app(store=old_app.store, secret_keys=[NEW_SECRET])  # old key dropped
+    response = retired.send_cookie(f"{NAME}={old_cookie}")
+    assert_problem(response, 401)
+    assert_cleared(response)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [[], ["x" * 31], [b"y" * 31], ["z" * 40, "short"]],
+    ids=["none", "31-chars", "31-bytes", "one-short-among-good"],
+)
+def test_p17_short_or_missing_signing_keys_are_refused(keys: list[Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        SessionSettings(secret_keys=keys, store=MemoryStore())
+
+
+def test_p17_a_32_byte_key_is_enough() -> None:
+    assert SessionSettings(secret_keys=["k" * 32], store=MemoryStore()).secret_keys == [b"k" * 32]
+
+
+# --- P18: a new id at login and at every privilege change -----------------------------------------------------------
+
+
+def test_p18_login_always_issues_a_new_id_and_deletes_the_old(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    first = client.cookie
+    client.login()  # the jar sends the first cookie along
+    second = client.cookie
+    assert sid_of(first) != sid_of(second)
+    assert not alive(app.store, sid_of(first))
+    assert alive(app.store, sid_of(second))
+    assert_problem(app.send_cookie(f"{NAME}={first}"), 401)
+    assert client.get("/account").json()["id"] == "alice"
+
+
+def test_p18_fixation_a_planted_cookie_is_not_kept(lab: Lab) -> None:
+    app = lab.app()
+    attacker = app.client()
+    attacker.login("mallory")
+    planted = attacker.cookie
+
+    victim = app.client()
+    victim.plant(planted)
+    response = victim.login("alice", ("items:read", "admin"))
+    issued = parse_set_cookie(set_cookies(response)[0])[1]
+    assert sid_of(issued) != sid_of(planted)
+    assert victim.cookie == issued
+    assert victim.get("/account").json()["id"] == "alice"
+    # the attacker's copy of the planted id does not ride on the victim's login
+    assert_problem(attacker.get("/account"), 401)
+    assert not alive(app.store, sid_of(planted))
+
+
+def test_p18_fixation_a_signed_but_never_issued_id_is_replaced(lab: Lab) -> None:
+    app = lab.app()
+    chosen = f"{user_tag('alice')}.{secrets.token_urlsafe(32)}"
+    victim = app.client()
+    victim.plant(signer().sign(chosen).decode())
+    victim.login()
+    assert sid_of(victim.cookie) != chosen
+    assert not alive(app.store, chosen)
+
+
+def test_p18_rotate_issues_a_new_id_kills_the_old_and_changes_scopes(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login("alice", ("items:read",), data={"cart": "3"})
+    old = client.cookie
+    before = app.store.load(sid_of(old), NEVER)
+    response = client.post("/rotate", json={"scopes": ["items:read", "admin"]})
+    assert response.status_code == 200 and response.json()["scopes"] == ["admin", "items:read"]
+    new = client.cookie
+    assert sid_of(new) != sid_of(old)
+    assert not alive(app.store, sid_of(old))
+    assert_problem(app.send_cookie(f"{NAME}={old}"), 401)
+    account = client.get("/account").json()
+    assert account["scopes"] == ["admin", "items:read"] and account["data"] == {"cart": "3"}
+    after = app.store.load(sid_of(new), NEVER)
+    assert after is not None and before is not None
+    assert after.absolute_expiry == pytest.approx(before.absolute_expiry, abs=0.001)  # rotation never extends
+    assert after.auth_time == pytest.approx(before.auth_time, abs=0.001)
+    assert [r.sid for r in app.store.list_user("alice")] == [sid_of(new)]
+
+
+def _stage(lab: Lab, app: App, held: Client, held_request: tuple[str, str, Any], other: Client, path: str) -> Any:
+    """Hold `held_request` after authentication, run `other` POST `path` meanwhile, then release; both responses."""
+    method, url, payload = held_request
+    if lab.runner is not None:
+
+        async def race() -> tuple[httpx.Response, httpx.Response]:
+            task = asyncio.ensure_future(held.http.request(method, url, json=payload))
+            await asyncio.wait_for(app.gate.arrived.wait(), 5)
+            interfering = await other.http.post(path)
+            app.gate.opened.set()
+            return await task, interfering
+
+        return lab.run(race())
+    results: dict[str, httpx.Response] = {}
+    thread = threading.Thread(target=lambda: results.setdefault("held", held.request(method, url, json=payload)))
+    thread.start()
+    assert app.gate.arrived.wait(5)
+    interfering = other.post(path)
+    app.gate.opened.set()
+    thread.join(10)
+    return results["held"], interfering
+
+
+def test_p18_rotate_after_a_concurrent_logout_does_not_resurrect(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    twin = app.client()
+    twin.plant(client.cookie)
+    rotated, logout = _stage(lab, app, client, ("POST", "/rotate?wait=1", {"scopes": ["admin"]}), twin, "/logout")
+    assert logout.status_code == 200 and logout.json() == {"deleted": True}
+    assert rotated.status_code == 409
+    assert_cleared(rotated)
+    assert app.store.list_user("alice") == []
+    if isinstance(app.store, RedisStore):
+        assert list(app.store.client.scan_iter(match=app.store.prefix + "*")) == []
+
+
+# --- P19: idle and absolute timeouts, enforced server-side ----------------------------------------------------------
+
+
+def test_p19_touch_interval_is_at_most_a_quarter_of_the_idle_timeout() -> None:
+    with pytest.raises(ConfigurationError):
+        SessionSettings(secret_keys=[SECRET], idle_timeout=100, touch_interval=25.5)
+    with pytest.raises(ConfigurationError):
+        SessionSettings(secret_keys=[SECRET], idle_timeout=100, touch_interval=-1)
+    assert SessionSettings(secret_keys=[SECRET], idle_timeout=100, touch_interval=25).touch_interval == 25
+    assert SessionSettings(secret_keys=[SECRET], idle_timeout=100).touch_interval == 25
+    assert SessionSettings(secret_keys=[SECRET]).touch_interval == 60  # min(60, 1800 / 4)
+    defaults = SessionSettings(secret_keys=[SECRET])
+    assert (defaults.idle_timeout, defaults.absolute_timeout) == (1800, 8 * 3600)
+
+
+def test_p19_timeouts_on_the_memory_store_with_a_fake_clock(memory_lab: Lab) -> None:
+    offset = [0.0]
+    store = MemoryStore(clock=lambda: time.time() + offset[0])
+    app = memory_lab.app(store=store, idle_timeout=100, absolute_timeout=400, touch_interval=25)
+    sliding, idle = app.client(), app.client()
+    sliding.login("alice")
+    idle.login("bob")
+    for _ in range(4):  # 4 gaps of 90 s = 360 s of activity, each gap shorter than the idle timeout
+        offset[0] += 90
+        assert sliding.get("/account").status_code == 200
+        if offset[0] == 180:
+            response = idle.get("/account")
+            assert_problem(response, 401)  # 180 s untouched > 100 s idle
+            assert_cleared(response)
+    offset[0] += 45  # 405 s: past the absolute timeout despite the activity
+    response = sliding.get("/account")
+    assert_problem(response, 401)
+    assert_cleared(response)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_p19_timeouts_on_redis_in_real_time(redis_lab: Lab) -> None:
+    app = redis_lab.app(idle_timeout=2, absolute_timeout=4, touch_interval=0.5)
+    sliding, idle = app.client(), app.client()
+    start = time.monotonic()
+    sliding.login("alice")
+    idle.login("bob")
+
+    def at(offset: float) -> None:
+        time.sleep(max(0.0, start + offset - time.monotonic()))
+
+    for offset in (0.7, 1.4, 2.1, 2.8, 3.5):
+        at(offset)
+        assert sliding.get("/account").status_code == 200, offset  # sliding keeps it past the 2 s idle timeout
+        if offset == 2.8:
+            response = idle.get("/account")
+            assert_problem(response, 401)  # untouched for 2.8 s
+            assert_cleared(response)
+    at(4.3)
+    response = sliding.get("/account")
+    assert_problem(response, 401)  # the absolute timeout, despite the activity
+    assert_cleared(response)
+    assert list(app.store.client.scan_iter(match=app.store.prefix + "*:s:*")) == []
+
+
+@pytest.mark.redis
+def test_p19_read_only_request_within_the_touch_interval_writes_nothing(redis_lab: Lab) -> None:
+    app = redis_lab.app(idle_timeout=60, touch_interval=0.3)
+    client = app.client()
+    client.login()
+    key = session_key(app.store, sid_of(client.cookie))
+    time.sleep(0.1)
+    before = app.store.client.pttl(key)
+    assert client.get("/account").status_code == 200
+    after = app.store.client.pttl(key)
+    assert after <= before < 59_950  # no PEXPIRE, no SET: the TTL kept running down
+    time.sleep(0.3)
+    assert client.get("/account").status_code == 200
+    assert app.store.client.pttl(key) > 59_800  # past the touch interval: slid back to the full idle timeout
+
+
+# --- P20: logout -------------------------------------------------------------------------------------------------
+
+
+def test_p20_logout_deletes_the_record_and_expires_the_cookie(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    cookie = client.cookie
+    sid = sid_of(cookie)
+    response = client.post("/logout")
+    assert response.status_code == 200 and response.json() == {"deleted": True}
+    assert_cleared(response)
+    assert not alive(app.store, sid)
+    assert app.store.list_user("alice") == []
+    if isinstance(app.store, RedisStore):
+        assert not app.store.client.exists(session_key(app.store, sid))
+        assert not app.store.client.sismember(index_key(app.store, "alice"), sid)
+    replay = app.send_cookie(f"{NAME}={cookie}")
+    assert_problem(replay, 401)
+    assert_cleared(replay)
+    assert client.http.cookies.get(NAME) is None  # the client honoured Max-Age=0
+
+
+# --- P21: cookie attributes ----------------------------------------------------------------------------------------
+
+
+def test_p21_secure_cookie_attributes(lab: Lab) -> None:
+    app = lab.app(cookie_secure=True)
+    assert app.cookie_name == SECURE_NAME
+    client = app.client(base_url="https://testserver")
+    response = client.login()
+    headers = set_cookies(response)
+    assert len(headers) == 1
+    name, value, attributes = parse_set_cookie(headers[0])
+    assert name == SECURE_NAME and value
+    assert set(attributes) == {"path", "httponly", "samesite", "secure"}
+    assert attributes["path"] == "/" and attributes["samesite"] == "Lax"
+    assert client.get("/account").status_code == 200
+
+    logout = client.post("/logout")
+    cleared = assert_cleared(logout, SECURE_NAME)
+    assert "secure" in cleared
+
+
+def test_p21_session_cookie_is_not_persistent_by_default(lab: Lab) -> None:
+    app = lab.app()
+    _, _, attributes = parse_set_cookie(set_cookies(app.client().login())[0])
+    assert "max-age" not in attributes and "expires" not in attributes and "domain" not in attributes
+
+
+def test_p21_remember_me_is_persistent_for_the_remember_absolute_timeout(lab: Lab) -> None:
+    app = lab.app(remember_absolute_timeout=10 * 24 * 3600, remember_idle_timeout=2 * 24 * 3600)
+    client = app.client()
+    response = client.login(remember=True)
+    _, _, attributes = parse_set_cookie(set_cookies(response)[0])
+    assert attributes["max-age"] == str(10 * 24 * 3600)
+    record = app.store.load(sid_of(client.cookie), NEVER)
+    assert record is not None and record.remember
+    assert record.absolute_expiry == pytest.approx(time.time() + 10 * 24 * 3600, abs=30)
+    assert record.idle_timeout == 2 * 24 * 3600
+    if isinstance(app.store, RedisStore):
+        ttl = app.store.client.pttl(session_key(app.store, sid_of(client.cookie)))
+        assert 2 * 24 * 3600 * 1000 - 30_000 < ttl <= 2 * 24 * 3600 * 1000
+    rotated = client.post("/rotate", json={"scopes": ["admin"]})
+    _, _, attributes = parse_set_cookie(set_cookies(rotated)[0])
+    assert attributes["max-age"] == str(10 * 24 * 3600)  # a rotated remembered session stays remembered
+
+
+def test_p21_settings_refuse_unsafe_cookie_options() -> None:
+    with pytest.raises(ConfigurationError):
+        SessionSettings(secret_keys=[SECRET], cookie_samesite="None")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        SessionSettings(secret_keys=[SECRET], cookie_secure=False, cookie_name="__Host-x")
+    strict = SessionSettings(secret_keys=[SECRET], cookie_samesite="Strict")
+    assert strict.cookie_name == SECURE_NAME and strict.cookie_secure
+
+
+def test_p21_samesite_strict_is_sent_when_configured(memory_lab: Lab) -> None:
+    app = memory_lab.app(cookie_samesite="Strict")
+    _, _, attributes = parse_set_cookie(set_cookies(app.client().login())[0])
+    assert attributes["samesite"] == "Strict"
+
+
+# --- P22: robust cookie parsing -------------------------------------------------------------------------------------
+
+
+def _odd_cookies(valid: str) -> dict[str, tuple[str | bytes, bool]]:
+    """name → (Cookie header, whether the response must clear the session cookie)."""
+    return {
+        "duplicate-same": (f"{NAME}={valid}; {NAME}={valid}", True),
+        "duplicate-garbage-first": (f"{NAME}=garbage; {NAME}={valid}", True),
+        "duplicate-garbage-last": (f"{NAME}={valid}; {NAME}=garbage", True),
+        "oversized": (f"{NAME}={valid}{'A' * 4100}", True),
+        "oversized-padding": (f"{NAME}={'A' * 5000}", True),
+        "non-ascii": (f"{NAME}={valid[:-1]}é".encode(), True),
+        "non-ascii-utf8-name": (f"{NAME}é={valid}".encode(), False),
+        "quoted": (f'{NAME}="{valid}"', True),
+        "trailing-equals": (f"{NAME}={valid}=", True),
+        "space-inside": (f"{NAME}={valid[:10]} {valid[10:]}", True),
+        "other-name": (f"session={valid}", False),
+        "name-prefix": (f"x{NAME}={valid}", False),
+        "name-suffix": (f"{NAME}x={valid}", False),
+        "name-case": (f"{NAME.upper()}={valid}", False),
+        "inside-another-value": (f"other={NAME}={valid}", False),
+        "comma-joined": (f"other=1, {NAME}={valid}", False),
+        "no-equals": (f"{NAME}", False),
+        "only-separators": (";;;; ; =;", False),
+    }
+
+
+ODD = list(_odd_cookies("v"))
+
+
+@pytest.mark.parametrize("kind", ODD)
+def test_p22_odd_cookie_headers_give_no_principal_and_no_exception(lab: Lab, kind: str) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    header, clears = _odd_cookies(client.cookie)[kind]
+    response = app.send_cookie(header)
+    assert_problem(response, 401)
+    if clears:
+        assert_cleared(response)
+    else:
+        assert set_cookies(response) == []
+    whoami = app.send_cookie(header, "/whoami")
+    assert whoami.status_code == 200 and whoami.json()["id"] is None
+
+
+def test_p22_other_cookies_beside_the_session_cookie_are_fine(memory_lab: Lab) -> None:
+    app = memory_lab.app()
+    client = app.client()
+    client.login()
+    for header in (
+        f"theme=dark; {NAME}={client.cookie}; lang=en",
+        f"{NAME}={client.cookie};theme=dark",
+        f"  {NAME}={client.cookie}  ",
+    ):
+        response = app.send_cookie(header)
+        assert response.status_code == 200 and response.json()["id"] == "alice", header
+
+
+def test_p22_only_the_exact_issued_cookie_value_is_accepted(memory_lab: Lab) -> None:
+    """The signature is 32 bytes in 43 base64url characters: the last one carries 2 spare bits, so four spellings
+    decode to the same MAC. Only the one authmw issued may count (strict parsing; caches keyed on the value)."""
+    app = memory_lab.app()
+    client = app.client()
+    client.login()
+    valid = client.cookie
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    index = alphabet.index(valid[-1])
+    twins = [valid[:-1] + alphabet[(index & ~3) | low] for low in range(4) if (index & ~3) | low != index]
+    assert len(twins) == 3
+    for twin in twins:
+        assert_problem(app.send_cookie(f"{NAME}={twin}"), 401)
+
+
+def _cookie_fixture() -> tuple[SessionManager, str]:
+    manager = SessionManager(SessionSettings(secret_keys=[SECRET], store=MemoryStore(), cookie_secure=False))
+    state = _login_state(manager)
+    assert state.set_cookie is not None
+    value = state.set_cookie.split(";", 1)[0].partition("=")[2]
+    return manager, value
+
+
+_MANAGER, _VALID = _cookie_fixture()
+_PAIR = f"{NAME}={_VALID}"
+
+
+def _mutations(value: str) -> st.SearchStrategy[str]:
+    positions = st.integers(0, len(value) - 1)
+    return st.one_of(
+        positions.map(lambda i: value[:i]),
+        positions.map(lambda i: value[:i] + value[i + 1 :]),
+        positions.map(lambda i: value[:i] + value[i].swapcase() + value[i + 1 :]),
+        st.tuples(positions, st.characters()).map(lambda t: value[: t[0]] + t[1] + value[t[0] :]),
+    )
+
+
+_PIECES = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from([NAME, "=", ";", "; ", ",", '"', " ", "\t", _PAIR, f"{NAME}=", SECURE_NAME]),
+    _mutations(_VALID),
+    _mutations(_VALID).map(lambda v: f"{NAME}={v}"),
+)
+_HEADERS = st.one_of(
+    st.text(),
+    st.lists(_PIECES, max_size=8).map("".join),
+    st.lists(_PIECES, max_size=6).map("; ".join),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(header=_HEADERS)
+def test_p22_arbitrary_cookie_headers_never_raise_and_never_forge_a_principal(header: str) -> None:
+    raw = header.encode("utf-8", "surrogatepass")
+    asgi_view = ASGIRequestView(
+        {"type": "http", "method": "GET", "path": "/account", "headers": [(b"cookie", raw)], "client": None}
+    )
+    wsgi_view = WSGIRequestView(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/account", "HTTP_COOKIE": raw.decode("latin-1")}
+    )
+    for view in (asgi_view, wsgi_view):
+        state = SessionState(_MANAGER, view)
+        principal = run_sync(_MANAGER.resolve(state))
+        if principal is not None:
+            assert principal.id == "alice@example.com"
+            assert _PAIR in view.header_values("cookie")[0]
+        state.response_cookies()
+
+
+# --- P23: CSRF on unsafe cookie-authenticated requests -------------------------------------------------------------
+
+REFUSED = [
+    pytest.param({"Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site", id="sec-fetch-cross-site"),
+    pytest.param({"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site", id="sec-fetch-same-site"),
+    pytest.param({"Sec-Fetch-Site": "cross-site", "Origin": BASE}, "Sec-Fetch-Site", id="sec-fetch-beats-origin"),
+    pytest.param({"Origin": "https://evil.example"}, "Origin", id="origin-foreign"),
+    pytest.param({"Origin": "null"}, "Origin", id="origin-null"),
+    pytest.param({"Origin": "https://testserver"}, "Origin", id="origin-other-scheme"),
+    pytest.param({"Origin": "http://testserver:8080"}, "Origin", id="origin-other-port"),
+    pytest.param({"Origin": "http://testserver.evil.example"}, "Origin", id="origin-suffix"),
+    pytest.param({"Origin": "garbage"}, "Origin", id="origin-garbage"),
+    pytest.param({"Referer": "https://evil.example/form"}, "Referer", id="referer-foreign"),
+]
+ALLOWED = [
+    pytest.param({}, id="non-browser"),
+    pytest.param({"Origin": BASE}, id="own-origin"),
+    pytest.param({"Origin": "http://TESTSERVER:80"}, id="own-origin-spelled-differently"),
+    pytest.param({"Sec-Fetch-Site": "same-origin"}, id="sec-fetch-same-origin"),
+    pytest.param({"Sec-Fetch-Site": "none"}, id="sec-fetch-none"),
+    pytest.param({"Referer": BASE + "/form"}, id="own-referer"),
+    pytest.param({"Origin": "https://app.example"}, id="trusted-origin"),
+]
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+@pytest.mark.parametrize(("headers", "named"), REFUSED)
+def test_p23_cross_site_unsafe_requests_are_refused(
+    memory_lab: Lab, headers: dict[str, str], named: str, method: str
+) -> None:
+    app = memory_lab.app(trusted_origins=["https://app.example"])
+    client = app.client()
+    client.login()
+    response = client.request(method, "/logout", headers=headers)
+    body = assert_problem(response, 403)
+    assert body["error"] == "csrf_failed"
+    assert named in body["detail"]
+    assert client.get("/account").status_code == 200  # the logout never ran
+
+
+@pytest.mark.parametrize("headers", ALLOWED)
+def test_p23_same_site_and_non_browser_unsafe_requests_pass(memory_lab: Lab, headers: dict[str, str]) -> None:
+    app = memory_lab.app(trusted_origins=["https://app.example"])
+    client = app.client()
+    client.login()
+    response = client.post("/account", headers=headers)
+    assert response.status_code == 200 and response.json()["id"] == "alice"
+
+
+@pytest.mark.parametrize(("headers", "named"), REFUSED)
+def test_p23_safe_methods_are_never_csrf_checked(memory_lab: Lab, headers: dict[str, str], named: str) -> None:
+    app = memory_lab.app()
+    client = app.client()
+    client.login()
+    assert client.get("/account", headers=headers).status_code == 200
+
+
+def test_p23_bearer_authenticated_posts_are_not_csrf_checked(memory_lab: Lab) -> None:
+    app = memory_lab.app()
+    client = app.client()
+    client.login()  # a session cookie rides along too
+    hostile = {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}
+    response = client.post("/either", headers={**hostile, "Authorization": f"Bearer {bearer_token()}"})
+    assert response.status_code == 200
+    assert response.json()["id"] == "carol" and response.json()["source"] == "jwt"
+    cookie_only = client.post("/either", headers=hostile)
+    assert_problem(cookie_only, 403)
+
+
+def test_p23_csrf_token_is_required_when_configured(memory_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = memory_lab.app(csrf_require_token=True)
+    client, other = app.client(), app.client()
+    client.login()
+    other.login("bob")
+    token = client.get("/account").json()["csrf"]  # safe method: no token needed
+    other_token = other.get("/account").json()["csrf"]
+    assert token and other_token and token != other_token
+
+    for presented in (None, "", "nonsense", other_token, token + "x", token.upper()):
+        headers = {} if presented is None else {"X-CSRF-Token": presented}
+        body = assert_problem(client.post("/account", headers=headers), 403)
+        assert body["error"] == "csrf_failed" and "CSRF token" in body["detail"]
+
+    calls: list[tuple[Any, Any]] = []
+    real = authmw.sessions.hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(authmw.sessions.hmac, "compare_digest", spy)
+    response = client.post("/account", headers={"X-CSRF-Token": token, "Origin": BASE})
+    assert response.status_code == 200
+    assert (token.encode(), token.encode()) in calls  # compared in constant time
+    # the token is bound to the session: a fresh login gets a fresh token
+    client.login()
+    assert client.get("/account").json()["csrf"] != token
+    assert_problem(client.post("/account", headers={"X-CSRF-Token": token}), 403)
+
+
+# --- P27: store faults fail closed ---------------------------------------------------------------------------------
+
+
+class RedisProcess:
+    """A private redis-server on a free port, no persistence: killed and restarted by the test."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("AUTHMW_REQUIRE_REDIS") == "1":
+                pytest.fail("redis-server is not installed")
+            pytest.skip("redis-server is not installed")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.RedisError:
+                    time.sleep(0.05)
+            raise RuntimeError("redis-server did not start")
+        finally:
+            client.close()
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    server = RedisProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _assert_unavailable(response: httpx.Response, started: float) -> None:
+    assert time.monotonic() - started < 2.5
+    body = assert_problem(response, 503)
+    assert int(response.headers["retry-after"]) > 0
+    assert body["error"] == "temporarily_unavailable"
+    assert set_cookies(response) == []  # the session is not cleared just because the store is down
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shell", ["asgi", "wsgi"])
+def test_p27_redis_hung_killed_and_restarted(own_redis: RedisProcess, shell: str) -> None:
+    with Lab(shell, "redis", own_redis.url, purge=False) as lab:
+        app = lab.app()
+        client = app.client()
+        client.login()
+        assert client.get("/account").status_code == 200
+
+        own_redis.signal(signal.SIGSTOP)  # hung: connections open, nothing answers
+        started = time.monotonic()
+        _assert_unavailable(client.get("/account"), started)
+        own_redis.signal(signal.SIGCONT)
+        assert client.get("/account").status_code == 200  # recovered, same session
+
+        own_redis.kill()  # down: connections refused
+        for path in ("/account", "/either", "/whoami"):
+            started = time.monotonic()
+            _assert_unavailable(client.get(path), started)
+
+        own_redis.start()  # back, empty (no persistence), same port, same app
+        response = client.get("/account")
+        assert_problem(response, 401)  # the session is gone: 401, not 503
+        assert_cleared(response)
+        client.login()
+        assert client.get("/account").json()["id"] == "alice"
+
+
+@pytest.mark.parametrize("shell", ["asgi", "wsgi"])
+def test_p27_unreachable_store_is_503_on_session_routes(shell: str) -> None:
+    with Lab(shell, "memory") as lab:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", prefix="test:down:")
+        lab.stores.append(store)
+        lab.purge = False
+        app = lab.app(store=store)
+        cookie = signer().sign(f"{user_tag('alice')}.{secrets.token_urlsafe(32)}").decode()
+        started = time.monotonic()
+        _assert_unavailable(app.send_cookie(f"{NAME}={cookie}"), started)
+        # no cookie: nothing to look up, so the ordinary 401
+        assert_problem(app.client().get("/account"), 401)
+
+
+@pytest.mark.parametrize("shell", ["asgi", "wsgi"])
+def test_p27_login_while_the_store_is_down_is_503_not_500(shell: str) -> None:
+    with Lab(shell, "memory") as lab:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", prefix="test:down:")
+        lab.stores.append(store)
+        lab.purge = False
+        app = lab.app(store=store)
+        client = app.client(raise_app_exceptions=False)
+        try:
+            response = client.post("/login", json={"user": "alice"})
+        except StoreUnavailable:  # WSGITransport re-raises what a WSGI server would turn into a 500
+            response = httpx.Response(500)
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "garbage",
+    [b"garbage", b"\x80\x04K\x01.", b"1:2:{", b"99999999999999:60000:[]", b'99999999999999:60000:{"uid":1}'],
+    ids=["text", "pickle", "truncated", "json-array", "uid-number"],
+)
+def test_p27_corrupt_record_is_no_session_and_no_500(redis_lab: Lab, garbage: bytes) -> None:
+    app = redis_lab.app()
+    client = app.client()
+    client.login()
+    key = session_key(app.store, sid_of(client.cookie))
+    app.store.client.set(key, garbage, keepttl=True)
+    response = client.get("/account")
+    assert_problem(response, 401)
+    assert_cleared(response)
+
+
+@pytest.mark.redis
+def test_p27_records_are_stored_as_json(redis_lab: Lab) -> None:
+    app = redis_lab.app()
+    client = app.client(user_agent="Firefox/1")
+    client.login("alice", ("b", "a"), data={"k": "v"})
+    raw = app.store.client.get(session_key(app.store, sid_of(client.cookie)))
+    match = re.fullmatch(rb"(\d+):(\d+):(\{.*\})", raw, re.DOTALL)
+    assert match is not None, raw
+    assert int(match.group(2)) == 1800 * 1000
+    assert int(match.group(1)) / 1000 == pytest.approx(time.time() + 8 * 3600, abs=30)
+    body = json.loads(match.group(3))
+    assert body["uid"] == "alice" and body["scopes"] == ["a", "b"] and body["data"] == {"k": "v"}
+    assert body["ua"] == "Firefox/1"
+
+
+# --- no resurrection: requests in flight racing a logout (real Redis) ------------------------------------------------
+
+
+def _assert_never_reappears(store: RedisStore, sid: str, seconds: float = 1.0) -> None:
+    key = session_key(store, sid)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert not store.client.exists(key)
+        assert not store.client.sismember(index_key(store, "alice"), sid)
+        time.sleep(0.02)
+
+
+@pytest.mark.redis
+def test_no_resurrection_when_sliding_requests_race_a_logout(redis_lab: Lab) -> None:
+    app = redis_lab.app(touch_interval=0)  # every request slides the idle expiry
+    client = app.client()
+    client.login()
+    cookie = client.cookie
+    sid = sid_of(cookie)
+    header = {"Cookie": f"{NAME}={cookie}"}
+
+    def path(i: int) -> str:  # sliding reads, data writes (a new value each time) and the either-route
+        return ("/account", f"/account?set=k:{i}", "/either")[i % 3]
+
+    # (started after the logout had answered?, status) of every racing request
+    results: list[tuple[bool, int]] = []
+    if redis_lab.runner is not None:
+        racer = app.client()
+
+        async def race() -> Any:
+            logged_out = asyncio.Event()
+
+            async def worker(n: int) -> None:
+                i, after = n, 0
+                while after < 3:  # keep racing until three requests of this worker started after the logout
+                    started_after = logged_out.is_set()
+                    response = await racer.http.get(path(i), headers=header)
+                    results.append((started_after, response.status_code))
+                    after += started_after
+                    i += 24
+
+            async def logout() -> Any:
+                while len(results) < 30:
+                    await asyncio.sleep(0.001)
+                response = await racer.http.post("/logout", headers=header)
+                logged_out.set()
+                return response
+
+            outcome = await asyncio.gather(*(worker(n) for n in range(24)), logout())
+            return outcome[-1]
+
+        logout = redis_lab.run(race())
+    else:
+        logged_out = threading.Event()
+
+        def hammer(n: int) -> None:
+            local = app.client()
+            i, after = n, 0
+            while after < 3:
+                started_after = logged_out.is_set()
+                results.append((started_after, local.get(path(i), headers=header).status_code))
+                after += started_after
+                i += 8
+
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        while len(results) < 30:
+            time.sleep(0.001)
+        logout = app.client().post("/logout", headers=header)
+        logged_out.set()
+        for thread in threads:
+            thread.join(10)
+
+    assert logout.status_code == 200 and logout.json() == {"deleted": True}
+    assert {status for _, status in results} <= {200, 401}
+    assert any(status == 200 for _, status in results)
+    assert all(status == 401 for after, status in results if after)  # nothing gets in once logout has answered
+    _assert_never_reappears(app.store, sid)
+    assert_problem(app.send_cookie(f"{NAME}={cookie}"), 401)
+
+
+def test_no_resurrection_data_saved_after_a_concurrent_logout(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    twin = app.client()
+    twin.plant(client.cookie)
+    sid = sid_of(client.cookie)
+    saves = spy_saves(app.store)
+    held, logout = _stage(lab, app, client, ("GET", "/account?wait=1&set=k:v", None), twin, "/logout")
+    assert logout.json() == {"deleted": True}
+    assert held.status_code == 200
+    assert [saved for _, saved in saves] == [False]  # the write was attempted, conditionally, and wrote nothing
+    assert not alive(app.store, sid)
+    if isinstance(app.store, RedisStore):
+        _assert_never_reappears(app.store, sid, 0.3)
+    assert_problem(client.get("/account"), 401)
+
+
+# --- logout everywhere, the devices list, revoking one device -------------------------------------------------------
+
+
+def test_logout_everywhere_list_sessions_and_revoke(lab: Lab) -> None:
+    app = lab.app()
+    phone, laptop, tablet = (app.client(user_agent=ua) for ua in ("Phone/1", "Laptop/1", "Tablet/1"))
+    bob = app.client(user_agent="Bob/1")
+    for client in (phone, laptop, tablet):
+        client.login("alice")
+    bob.login("bob")
+
+    listed = laptop.get("/sessions").json()["sessions"]
+    assert [s["user_agent"] for s in listed] == ["Phone/1", "Laptop/1", "Tablet/1"]  # oldest first
+    assert [s["current"] for s in listed] == [False, True, False]
+    assert {s["user_id"] for s in listed} == {"alice"}
+    handles = [s["handle"] for s in listed]
+    assert len(set(handles)) == 3
+    for handle, client in zip(handles, (phone, laptop, tablet), strict=True):
+        assert handle not in client.cookie and sid_of(client.cookie) not in json.dumps(listed)
+        assert client.get("/account").json()["handle"] == handle
+
+    # bob cannot revoke alice's session with her handle
+    assert bob.post("/revoke", json={"handle": handles[2]}).json() == {"revoked": False}
+    assert tablet.get("/account").status_code == 200
+
+    assert laptop.post("/revoke", json={"handle": handles[0]}).json() == {"revoked": True}
+    assert_problem(phone.get("/account"), 401)
+    assert laptop.get("/account").status_code == 200 and tablet.get("/account").status_code == 200
+    assert [s["user_agent"] for s in laptop.get("/sessions").json()["sessions"]] == ["Laptop/1", "Tablet/1"]
+
+    phone.login("alice")  # a new session on the phone
+    response = laptop.post("/logout-everywhere")
+    assert response.json() == {"count": 3}
+    assert_cleared(response)
+    for client in (phone, laptop, tablet):
+        assert_problem(client.get("/account"), 401)
+    assert app.store.list_user("alice") == []
+    assert bob.get("/account").json()["id"] == "bob"
+    if isinstance(app.store, RedisStore):
+        tag = user_tag("alice")
+        assert list(app.store.client.scan_iter(match=f"{app.store.prefix}{{{tag}}}:s:*")) == []
+        assert not app.store.client.exists(index_key(app.store, "alice"))
+
+
+def test_revoking_the_current_session_clears_its_cookie(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    handle = client.get("/account").json()["handle"]
+    response = client.post("/revoke", json={"handle": handle})
+    assert response.json() == {"revoked": True}
+    assert_cleared(response)
+    assert_problem(client.get("/account"), 401)
+
+
+@pytest.mark.redis
+def test_user_index_and_sessions_share_one_cluster_hash_slot(redis_lab: Lab) -> None:
+    app = redis_lab.app()
+    users = ["alice", "bob", "Zoë", "someone@example.com"]
+    for user in users:
+        for _ in range(2):
+            app.client().login(user)
+    keys = [k.decode() for k in app.store.client.scan_iter(match=app.store.prefix + "*", count=1000)]
+    for user in users:
+        mine = [k for k in keys if k.startswith(f"{app.store.prefix}{{{user_tag(user)}}}:")]
+        assert index_key(app.store, user) in mine
+        assert len([k for k in mine if ":s:" in k]) == 2
+        assert len({key_slot(k.encode()) for k in mine}) == 1, mine  # every key of the user, whatever its kind
+
+
+# --- step-up (max_auth_age) and the login redirect -----------------------------------------------------------------
+
+
+def _age_authentication(app: App, cookie: str, seconds: float) -> None:
+    record = app.store.load(sid_of(cookie), NEVER)
+    assert record is not None
+    record.auth_time -= seconds
+    assert app.store.save(record) is True
+
+
+def test_step_up_requires_a_recent_authentication(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    assert client.get("/step-up").status_code == 200
+    _age_authentication(app, client.cookie, 61)
+    response = client.get("/step-up")
+    body = assert_problem(response, 401)
+    assert body["error"] == "insufficient_user_authentication"
+    challenge = ",".join(response.headers.get_list("www-authenticate"))
+    assert "insufficient_user_authentication" in challenge and "max_age=60" in challenge
+    assert set_cookies(response) == []  # the session itself is fine
+    assert client.get("/account").status_code == 200
+    client.login()  # logging in again satisfies the route
+    assert client.get("/step-up").status_code == 200
+
+
+def test_step_up_is_not_reset_by_rotation(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    _age_authentication(app, client.cookie, 120)
+    assert client.post("/rotate", json={"scopes": ["admin"]}).status_code == 200
+    assert_problem(client.get("/step-up"), 401)
+
+
+def test_step_up_fails_closed_on_a_non_finite_auth_time(memory_lab: Lab) -> None:
+    app = memory_lab.app()
+    client = app.client()
+    client.login()
+    record = app.store.load(sid_of(client.cookie), NEVER)
+    record.auth_time = math.nan
+    app.store.save(record)
+    assert client.get("/step-up").status_code == 401
+
+
+def test_login_url_redirects_browsers(memory_lab: Lab) -> None:
+    app = memory_lab.app(login_url="/login-page")
+    client = app.client()
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    response = client.get("/account", headers=html)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login-page?next=/account"
+    assert_problem(client.get("/account"), 401)  # an API client: no redirect
+    assert_problem(client.post("/account", headers=html), 401)  # only GET/HEAD are redirected
+    client.login()
+    _age_authentication(app, client.cookie, 61)
+    stale = client.get("/step-up", headers=html)
+    assert stale.status_code == 303 and stale.headers["location"] == "/login-page?next=/step-up"
+
+
+# --- the data bag ---------------------------------------------------------------------------------------------------
+
+
+def test_data_bag_persists_and_unchanged_data_is_not_saved(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    saves = spy_saves(app.store)
+    client.login()
+    assert client.get("/account?set=theme:dark").json()["data"] == {"theme": "dark"}
+    assert len(saves) == 1
+    assert client.get("/account").json()["data"] == {"theme": "dark"}  # visible in the next request
+    assert client.get("/account?set=theme:dark").json()["data"] == {"theme": "dark"}  # same value: no change
+    assert len(saves) == 1
+    assert client.get("/account?set=lang:en").json()["data"] == {"theme": "dark", "lang": "en"}
+    assert len(saves) == 2
+    record = app.store.load(sid_of(client.cookie), NEVER)
+    assert record is not None and record.data == {"theme": "dark", "lang": "en"}
+
+
+def test_data_given_at_login_is_stored(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login(data={"cart": "1"})
+    assert client.get("/account").json()["data"] == {"cart": "1"}
+
+
+# --- P29: websockets ------------------------------------------------------------------------------------------------
+
+
+async def _ws(app: Any, headers: list[tuple[bytes, bytes]], extensions: dict[str, Any] | None = None) -> list[Message]:
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "subprotocols": [],
+        "extensions": extensions or {},
+    }
+    incoming: list[Message] = [{"type": "websocket.connect"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.fixture(params=[pytest.param("memory"), pytest.param("redis", marks=pytest.mark.redis)])
+def asgi_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    yield from _lab(request, "asgi", request.param)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [[(b"origin", b"https://evil.example")], [(b"origin", b"null")], [(b"sec-fetch-site", b"cross-site")]],
+    ids=["foreign-origin", "null-origin", "cross-site"],
+)
+def test_p29_cookie_websocket_from_a_foreign_origin_is_refused_before_accept(
+    asgi_lab: Lab, hostile: list[tuple[bytes, bytes]]
+) -> None:
+    app = asgi_lab.app()
+    client = app.client()
+    client.login()
+    cookie = (b"cookie", f"{NAME}={client.cookie}".encode())
+    sent = asgi_lab.run(_ws(app.app, [cookie, *hostile]))
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    assert sent[0]["code"] == 1008
+    denied = asgi_lab.run(_ws(app.app, [cookie, *hostile], {"websocket.http.response": {}}))
+    assert [m["type"] for m in denied] == ["websocket.http.response.start", "websocket.http.response.body"]
+    assert denied[0]["status"] == 403
+
+
+@pytest.mark.parametrize(
+    "origin", [[(b"origin", BASE.encode())], [(b"origin", b"ws://testserver")], []], ids=["http", "ws", "none"]
+)
+def test_p29_cookie_websocket_from_the_same_origin_is_accepted(
+    asgi_lab: Lab, origin: list[tuple[bytes, bytes]]
+) -> None:
+    app = asgi_lab.app()
+    client = app.client()
+    client.login()
+    sent = asgi_lab.run(_ws(app.app, [(b"cookie", f"{NAME}={client.cookie}".encode()), *origin]))
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert json.loads(sent[1]["text"]) == {"id": "alice"}
+
+
+def test_p29_websocket_without_a_session_is_refused_before_accept(asgi_lab: Lab) -> None:
+    app = asgi_lab.app()
+    sent = asgi_lab.run(_ws(app.app, [(b"origin", BASE.encode())]))
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    forged = signer().sign(f"{user_tag('alice')}.{secrets.token_urlsafe(32)}").decode()
+    sent = asgi_lab.run(_ws(app.app, [(b"cookie", f"{NAME}={forged}".encode())]))
+    assert [m["type"] for m in sent] == ["websocket.close"]
