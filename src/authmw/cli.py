@@ -43,7 +43,7 @@ from authmw.config import AuthConfig
 from authmw.errors import ConfigurationError
 from authmw.issuer import TokenIssuer
 from authmw.keys import SUPPORTED_ALGORITHMS, KeySet, RemoteKeySet, VerificationKey
-from authmw.sessions import SessionInfo, session_handle
+from authmw.sessions import SessionInfo
 from authmw.stores import RedisStore, StoreUnavailable
 from authmw.tokens import JWTSettings
 
@@ -465,22 +465,7 @@ def _redis_store(args: argparse.Namespace) -> Iterator[RedisStore]:
 
 def _session_infos(store: RedisStore, user: str) -> list[tuple[SessionInfo, str]]:
     """The user's live sessions, oldest first, each with its (secret) id."""
-    infos = [
-        (
-            SessionInfo(
-                handle=session_handle(r.sid),
-                user_id=r.user_id,
-                created=r.created,
-                last_seen=r.last_seen,
-                expires=r.absolute_expiry,
-                user_agent=r.user_agent,
-                ip=r.ip,
-                current=False,
-            ),
-            r.sid,
-        )
-        for r in store.list_user(user)
-    ]
+    infos = [(SessionInfo.of(r), r.sid) for r in store.list_user(user)]
     return sorted(infos, key=lambda pair: pair[0].created)
 
 

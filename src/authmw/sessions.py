@@ -118,6 +118,19 @@ class SessionInfo:
     ip: str
     current: bool
 
+    @classmethod
+    def of(cls, record: SessionRecord, current: bool = False) -> SessionInfo:
+        return cls(
+            handle=session_handle(record.sid),
+            user_id=record.user_id,
+            created=record.created,
+            last_seen=record.last_seen,
+            expires=record.absolute_expiry,
+            user_agent=record.user_agent,
+            ip=record.ip,
+            current=current,
+        )
+
 
 def session_handle(sid: str) -> str:
     """A public, non-secret name for a session (the id itself is a bearer secret and never shown)."""
@@ -423,19 +436,7 @@ class SessionManager:
     def list_sessions(self, state: SessionState | None, user_id: str) -> Flow[list[SessionInfo]]:
         records: list[SessionRecord] = yield StoreCall(self.store, "list_user", (user_id,))
         current = state.record.sid if state is not None and state.record is not None else None
-        infos = [
-            SessionInfo(
-                handle=session_handle(r.sid),
-                user_id=r.user_id,
-                created=r.created,
-                last_seen=r.last_seen,
-                expires=r.absolute_expiry,
-                user_agent=r.user_agent,
-                ip=r.ip,
-                current=r.sid == current,
-            )
-            for r in records
-        ]
+        infos = [SessionInfo.of(r, current=r.sid == current) for r in records]
         return sorted(infos, key=lambda info: info.created)
 
     def revoke_session(self, state: SessionState | None, user_id: str, handle: str) -> Flow[bool]:
