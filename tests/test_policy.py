@@ -184,13 +184,17 @@ def test_int_param_matches_digits_only() -> None:
 
 
 @pytest.mark.parametrize("pattern", ["/files/{rest:path}", "/files/*"])
-@pytest.mark.parametrize("path", ["/files", "/files/", "/files/a", "/files/a/b/c", "//files//a", "/x/../files/a"])
+@pytest.mark.parametrize(
+    "path", ["/files", "/files/", "/files/a", "/files/a/b/c", "//files//a", "/x/../files/a", "/files/../x"]
+)
 def test_tail_wildcard_covers_zero_or_more_segments(pattern: str, path: str) -> None:
+    # "/files/../x": routers do not resolve dot segments and send it to the /files/{rest:path} endpoint, so the
+    # rule must cover it; "/x/../files/a": a proxy that resolves them sends /files/a (the stricter reading wins).
     assert covers(pattern, path)
 
 
 @pytest.mark.parametrize("pattern", ["/files/{rest:path}", "/files/*"])
-@pytest.mark.parametrize("path", ["/filesx", "/filesx/a", "/other/files", "/", "/files/../x"])
+@pytest.mark.parametrize("path", ["/filesx", "/filesx/a", "/other/files", "/"])
 def test_tail_wildcard_never_covers_other_prefixes(pattern: str, path: str) -> None:
     assert not covers(pattern, path)
 

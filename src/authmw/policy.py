@@ -129,10 +129,8 @@ _ANY: Literal["*"] = "*"
 
 
 def normalize_path(path: str) -> str:
-    """The path as the policy table sees it: repeated slashes collapsed, dot segments resolved, no trailing slash.
-
-    Routers differ on ``//admin`` and ``/a/../admin``; matching on the normalized form means a rule
-    always covers every spelling that any router might send to the route it names.
+    """A path with repeated slashes collapsed, dot segments resolved and no trailing slash (as a proxy may send
+    it on). The route table matches both this reading and the path as sent, and takes the stricter policy.
     """
     if "//" not in path and "/." not in path and (len(path) <= 1 or not path.endswith("/")):
         return path or "/"
@@ -240,8 +238,23 @@ class RouteTable:
         return policy
 
     def _lookup(self, method: str, path: str) -> Policy:
-        parts = [p for p in normalize_path(path).split("/") if p]
+        # Routers (Starlette, Werkzeug) match the path as sent, dot segments included: that reading decides.
+        # A proxy in front may resolve the dot segments first: if that reading asks for more, it wins.
+        parts = [p for p in path.split("/") if p]
+        policy = self._first(method, parts)
+        if "." in parts or ".." in parts:
+            resolved = [p for p in normalize_path(path).split("/") if p]
+            other = self._first(method, resolved)
+            if _strictness(other) > _strictness(policy):
+                policy = other
+        return policy
+
+    def _first(self, method: str, parts: Sequence[str]) -> Policy:
         for route in self.routes:
             if route.matches(method, parts):
                 return route.policy
         return self.default
+
+
+def _strictness(policy: Policy) -> int:
+    return 2 if policy.auth_required else 0 if policy.is_public else 1

@@ -355,11 +355,7 @@ class MemoryStore:
 
     def delete_user(self, user_id: str) -> int:
         with self._lock:
-            sids = list(self._users.get(user_id, ()))
-            for sid in sids:
-                self._drop(sid)
-            self._users.pop(user_id, None)
-            return len(sids)
+            return self._drop_user(user_id)
 
     def list_user(self, user_id: str) -> list[SessionRecord]:
         now = self._clock()
@@ -388,12 +384,19 @@ class MemoryStore:
 
     def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
         with self._lock:
-            sids = list(self._users.get(user_id, ()))
-            for sid in sids:
-                self._drop(sid)
-            self._users.pop(user_id, None)
+            count = self._drop_user(user_id)
             self._revoke_tokens(user_id, not_before, not_before_ttl)
-            return len(sids)
+            return count
+
+    def _drop_user(self, user_id: str) -> int:
+        """Drop every session of the user; the number that were still live."""
+        now = self._clock()
+        sids = list(self._users.get(user_id, ()))
+        live = sum(1 for sid in sids if self._live(sid, now) is not None)
+        for sid in sids:
+            self._drop(sid)
+        self._users.pop(user_id, None)
+        return live
 
     def revoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
         with self._lock:
