@@ -13,6 +13,7 @@ from uuid import uuid4
 
 import pytest
 import redis
+from tests.conftest import free_port
 
 from authmw.localcache import LocalCache
 from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
@@ -202,3 +203,29 @@ def test_logout_propagates_to_other_processes_within_milliseconds(redis_url: str
     p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000
     print(f"logout propagation over {len(delays)} observations: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     assert p99 < 1000
+
+
+@pytest.mark.slow
+def test_revocation_grace_is_an_explicit_opt_in_while_redis_is_down() -> None:
+    """Issue 6: JWT routes fail closed when the revocation state cannot be read (default); with
+    `revocation_grace` and the local cache on, state fetched within the grace answers instead."""
+    from tests.test_e2e_sessions import redis_server
+
+    port = free_port()
+    with redis_server(port) as process:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", prefix="grace:", local_cache=True)
+        _wait_healthy(store)
+        assert store.token_state("carol", "jti-9") == (None, False)
+        process.kill()
+        process.wait(5)
+        cache = store.local_cache
+        assert cache is not None
+        deadline = time.monotonic() + 5
+        while cache.healthy:  # the listener notices the dead link (at once, or within its silence limit)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(StoreUnavailable):
+            store.token_state("carol", "jti-9")  # grace 0: fail closed
+        assert store.token_state("carol", "jti-9", grace=30) == (None, False)
+        with pytest.raises(StoreUnavailable):
+            store.token_state("carol", "never-seen", grace=30)  # nothing known: still closed

@@ -189,6 +189,7 @@ def _jwt_from_env(env: Mapping[str, str]) -> JWTSettings | None:
         signing_key=_key_material(signing) if signing else None,
         access_token_ttl=_number(env, "AUTHMW_ACCESS_TOKEN_TTL", 300.0),
         refresh_reuse_grace=_number(env, "AUTHMW_REFRESH_REUSE_GRACE", 0.0),
+        revocation_grace=_number(env, "AUTHMW_REVOCATION_GRACE", 0.0),
     )
 
 

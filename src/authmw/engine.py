@@ -117,6 +117,7 @@ class Authenticator:
         self.auditor = Auditor(config.audit, salt)
         self.sessions = SessionManager(config.sessions, self.auditor) if config.sessions is not None else None
         self._max_token_bytes = config.jwt.max_token_bytes if config.jwt is not None else 8192
+        self._grace = config.jwt.revocation_grace if config.jwt is not None else 0.0
         # Revocations (jti denylist, per-user not-before) and refresh tokens live with the sessions by default.
         self.token_store: Any = None
         self.tokens: TokenService | None = None
@@ -195,7 +196,7 @@ class Authenticator:
         if self.token_store is not None:
             # After the signature and after the cache: a revoked token is refused even when cached.
             key = jti_key(principal.issuer, principal.token_id) if principal.token_id is not None else None
-            not_before, denied = yield StoreCall(self.token_store, "token_state", (principal.id, key))
+            not_before, denied = yield StoreCall(self.token_store, "token_state", (principal.id, key, self._grace))
             if denied:
                 raise InvalidToken("the token has been revoked", reason="revoked")
             if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):

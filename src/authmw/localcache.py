@@ -53,6 +53,9 @@ class LocalCache:
         #: bumped on every invalidation; a read that raced one is not cached
         self.epoch = 0
         self.healthy = False
+        #: when anything (a message, a pong) last came over the channel (monotonic); silence means a dead link
+        self._last_heard = float("-inf")
+        self._silence_limit = 2 * ping_interval + 0.5
         self._pid = -1
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -88,17 +91,22 @@ class LocalCache:
                 while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=self.ping_interval)
                     if message is not None:
+                        self._last_heard = time.monotonic()
                         self._on_message(message)
                         backoff = 0.05
-                    if time.monotonic() - last_ping >= self.ping_interval:
-                        pubsub.ping()  # a dead connection raises here, even when nobody publishes
-                        last_ping = time.monotonic()
+                    now = time.monotonic()
+                    if now - last_ping >= self.ping_interval:
+                        pubsub.ping()  # a closed connection raises here, even when nobody publishes
+                        last_ping = now
+                    if self.healthy and now - self._last_heard > self._silence_limit:
+                        # Pings go unanswered: the link is dead without being closed (a stuck proxy, a partition).
+                        raise TimeoutError("the invalidation channel went silent")
             except Exception as exc:
                 if self.healthy:
                     log.warning("authmw: invalidation channel lost (%s); local cache off", type(exc).__name__)
                 with self._lock:
                     self.healthy = False
-                    self._clear()
+                    self._clear_sessions()  # revocation state is kept only for an opt-in grace (stale_token_state)
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -120,10 +128,16 @@ class LocalCache:
     # ---- invalidation ----
 
     def _clear(self) -> None:
+        self._clear_sessions()
+        self._token_states.clear()
+
+    def _clear_sessions(self) -> None:
         self.epoch += 1
         self._sessions.clear()
         self._user_sessions.clear()
-        self._token_states.clear()
+
+    def _serving(self) -> bool:
+        return self.healthy and time.monotonic() - self._last_heard <= self._silence_limit
 
     def invalidate(self, messages: Iterable[str]) -> None:
         """Apply invalidation messages: ``s:<sid>``, ``u:<user>`` (sessions and tokens), ``t:<user>`` (tokens)."""
@@ -146,7 +160,7 @@ class LocalCache:
 
     def session(self, sid: str, now: float, touch_interval: float) -> SessionRecord | None:
         """A cached live record, if the channel is up and the record was seen in Redis within the interval."""
-        if not self.healthy:
+        if not self._serving():
             return None
         record = self._sessions.get(sid)
         if record is None:
@@ -171,10 +185,19 @@ class LocalCache:
             self._user_sessions.setdefault(record.user_id, set()).add(record.sid)
 
     def token_state(self, user_id: str, jti_key: str | None, now: float) -> tuple[float | None, bool] | None:
-        if not self.healthy:
+        if not self._serving():
             return None
         entry = self._token_states.get((user_id, jti_key))
         if entry is None or now - entry[2] >= _MAX_TOKEN_STATE_AGE:
+            return None
+        return entry[0], entry[1]
+
+    def stale_token_state(
+        self, user_id: str, jti_key: str | None, now: float, grace: float
+    ) -> tuple[float | None, bool] | None:
+        """While Redis is unreachable: revocation state fetched within `grace` seconds (an explicit opt-in)."""
+        entry = self._token_states.get((user_id, jti_key))
+        if entry is None or now - entry[2] > grace:
             return None
         return entry[0], entry[1]
 

@@ -207,11 +207,14 @@ class SessionStore(Protocol):
 
     # ---- token revocation (DESIGN.md §3) and refresh tokens ----
 
-    def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
-        """The user's not-before time (or None) and whether this token id is on the denylist."""
+    def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
+        """The user's not-before time (or None) and whether this token id is on the denylist. With `grace`, a
+        store that cannot be reached may answer from revocation state fetched at most that long ago."""
         ...
 
-    async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]: ...
+    async def atoken_state(
+        self, user_id: str, jti_key: str | None, grace: float = 0.0
+    ) -> tuple[float | None, bool]: ...
 
     def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
         """Deny a token id until it expires anyway."""
@@ -367,7 +370,7 @@ class MemoryStore:
                     records.append(record)
             return records
 
-    def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+    def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
         now = self._clock()
         with self._lock:
             entry = self._not_before.get(user_id)
@@ -450,7 +453,7 @@ class MemoryStore:
             return outcome, record
 
     # The async face: nothing here blocks, so the same code serves the event loop.
-    async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+    async def atoken_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
         return self.token_state(user_id, jti_key)
 
     async def arevoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
@@ -645,7 +648,8 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     if not _REDIS_ERRORS:
         import redis.exceptions as rexc
 
-        _REDIS_ERRORS = (rexc.RedisError, OSError)  # any client-side failure is "unavailable", never a 500
+        # Any client-side failure is "unavailable", never a 500 (RedisClusterException is no RedisError).
+        _REDIS_ERRORS = (rexc.RedisError, rexc.RedisClusterException, OSError)
     return _REDIS_ERRORS
 
 
@@ -675,6 +679,7 @@ class RedisStore:
         self.local_cache = local_cache
         #: the pub/sub channel that announces what local caches must drop
         self.channel = f"{prefix}invalidate"
+        self._last_warning = float("-inf")
         self._scripts: dict[str, Any] = {}
         self._async_scripts: dict[str, Any] = {}
 
@@ -901,7 +906,10 @@ class RedisStore:
     # ---- runners ----
 
     def _failed(self, exc: BaseException) -> StoreUnavailable:
-        log.warning("authmw: session store unavailable: %s", type(exc).__name__)
+        now = time.monotonic()
+        if now - self._last_warning >= 5.0:  # one line per 5 s: an outage must not flood the log
+            self._last_warning = now
+            log.warning("authmw: session store unavailable: %s", type(exc).__name__)
         return StoreUnavailable("the session store is unavailable", retry_after=self.retry_after)
 
     def _run(self, plan: _Plan) -> Any:
@@ -1015,30 +1023,42 @@ class RedisStore:
         records = [await self.aload(sid, _NO_TOUCH) for sid in sids]
         return [r for r in records if r is not None]
 
-    def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+    def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
         cache = self.local_cache
+        now = time.time()
         if cache is not None:
             cache.ensure_listening()
-            now = time.time()
             hit = cache.token_state(user_id, jti_key, now)
             if hit is not None:
                 return hit
-            epoch = cache.epoch
-        result: tuple[float | None, bool] = self._run(self._plan_token_state(user_id, jti_key))
+        epoch = cache.epoch if cache is not None else 0
+        try:
+            result: tuple[float | None, bool] = self._run(self._plan_token_state(user_id, jti_key))
+        except StoreUnavailable:
+            stale = cache.stale_token_state(user_id, jti_key, now, grace) if cache is not None and grace else None
+            if stale is None:
+                raise
+            return stale
         if cache is not None:
             cache.put_token_state(user_id, jti_key, result, now, epoch)
         return result
 
-    async def atoken_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+    async def atoken_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
         cache = self.local_cache
+        now = time.time()
         if cache is not None:
             cache.ensure_listening()
-            now = time.time()
             hit = cache.token_state(user_id, jti_key, now)
             if hit is not None:
                 return hit
-            epoch = cache.epoch
-        result: tuple[float | None, bool] = await self._arun(self._plan_token_state(user_id, jti_key))
+        epoch = cache.epoch if cache is not None else 0
+        try:
+            result: tuple[float | None, bool] = await self._arun(self._plan_token_state(user_id, jti_key))
+        except StoreUnavailable:
+            stale = cache.stale_token_state(user_id, jti_key, now, grace) if cache is not None and grace else None
+            if stale is None:
+                raise
+            return stale
         if cache is not None:
             cache.put_token_state(user_id, jti_key, result, now, epoch)
         return result

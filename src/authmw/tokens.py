@@ -75,6 +75,9 @@ class JWTSettings:
     refresh_reuse_grace: float = 0.0
     #: where revocations (jti denylist, per-user not-before) and refresh tokens live; default: the session store
     revocation_store: Any = None
+    #: with the Redis local cache on: while Redis is unreachable, answer the revocation check from state fetched
+    #: at most this many seconds ago instead of 503. 0 (the default) fails closed; an explicit opt-in, ≤ 300 s
+    revocation_grace: float = 0.0
     keyset: KeySet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,8 @@ class JWTSettings:
         self.keyset = keyset
         if self.access_token_ttl <= 0 or self.access_token_ttl > self.max_lifetime:
             raise ConfigurationError("access_token_ttl must be positive and within max_lifetime")
+        if not 0 <= self.revocation_grace <= 300:
+            raise ConfigurationError("revocation_grace must be between 0 and 300 seconds")
         if not 0 <= self.refresh_reuse_grace <= 60:
             raise ConfigurationError("refresh_reuse_grace must be between 0 and 60 seconds")
         if self.access_token_type not in ("JWT", "at+jwt"):
