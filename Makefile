@@ -4,19 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit clean browser
+.PHONY: test demo lint typecheck unit clean browser bench bench-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/authmw
@@ -41,6 +41,28 @@ browser:
 	else \
 		echo "browser: $(CHROMIUM) missing and cannot install it (needs root and apt-get); tests/test_browser.py will skip" >&2; \
 	fi
+
+# The benchmark suite (benchmarks/, peers from the `bench` extra; Redis on 127.0.0.1:6379). `bench` is the full
+# run (under ~10 minutes) and writes benchmarks/RESULTS.md; `bench-smoke` uses tiny counts, writes nothing and
+# fails if any case does not authenticate (tests/test_bench_smoke.py runs it under `make test`).
+# Load over HTTP comes from Debian's wrk, installed with apt-get when missing and we are root; otherwise the
+# suite falls back to its bounded Python load generator (benchmarks/loadgen.py) and says so.
+WRK := wrk
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@if command -v $(WRK) >/dev/null; then \
+		echo "bench: load generator: $$(command -v $(WRK))"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "bench: installing Debian's wrk with apt-get"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+			|| echo "bench: could not install wrk; using the in-repo Python load generator (benchmarks/loadgen.py)" >&2; \
+	else \
+		echo "bench: wrk missing and cannot install it (needs root and apt-get); using the in-repo Python load generator (benchmarks/loadgen.py)" >&2; \
+	fi
+	$(BIN)/python -m benchmarks --write benchmarks/RESULTS.md
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks --smoke
 
 demo: $(STAMP)
 	AUTHMW_COOKIE_SECURE=$${AUTHMW_COOKIE_SECURE:-0} \
