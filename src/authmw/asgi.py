@@ -86,7 +86,8 @@ class AuthMiddleware:
             if message["type"] == "http.response.start":
                 exchange.response_started = True
                 try:
-                    await run_async(exchange.finish())
+                    if exchange.state is not None and exchange.state.data_changed():
+                        await run_async(exchange.finish())
                 except ServiceUnavailable as error:
                     # The session data could not be saved: say so rather than pretend (fail closed).
                     failed = auth.error_response(error, exchange.view, None)

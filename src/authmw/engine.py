@@ -28,7 +28,7 @@ from authmw.errors import (
     StepUpRequired,
     render_error,
 )
-from authmw.flows import Blocking, Flow, StoreCall, run_async, run_sync
+from authmw.flows import Blocking, Flow, run_async, run_sync, store_call
 from authmw.issuer import TokenIssuer, TokenService, jti_key
 from authmw.keys import UnknownKeyId
 from authmw.policy import Policy, Route, RouteTable
@@ -144,8 +144,11 @@ class Authenticator:
         """Start a request: its policy (from the route table unless given) and, with sessions on, its state."""
         if policy is None:
             policy = self.table.match(view.method, view.path)
-        state = SessionState(self.sessions, view) if self.sessions is not None else None
-        return Exchange(view, policy, policy.is_public or self.is_cors_preflight(view), state)
+        public = policy.is_public or self.is_cors_preflight(view)
+        # Session state where a session can be read or started (public routes: a login form posts there).
+        wants_session = public or "session" in policy.accept
+        state = SessionState(self.sessions, view) if self.sessions is not None and wants_session else None
+        return Exchange(view, policy, public, state)
 
     def authenticate(self, exchange: Exchange) -> Flow[Principal | None]:
         """Resolve and check the caller of `exchange` (nothing to do on public routes and CORS preflights)."""
@@ -195,8 +198,10 @@ class Authenticator:
             principal = verifier.verify(token)
         if self.token_store is not None:
             # After the signature and after the cache: a revoked token is refused even when cached.
-            key = jti_key(principal.issuer, principal.token_id) if principal.token_id is not None else None
-            not_before, denied = yield StoreCall(self.token_store, "token_state", (principal.id, key, self._grace))
+            key = principal.revocation_key
+            if key is None and principal.token_id is not None:
+                key = jti_key(principal.issuer, principal.token_id)
+            not_before, denied = yield from store_call(self.token_store, "token_state", principal.id, key, self._grace)
             if denied:
                 raise InvalidToken("the token has been revoked", reason="revoked")
             if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Blocking", "Effect", "Flow", "StoreCall", "run_async", "run_sync"]
+__all__ = ["Blocking", "Effect", "Flow", "StoreCall", "run_async", "run_sync", "store_call"]
 
 T = TypeVar("T")
 
@@ -47,11 +47,29 @@ class StoreCall:
     name: str
     args: tuple[Any, ...]
 
+    @property
+    def nonblocking(self) -> bool:
+        """True for stores whose every call returns at once (no I/O): no need to await them."""
+        return bool(getattr(self.store, "nonblocking", False))
+
     def run_sync(self) -> Any:
         return getattr(self.store, self.name)(*self.args)
 
     async def run_async(self) -> Any:
         return await getattr(self.store, "a" + self.name)(*self.args)
+
+
+def store_call(store: Any, name: str, *args: Any) -> Flow[Any]:
+    """``yield from store_call(store, "load", sid, interval)``: a store call that costs no effect (and no
+    await) when it can be answered at once: an in-memory store, or a local-cache hit (``peek_<name>``)."""
+    if getattr(store, "nonblocking", False):
+        return getattr(store, name)(*args)
+    peek = getattr(store, "peek_" + name, None)
+    if peek is not None:
+        found = peek(*args)
+        if found is not None:
+            return found
+    return (yield StoreCall(store, name, args))
 
 
 def run_sync(flow: Flow[T]) -> T:
@@ -71,12 +89,12 @@ def run_sync(flow: Flow[T]) -> T:
 
 
 async def run_async(flow: Flow[T]) -> T:
-    """Drive a flow on an event loop."""
+    """Drive a flow on an event loop; effects that never block (an in-memory store) run inline."""
     try:
         effect = flow.send(None)
         while True:
             try:
-                result = await effect.run_async()
+                result = effect.run_sync() if getattr(effect, "nonblocking", False) else await effect.run_async()
             except Exception as exc:
                 effect = flow.throw(exc)
             else:

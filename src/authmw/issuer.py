@@ -32,7 +32,7 @@ from authmw.flows import Flow, StoreCall
 from authmw.keys import ALGORITHM_OBJECTS, VerificationKey
 from authmw.principal import Principal
 from authmw.stores import RefreshRecord, user_tag
-from authmw.tokens import JWTSettings
+from authmw.tokens import JWTSettings, token_revocation_key
 
 __all__ = ["NOT_CONFIGURED", "TokenIssuer", "TokenService", "jti_key", "signing_parameters"]
 
@@ -49,7 +49,7 @@ _REFRESH_TOKEN = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
 
 def jti_key(issuer: str | None, jti: str) -> str:
     """The denylist key of a token: ``(iss, jti)``, never the raw token string (P30: JWT malleability)."""
-    return hashlib.sha256(f"{issuer or ''}\0{jti}".encode()).hexdigest()[:32]
+    return token_revocation_key(issuer, jti)
 
 
 def _private_key(material: Any) -> Any:

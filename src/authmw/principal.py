@@ -37,6 +37,8 @@ class Principal:
     expires_at: float | None = None
     #: a public name of the session (never the session id itself); None for JWTs
     session_handle: str | None = None
+    #: the jti-denylist key of a JWT, ``(iss, jti)`` hashed (P30); computed once when the token is verified
+    revocation_key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_authenticated(self) -> bool:
@@ -89,10 +91,16 @@ class AuthScopes:
     def for_principal(cls, principal: Principal | None) -> AuthScopes:
         if principal is None:
             return _NO_SCOPES
-        return cls(["authenticated", *sorted(principal.scopes)])
+        scopes = _SCOPE_LISTS.get(principal.scopes)
+        if scopes is None:
+            if len(_SCOPE_LISTS) >= 1024:
+                _SCOPE_LISTS.clear()
+            scopes = _SCOPE_LISTS[principal.scopes] = ("authenticated", *sorted(principal.scopes))
+        return cls(scopes)
 
     def __repr__(self) -> str:
         return f"AuthScopes({self.scopes!r})"
 
 
 _NO_SCOPES = AuthScopes()
+_SCOPE_LISTS: dict[frozenset[str], tuple[str, ...]] = {}

@@ -141,36 +141,49 @@ def bearer_token(view: RequestView, *, max_bytes: int) -> str | None:
     return token
 
 
+class _HeaderWords:
+    """The header names and values `with_identity_headers` writes, in bytes (ASGI) or str (WSGI)."""
+
+    def __init__(self, encode: Callable[[str], Any]) -> None:
+        self.vary, self.cache_control, self.comma, self.star = map(encode, ("vary", "cache-control", ",", "*"))
+        self.no_store, self.both = encode("no-store"), encode("Cookie, Authorization")
+        self.extra = [(encode(v), encode(v.lower())) for v in ("Cookie", "Authorization")]
+        self.join = encode(", ")
+
+
+_BYTES_WORDS = _HeaderWords(lambda text: text.encode("latin-1"))
+_STR_WORDS = _HeaderWords(lambda text: text)
+
+
 def with_identity_headers(
     headers: Iterable[tuple[AnyStr, AnyStr]], authenticated: bool, sample: AnyStr
 ) -> list[tuple[AnyStr, AnyStr]]:
     """Response headers plus `Vary: Cookie, Authorization`, and `Cache-Control: no-store` when a caller was
     identified (P31). Works on ASGI (bytes) and WSGI (str) headers alike; `sample` is ``b""`` or ``""``.
     """
-
-    def cast(text: str) -> AnyStr:
-        return text.encode("latin-1") if isinstance(sample, bytes) else text
-
-    vary_name, cache_name, comma = cast("vary"), cast("cache-control"), cast(",")
+    words = _BYTES_WORDS if isinstance(sample, bytes) else _STR_WORDS
     out: list[tuple[AnyStr, AnyStr]] = []
     vary: list[AnyStr] = []
     for name, value in headers:
         lowered = name.lower()
-        if lowered == vary_name:
+        if lowered == words.vary:
             vary.append(value)
-        elif lowered == cache_name and authenticated:
+        elif lowered == words.cache_control and authenticated:
             continue  # an identified response must never be stored by a shared cache
         else:
             out.append((name, value))
-    present = {v.strip().lower() for value in vary for v in value.split(comma)}
-    if cast("*") in present:
-        out.append((vary_name, cast("*")))
+    if not vary:
+        out.append((words.vary, words.both))
     else:
-        values: list[AnyStr] = list(vary)
-        values.extend(cast(v) for v in ("Cookie", "Authorization") if cast(v.lower()) not in present)
-        out.append((vary_name, cast(", ").join(values)))
+        present = {v.strip().lower() for value in vary for v in value.split(words.comma)}
+        if words.star in present:
+            out.append((words.vary, words.star))
+        else:
+            values: list[AnyStr] = list(vary)
+            values.extend(name for name, lowered in words.extra if lowered not in present)
+            out.append((words.vary, words.join.join(values)))
     if authenticated:
-        out.append((cache_name, cast("no-store")))
+        out.append((words.cache_control, words.no_store))
     return out
 
 

@@ -28,7 +28,7 @@ from itsdangerous.encoding import base64_decode, base64_encode
 
 from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
-from authmw.flows import Flow, StoreCall, run_async, run_sync
+from authmw.flows import Flow, StoreCall, run_async, run_sync, store_call
 from authmw.principal import Principal
 from authmw.request import RequestView
 from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
@@ -288,7 +288,7 @@ class SessionManager:
         sid = state.cookie_sid()
         if sid is None:
             return None
-        record: SessionRecord | None = yield StoreCall(self.store, "load", (sid, self.touch_interval))
+        record: SessionRecord | None = yield from store_call(self.store, "load", sid, self.touch_interval)
         if record is None or record.absolute_expiry <= time.time():
             state.bad_cookie = True
             return None

@@ -263,6 +263,9 @@ class MemoryStore:
     and a bound on the number of sessions (expired ones are purged first, then the oldest).
     """
 
+    #: no call does I/O: flows run them inline, even on an event loop
+    nonblocking = True
+
     def __init__(self, *, max_sessions: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self.max_sessions = max_sessions
         self._clock = clock
@@ -952,6 +955,24 @@ class RedisStore:
         return plan.parse(reply)
 
     # ---- the protocol ----
+
+    def peek_load(self, sid: str, touch_interval: float) -> SessionRecord | None:
+        """A local-cache hit, without any I/O; None means "ask Redis" (never "no session")."""
+        cache = self.local_cache
+        if cache is None:
+            return None
+        cache.ensure_listening()
+        return cache.session(sid, time.time(), touch_interval)
+
+    def peek_token_state(
+        self, user_id: str, jti_key: str | None, grace: float = 0.0
+    ) -> tuple[float | None, bool] | None:
+        """A local-cache hit, without any I/O; None means "ask Redis"."""
+        cache = self.local_cache
+        if cache is None:
+            return None
+        cache.ensure_listening()
+        return cache.token_state(user_id, jti_key, time.time())
 
     def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
         cache = self.local_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import math
@@ -211,6 +212,7 @@ def scopes_from_claims(claims: Mapping[str, Any]) -> frozenset[str]:
 
 def default_principal(claims: Mapping[str, Any]) -> Principal:
     iat = claims.get("iat")
+    jti = claims.get("jti")
     auth_time = claims.get("auth_time", iat)
     if auth_time is not None and (type(auth_time) not in (int, float) or not math.isfinite(auth_time)):
         raise InvalidToken('the "auth_time" claim is not a NumericDate', reason="bad_auth_time")
@@ -219,12 +221,18 @@ def default_principal(claims: Mapping[str, Any]) -> Principal:
         source="jwt",
         scopes=scopes_from_claims(claims),
         claims=MappingProxyType(claims),
-        token_id=claims.get("jti"),
+        token_id=jti,
         issuer=claims.get("iss"),
         issued_at=iat,
         auth_time=auth_time,
         expires_at=claims.get("exp"),
+        revocation_key=None if jti is None else token_revocation_key(claims.get("iss"), jti),
     )
+
+
+def token_revocation_key(issuer: Any, jti: Any) -> str:
+    # The same derivation as authmw.issuer.jti_key (which imports this module): (iss, jti), hashed.
+    return hashlib.sha256(f"{issuer or ''}\0{jti}".encode()).hexdigest()[:32]
 
 
 class JWTVerifier:
