@@ -258,7 +258,11 @@ def test_p27_records_are_json_never_pickle(face: Face) -> None:
     if isinstance(face.store, RedisStore):
         raw = face.store.client.get(session_key(face.store, record.sid))
     else:
-        raw = face.store._sessions[record.sid][0].encode()
+        # The memory store serializes nothing: it keeps its own copy, so a caller's later change is not stored.
+        record.data["k"].append("changed")
+        assert face.load(record.sid, NEVER).data == {"k": ["v", 1]}
+        raw = face.store._sessions[record.sid][0].encode().encode()
+        record.data["k"].pop()
     assert isinstance(raw, bytes) and not raw.startswith(b"\x80")  # pickle protocol 2+ starts with 0x80
     match = RECORD_FORMAT.fullmatch(raw)
     assert match is not None, raw

@@ -11,6 +11,7 @@ serves `SessionHandle` (WSGI, plain methods) and `AsyncSessionHandle` (ASGI, awa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -132,6 +133,7 @@ class SessionInfo:
         )
 
 
+@functools.lru_cache(maxsize=4096)
 def session_handle(sid: str) -> str:
     """A public, non-secret name for a session (the id itself is a bearer secret and never shown)."""
     return hashlib.sha256(b"authmw.handle:" + sid.encode()).hexdigest()[:16]
@@ -232,6 +234,7 @@ class SessionManager:
         if settings.cookie_secure:
             attributes.append("Secure")
         self._attributes = "; ".join(attributes)
+        self._verified: dict[str, tuple[str, float]] = {}  # cookie value -> (session id, signed at)
         #: where access-token revocations live (set by the Authenticator when JWTs are configured)
         self.token_store: Any = None
         self.not_before_ttl = 2 * 24 * 3600.0
@@ -259,8 +262,13 @@ class SessionManager:
         if len(found) > 1 or too_large or _COOKIE_VALUE.fullmatch(value) is None:
             state.bad_cookie = True
             return None
+        now = time.time()
+        verified = self._verified.get(value)
+        if verified is not None and now - verified[1] <= self._max_age:
+            return verified[0]
         try:
-            sid = self._signer.unsign(value, max_age=int(self._max_age)).decode("ascii")
+            sid_bytes, signed_at = self._signer.unsign(value, max_age=int(self._max_age), return_timestamp=True)
+            sid = sid_bytes.decode("ascii")
         except (BadSignature, UnicodeDecodeError, ValueError, OverflowError):
             state.bad_cookie = True
             return None
@@ -269,6 +277,11 @@ class SessionManager:
             # One issued value, one accepted spelling: no equivalent variants of a cookie (P22, P30).
             state.bad_cookie = True
             return None
+        # The signature check is the expensive part of a session request: remember verified values (bounded).
+        # A remembered value only ever names its id; the store still decides whether that session lives.
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[value] = (sid, signed_at.timestamp())
         return sid
 
     def cookie_for(self, sid: str, remember: bool) -> str:

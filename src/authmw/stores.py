@@ -16,6 +16,7 @@ async runner executes it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -270,21 +271,25 @@ class MemoryStore:
         self.max_sessions = max_sessions
         self._clock = clock
         self._lock = threading.Lock()
-        # sid -> (encoded value, idle deadline, last slide time)
-        self._sessions: dict[str, tuple[str, float, float]] = {}
+        # sid -> (the record, idle deadline, last slide time); records are copied in and out, never shared
+        self._sessions: dict[str, tuple[SessionRecord, float, float]] = {}
         self._users: dict[str, set[str]] = {}
         self._denied: dict[tuple[str, str], float] = {}  # (user, jti key) -> expiry
         self._not_before: dict[str, tuple[float, float]] = {}  # user -> (not before, kept until)
         self._refresh: dict[str, RefreshRecord] = {}  # token hash -> record
         self._families: dict[str, tuple[str, float]] = {}  # family -> (user, expiry)
 
-    def _live(self, sid: str, now: float) -> tuple[str, float, float] | None:
+    @staticmethod
+    def _copy(record: SessionRecord, last_seen: float) -> SessionRecord:
+        data = copy.deepcopy(record.data) if record.data else {}
+        return replace(record, data=data, last_seen=last_seen)
+
+    def _live(self, sid: str, now: float) -> tuple[SessionRecord, float, float] | None:
         entry = self._sessions.get(sid)
         if entry is None:
             return None
-        value, deadline, _ = entry
-        absolute = int(value.split(":", 1)[0]) / 1000
-        if now >= deadline or now >= absolute:
+        record, deadline, _ = entry
+        if now >= deadline or now >= record.absolute_expiry:
             self._drop(sid)
             return None
         return entry
@@ -292,13 +297,11 @@ class MemoryStore:
     def _drop(self, sid: str) -> None:
         entry = self._sessions.pop(sid, None)
         if entry is not None:
-            record = SessionRecord.decode(sid, entry[0], 0.0)
-            if record is not None:
-                members = self._users.get(record.user_id)
-                if members is not None:
-                    members.discard(sid)
-                    if not members:
-                        del self._users[record.user_id]
+            members = self._users.get(entry[0].user_id)
+            if members is not None:
+                members.discard(sid)
+                if not members:
+                    del self._users[entry[0].user_id]
 
     def _make_room(self, now: float) -> None:
         if len(self._sessions) < self.max_sessions:
@@ -310,7 +313,7 @@ class MemoryStore:
 
     def _put(self, record: SessionRecord, now: float) -> None:
         deadline = min(now + record.idle_timeout, record.absolute_expiry)
-        self._sessions[record.sid] = (record.encode(), deadline, now)
+        self._sessions[record.sid] = (self._copy(record, now), deadline, now)
         self._users.setdefault(record.user_id, set()).add(record.sid)
 
     def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
@@ -319,15 +322,11 @@ class MemoryStore:
             entry = self._live(sid, now)
             if entry is None:
                 return None
-            value, _deadline, slid_at = entry
-            record = SessionRecord.decode(sid, value, slid_at)
-            if record is None:
-                self._sessions.pop(sid, None)
-                return None
+            record, _deadline, slid_at = entry
             if now - slid_at >= touch_interval:
-                self._sessions[sid] = (value, min(now + record.idle_timeout, record.absolute_expiry), now)
-                record.last_seen = now
-            return record
+                slid_at = now
+                self._sessions[sid] = (record, min(now + record.idle_timeout, record.absolute_expiry), now)
+            return self._copy(record, slid_at)
 
     def create(self, record: SessionRecord) -> None:
         now = self._clock()
@@ -350,7 +349,7 @@ class MemoryStore:
             entry = self._live(record.sid, now)
             if entry is None:
                 return False
-            self._sessions[record.sid] = (record.encode(), entry[1], entry[2])
+            self._sessions[record.sid] = (self._copy(record, entry[2]), entry[1], entry[2])
             return True
 
     def delete(self, sid: str, user_id: str) -> bool:
@@ -369,8 +368,8 @@ class MemoryStore:
             records = []
             for sid in list(self._users.get(user_id, ())):
                 entry = self._live(sid, now)
-                if entry is not None and (record := SessionRecord.decode(sid, entry[0], entry[2])) is not None:
-                    records.append(record)
+                if entry is not None:
+                    records.append(self._copy(entry[0], entry[2]))
             return records
 
     def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
