@@ -3,8 +3,8 @@
 The tests start their own servers on free loopback ports: three ``redis-server --cluster-enabled yes`` joined by
 ``redis-cli --cluster create``, and one master watched by one ``redis-server --sentinel``. They run the whole store
 protocol (sessions, token revocation, refresh tokens), with users whose hash tags land on different masters,
-logout-everywhere, and the invalidation channel that keeps per-process caches honest. Two Cluster behaviours that
-do not hold today are kept as strict xfails naming the bug; the record sizes behind docs/REDIS.md are measured here.
+logout-everywhere (also while the user's slot is being resharded), the invalidation channel that keeps per-process
+caches honest, and a whole cluster down (503, never 500); the record sizes behind docs/REDIS.md are measured here.
 """
 
 from __future__ import annotations
@@ -522,18 +522,6 @@ def test_whole_cluster_down_fails_closed(tmp_path: Path) -> None:
         processes.kill_all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: the _REVOKE_USER, _DELETE_USER and _REFRESH_USE Lua scripts build session and refresh-family key names "
-        "from ARGV instead of declaring them in KEYS. While a user's slot is being resharded (keys move one by one), "
-        "Redis routes the script by its declared keys only: once those have moved, the script runs on the new "
-        "master, where DEL of the not-yet-moved session keys finds nothing, and logout-everywhere reports success "
-        "with every session still alive on the old master; in the other order Redis refuses mid-script with "
-        "'Script attempted to access a non local key in a cluster node script', after deleting some sessions"
-    ),
-)
 def test_logout_everywhere_during_resharding_ends_every_session(cluster: Cluster) -> None:
     prefix = f"reshard:{uuid4().hex[:8]}:"
     client = cluster.sync_client()

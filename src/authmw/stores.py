@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -536,15 +536,35 @@ if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KE
 return 1
 """
 
-# KEYS[1] user index; ARGV: session key prefix (everything before the random part)
-_DELETE_USER = """
-local sids = redis.call('SMEMBERS', KEYS[1])
-local n = 0
-for _, sid in ipairs(sids) do
-  local dot = string.find(sid, '.', 1, true)
-  if dot then n = n + redis.call('DEL', ARGV[1] .. string.sub(sid, dot + 1)) end
+# KEYS[1] session index, KEYS[2] refresh-family index. Returns both member lists (phase 1 of _END_USER).
+_MEMBERS = """
+return {redis.call('SMEMBERS', KEYS[1]), redis.call('SMEMBERS', KEYS[2])}
+"""
+
+# Phase 2 of ending a user's sessions and/or tokens, with every key it touches declared (Redis Cluster routes a
+# script by its KEYS and, while a slot migrates, answers TRYAGAIN instead of half-doing the work).
+# KEYS: session index, family index, not-before, then ARGV[3] session keys, then the family keys.
+# ARGV: the session members and family members read in phase 1 (sorted, '\n'-joined), the number of session keys,
+# not_before, not_before_ttl_ms, '1' to end the sessions, '1' to revoke the tokens. Returns -1 when the members
+# changed in between (the caller reads them again), else the number of sessions ended.
+_END_USER = """
+local function listed(key)
+  local members = redis.call('SMEMBERS', key)
+  table.sort(members)
+  return table.concat(members, '\\n')
 end
-redis.call('DEL', KEYS[1])
+if ARGV[6] == '1' and listed(KEYS[1]) ~= ARGV[1] then return -1 end
+if ARGV[7] == '1' and listed(KEYS[2]) ~= ARGV[2] then return -1 end
+local sessions = tonumber(ARGV[3])
+local n = 0
+for i = 4, 3 + sessions do n = n + redis.call('DEL', KEYS[i]) end
+for i = 4 + sessions, #KEYS do redis.call('DEL', KEYS[i]) end
+if ARGV[6] == '1' then redis.call('DEL', KEYS[1]) end
+if ARGV[7] == '1' then
+  redis.call('DEL', KEYS[2])
+  local current = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tonumber(ARGV[4]) > current then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
+end
 return n
 """
 
@@ -557,24 +577,6 @@ return n
 
 
 _OUTCOMES: dict[str, RefreshOutcome] = {"ok": "ok", "grace": "grace", "reuse": "reuse", "revoked": "revoked"}
-
-# KEYS[1] session index, KEYS[2] family index, KEYS[3] not-before;
-# ARGV: session key prefix, family key prefix, not_before, not_before_ttl_ms, '1' to end the sessions too
-_REVOKE_USER = """
-local n = 0
-if ARGV[5] == '1' then
-  for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-    local dot = string.find(sid, '.', 1, true)
-    if dot then n = n + redis.call('DEL', ARGV[1] .. string.sub(sid, dot + 1)) end
-  end
-  redis.call('DEL', KEYS[1])
-end
-for _, family in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('DEL', ARGV[2] .. family) end
-redis.call('DEL', KEYS[2])
-local current = tonumber(redis.call('GET', KEYS[3]) or '0')
-if tonumber(ARGV[3]) > current then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
-return n
-"""
 
 # KEYS[1] token, KEYS[2] family, KEYS[3] family index; ARGV: uid, family, scopes, exp, session, auth_time,
 # token_ttl_ms, family_ttl_ms, new_family
@@ -591,26 +593,22 @@ end
 return 1
 """
 
-# KEYS[1] token; ARGV: now, grace, family key prefix, session key prefix, successor key ('' for none),
-# successor expiry, successor ttl_ms
+# KEYS: the token, its family, its successor, and (when bound to one) its session: every key declared (Cluster).
+# ARGV: now, grace, successor expiry, successor ttl_ms, the family and the session read in phase 1.
 _REFRESH_USE = """
 local r = redis.call('HMGET', KEYS[1], 'uid', 'fam', 'scopes', 'exp', 'sess', 'auth', 'used')
-if not r[1] then return {'invalid'} end
-local family = ARGV[3] .. r[2]
-if redis.call('EXISTS', family) == 0 then return {'revoked'} end
-if r[5] ~= '' then
-  local dot = string.find(r[5], '.', 1, true)
-  if (not dot) or redis.call('EXISTS', ARGV[4] .. string.sub(r[5], dot + 1)) == 0 then
-    redis.call('DEL', family)
-    return {'revoked'}
-  end
+if not r[1] or r[2] ~= ARGV[5] or r[5] ~= ARGV[6] then return {'invalid'} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'revoked'} end
+if r[5] ~= '' and (not KEYS[4] or redis.call('EXISTS', KEYS[4]) == 0) then
+  redis.call('DEL', KEYS[2])
+  return {'revoked'}
 end
 local now = tonumber(ARGV[1])
 local used = tonumber(r[7])
 local outcome = 'ok'
 if used > 0 then
   if now - used > tonumber(ARGV[2]) then
-    redis.call('DEL', family)
+    redis.call('DEL', KEYS[2])
     return {'reuse', r[1], r[2], r[3], r[4], r[5], r[6], r[7]}
   end
   outcome = 'grace'
@@ -618,13 +616,17 @@ else
   redis.call('HSET', KEYS[1], 'used', ARGV[1])
   used = ARGV[1]
 end
-if ARGV[5] ~= '' then
-  redis.call('HSET', ARGV[5], 'uid', r[1], 'fam', r[2], 'scopes', r[3], 'exp', ARGV[6], 'sess', r[5],
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[3], 'uid', r[1], 'fam', r[2], 'scopes', r[3], 'exp', ARGV[3], 'sess', r[5],
              'auth', r[6], 'used', '0')
-  redis.call('PEXPIRE', ARGV[5], ARGV[7])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 return {outcome, r[1], r[2], r[3], r[4], r[5], r[6], tostring(used)}
 """
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,6 +641,9 @@ class _Plan:
     #: what other processes' local caches must drop once this write is done (see `authmw.localcache`)
     invalidates: tuple[str, ...] = ()
 
+
+#: an operation of several round trips: yields plans, receives their parsed replies, returns the result
+Program = Generator["_Plan", Any, T]
 
 _NO_TOUCH = 10.0**9  # a touch interval that never slides the TTL (read-only listing)
 
@@ -794,16 +799,41 @@ class RedisStore:
             invalidates=(f"s:{sid}",),
         )
 
-    def _plan_delete_user(self, user_id: str) -> _Plan:
+    def _end_user(
+        self, user_id: str, *, sessions: bool, tokens: bool, not_before: float = 0.0, not_before_ttl: float = 1.0
+    ) -> Program[int]:
+        """End the user's sessions and/or revoke their tokens: read the members, then delete exactly those keys
+        (all declared) if the members did not change meanwhile; else read again."""
         digest = user_hash(user_id)
-        session_prefix = f"{self.prefix}{{{digest[:4]}}}:s:"
-        return _Plan(
-            _DELETE_USER,
-            [self._index_key(user_id)],
-            [session_prefix],
-            lambda reply: int(reply),
-            invalidates=(f"u:{user_id}",),
-        )
+        slot = f"{self.prefix}{{{digest[:4]}}}"
+        index, families, nbf = self._index_key(user_id), self._user_key(user_id, "fams"), self._user_key(user_id, "nbf")
+        for _ in range(10):
+            members: list[list[str]] = yield _Plan(
+                _MEMBERS, [index, families], [], lambda reply: [sorted(_text(m) for m in part) for part in reply]
+            )
+            sids = members[0] if sessions else []
+            fams = members[1] if tokens else []
+            keys = [index, families, nbf]
+            keys += [f"{slot}:s:{sid.partition('.')[2]}" for sid in sids]
+            keys += [f"{slot}:fam:{family}" for family in fams]
+            ended: int = yield _Plan(
+                _END_USER,
+                keys,
+                [
+                    "\n".join(sids),
+                    "\n".join(fams),
+                    len(sids),
+                    repr(not_before),
+                    max(1, int(not_before_ttl * 1000)),
+                    "1" if sessions else "0",
+                    "1" if tokens else "0",
+                ],
+                lambda reply: int(reply),
+                invalidates=(f"u:{user_id}" if sessions else f"t:{user_id}",),
+            )
+            if ended >= 0:
+                return ended
+        raise StoreUnavailable("the user's sessions kept changing; try again", retry_after=1)
 
     def _plan_members(self, user_id: str) -> _Plan:
         command = ("SMEMBERS", self._index_key(user_id))
@@ -829,23 +859,6 @@ class RedisStore:
         command = ("SET", self._user_key(user_id, "jti", jti_key), "1", "PX", ttl)
         return _Plan(None, (), (), lambda reply: None, command, invalidates=(f"t:{user_id}",))
 
-    def _plan_revoke_user(self, user_id: str, not_before: float, not_before_ttl: float, sessions: bool = True) -> _Plan:
-        digest = user_hash(user_id)
-        tag = f"{self.prefix}{{{digest[:4]}}}"
-        return _Plan(
-            _REVOKE_USER,
-            [self._index_key(user_id), self._user_key(user_id, "fams"), self._user_key(user_id, "nbf")],
-            [
-                f"{tag}:s:",
-                f"{tag}:fam:",
-                repr(not_before),
-                max(1, int(not_before_ttl * 1000)),
-                "1" if sessions else "0",
-            ],
-            lambda reply: int(reply),
-            invalidates=(f"u:{user_id}" if sessions else f"t:{user_id}",),
-        )
-
     def _plan_refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> _Plan:
         now = time.time()
         return _Plan(
@@ -869,28 +882,41 @@ class RedisStore:
             lambda reply: bool(reply),
         )
 
-    def _plan_refresh_use(
+    def _refresh_use(
         self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None
-    ) -> _Plan:
+    ) -> Program[tuple[RefreshOutcome, RefreshRecord | None]]:
         slot = f"{self.prefix}{{{tag}}}"
-        successor_args: list[str | int] = ["", "0", 1]
+        token_key = f"{slot}:rt:{token_hash}"
+        found: list[str | None] = yield _Plan(
+            None,
+            (),
+            (),
+            lambda reply: [None if v is None else _text(v) for v in reply],
+            ("HMGET", token_key, "fam", "sess"),
+        )
+        family, session = found
+        if family is None:
+            return "invalid", None
+        successor_key = f"{slot}:rt:{successor[0]}" if successor is not None else f"{slot}:rt:-"
+        keys = [token_key, f"{slot}:fam:{family}", successor_key]
+        if session:
+            keys.append(f"{slot}:s:{session.partition('.')[2]}")
+        args: list[str | int] = [repr(now), repr(grace), "", 1, family, session or ""]
         if successor is not None:
-            successor_args = [f"{slot}:rt:{successor[0]}", repr(successor[1]), max(1, int((successor[1] - now) * 1000))]
+            args[2:4] = [repr(successor[1]), max(1, int((successor[1] - now) * 1000))]
 
         def parse(reply: Any) -> tuple[RefreshOutcome, RefreshRecord | None]:
-            raw = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            status: RefreshOutcome = _OUTCOMES.get(raw, "invalid")
+            status: RefreshOutcome = _OUTCOMES.get(_text(reply[0]), "invalid")
             if len(reply) < 8:
                 return status, None
-            fields = [v.decode() if isinstance(v, bytes) else v for v in reply[1:]]
-            uid, family, scopes, expires, session, auth_time, used = fields
+            uid, family_name, scopes, expires, session_sid, auth_time, used = (_text(v) for v in reply[1:])
             record = RefreshRecord(
                 token_hash=token_hash,
                 user_id=uid,
-                family=family,
+                family=family_name,
                 scopes=tuple(json.loads(scopes)),
                 expires=float(expires),
-                session_sid=session or None,
+                session_sid=session_sid or None,
                 auth_time=float(auth_time),
                 used_at=float(used),
             )
@@ -898,12 +924,8 @@ class RedisStore:
                 return "invalid", None
             return status, record
 
-        return _Plan(
-            _REFRESH_USE,
-            [f"{slot}:rt:{token_hash}"],
-            [repr(now), repr(grace), f"{slot}:fam:", f"{slot}:s:", *successor_args],
-            parse,
-        )
+        result: tuple[RefreshOutcome, RefreshRecord | None] = yield _Plan(_REFRESH_USE, keys, args, parse)
+        return result
 
     # ---- runners ----
 
@@ -952,6 +974,24 @@ class RedisStore:
         except _redis_errors() as exc:
             raise self._failed(exc) from None
         return plan.parse(reply)
+
+    def _drive(self, program: Program[T]) -> T:
+        try:
+            plan = next(program)
+            while True:
+                plan = program.send(self._run(plan))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def _adrive(self, program: Program[T]) -> T:
+        try:
+            plan = next(program)
+            while True:
+                plan = program.send(await self._arun(plan))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
 
     # ---- the protocol ----
 
@@ -1028,10 +1068,10 @@ class RedisStore:
         return bool(await self._arun(self._plan_delete(sid, user_id)))
 
     def delete_user(self, user_id: str) -> int:
-        return int(self._run(self._plan_delete_user(user_id)))
+        return self._drive(self._end_user(user_id, sessions=True, tokens=False))
 
     async def adelete_user(self, user_id: str) -> int:
-        return int(await self._arun(self._plan_delete_user(user_id)))
+        return await self._adrive(self._end_user(user_id, sessions=True, tokens=False))
 
     def list_user(self, user_id: str) -> list[SessionRecord]:
         sids: list[str] = self._run(self._plan_members(user_id))
@@ -1090,16 +1130,26 @@ class RedisStore:
         await self._arun(self._plan_revoke_jti(user_id, jti_key, expires_at))
 
     def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
-        return int(self._run(self._plan_revoke_user(user_id, not_before, not_before_ttl)))
+        program = self._end_user(
+            user_id, sessions=True, tokens=True, not_before=not_before, not_before_ttl=not_before_ttl
+        )
+        return self._drive(program)
 
     async def arevoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
-        return int(await self._arun(self._plan_revoke_user(user_id, not_before, not_before_ttl)))
+        program = self._end_user(
+            user_id, sessions=True, tokens=True, not_before=not_before, not_before_ttl=not_before_ttl
+        )
+        return await self._adrive(program)
 
     def revoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
-        self._run(self._plan_revoke_user(user_id, not_before, not_before_ttl, sessions=False))
+        self._drive(
+            self._end_user(user_id, sessions=False, tokens=True, not_before=not_before, not_before_ttl=not_before_ttl)
+        )
 
     async def arevoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None:
-        await self._arun(self._plan_revoke_user(user_id, not_before, not_before_ttl, sessions=False))
+        await self._adrive(
+            self._end_user(user_id, sessions=False, tokens=True, not_before=not_before, not_before_ttl=not_before_ttl)
+        )
 
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         return bool(self._run(self._plan_refresh_create(record, family_expires, new_family)))
@@ -1110,15 +1160,15 @@ class RedisStore:
     def refresh_use(
         self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
-        result: tuple[RefreshOutcome, RefreshRecord | None] = self._run(
-            self._plan_refresh_use(tag, token_hash, now, grace, successor)
+        result: tuple[RefreshOutcome, RefreshRecord | None] = self._drive(
+            self._refresh_use(tag, token_hash, now, grace, successor)
         )
         return result
 
     async def arefresh_use(
         self, tag: str, token_hash: str, now: float, grace: float, successor: tuple[str, float] | None = None
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
-        result: tuple[RefreshOutcome, RefreshRecord | None] = await self._arun(
-            self._plan_refresh_use(tag, token_hash, now, grace, successor)
+        result: tuple[RefreshOutcome, RefreshRecord | None] = await self._adrive(
+            self._refresh_use(tag, token_hash, now, grace, successor)
         )
         return result
