@@ -191,12 +191,15 @@ def test_bad_tokens_get_401_invalid_token(deployment: Deployment, case: str) -> 
     assert token_value not in response.text
 
 
-def test_algorithm_confusion_public_key_as_hmac_secret(deployment: Deployment) -> None:
-    if deployment.public_pem is None:
-        pytest.skip("only meaningful for asymmetric configurations")
+def test_algorithm_confusion_either_way(deployment: Deployment) -> None:
+    """Asymmetric deployments: an HS256 token keyed with the public key PEM. HS256 deployments: a token signed
+    with an asymmetric algorithm. Both are refused (P2, P3)."""
     now = int(time.time())
     claims = {"sub": "alice", "iat": now, "exp": now + 60, "iss": ISSUER, "aud": AUDIENCE, "scope": "items:write"}
-    token = _hs256_by_hand({"alg": "HS256", "typ": "JWT"}, claims, deployment.public_pem)
+    if deployment.public_pem is not None:
+        token = _hs256_by_hand({"alg": "HS256", "typ": "JWT"}, claims, deployment.public_pem)
+    else:
+        token = jwt.encode(claims, rsa.generate_private_key(65537, 2048), algorithm="RS256")
     response = deployment.get("/api/me", token)
     assert response.status_code == 401
     assert 'error="invalid_token"' in _challenge(response)
