@@ -1217,3 +1217,79 @@ def test_env_hmac_signing_key_equal_to_the_jwt_key_works(framework: str) -> None
         issued = browser.post("/api/token")
         assert issued.status == 200
         assert anon.get("/api/items", bearer=issued.json()["access_token"]).status == 200
+
+
+def test_revoke_helpers_in_both_adapters() -> None:
+    """`revoke_access_token` (this request's token) and `revoke_all_tokens(user)` from inside a view."""
+    from flask import Flask
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route as StarletteRoute
+    from starlette.testclient import TestClient
+
+    import authmw.flask as flask_adapter
+    import authmw.starlette as starlette_adapter
+    from authmw import AuthConfig, Policy, Route
+    from authmw.sessions import SessionSettings
+    from authmw.testing import mint_token
+
+    def config() -> AuthConfig:
+        return AuthConfig(
+            jwt=JWTSettings(algorithms=["HS256"], keys=SECRET),
+            sessions=SessionSettings(secret_keys=["s" * 40], cookie_secure=False),
+            routes=[Route("/me", Policy.jwt()), Route("/revoke", Policy.jwt()), Route("/revoke-all", Policy.jwt())],
+        )
+
+    star_config = config()
+
+    async def me(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.user.id})
+
+    async def revoke(request: Request) -> JSONResponse:
+        await starlette_adapter.revoke_access_token(request)
+        return JSONResponse({})
+
+    async def revoke_all(request: Request) -> JSONResponse:
+        await starlette_adapter.revoke_all_tokens(request, request.user.id)
+        return JSONResponse({})
+
+    star = Starlette(
+        routes=[
+            StarletteRoute("/me", me),
+            StarletteRoute("/revoke", revoke, methods=["POST"]),
+            StarletteRoute("/revoke-all", revoke_all, methods=["POST"]),
+        ],
+        middleware=[Middleware(starlette_adapter.AuthMiddleware, config=star_config)],
+    )
+    flask_config = config()
+    app = Flask(__name__)
+    flask_adapter.AuthMW(app, flask_config)
+
+    @app.get("/me")
+    def flask_me() -> dict[str, str]:
+        return {"id": flask_adapter.current_principal.identity}
+
+    @app.post("/revoke")
+    def flask_revoke() -> dict[str, str]:
+        flask_adapter.revoke_access_token()
+        return {}
+
+    @app.post("/revoke-all")
+    def flask_revoke_all() -> dict[str, str]:
+        flask_adapter.revoke_all_tokens(flask_adapter.current_principal.identity)
+        return {}
+
+    for client, cfg in ((TestClient(star), star_config), (app.test_client(), flask_config)):
+        first, second = (mint_token(cfg, "alice") for _ in range(2))
+        auth = {"Authorization": f"Bearer {first}"}
+        assert client.get("/me", headers=auth).status_code == 200
+        assert client.post("/revoke", headers=auth).status_code == 200
+        assert client.get("/me", headers=auth).status_code == 401  # this token only
+        other = {"Authorization": f"Bearer {second}"}
+        assert client.get("/me", headers=other).status_code == 200
+        assert client.post("/revoke-all", headers=other).status_code == 200
+        assert client.get("/me", headers=other).status_code == 401
+        later = {"Authorization": f"Bearer {mint_token(cfg, 'alice')}"}
+        assert client.get("/me", headers=later).status_code == 200  # minted after the revocation: fine

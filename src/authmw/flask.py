@@ -51,6 +51,8 @@ __all__ = [
     "login",
     "logout",
     "logout_everywhere",
+    "revoke_access_token",
+    "revoke_all_tokens",
     "revoke_session",
     "session_data",
 ]
@@ -155,6 +157,27 @@ def revoke_session(handle: str) -> bool:
 
 def csrf_token() -> str | None:
     return _handle().csrf_token
+
+
+def _tokens() -> TokenService:
+    auth = current_app.extensions.get("authmw.authenticator")
+    service = auth.tokens if isinstance(auth, Authenticator) else None
+    if service is None:
+        raise LookupError("token revocation needs JWT settings and a store")
+    return service
+
+
+def revoke_access_token() -> None:
+    """Deny the bearer token of this request until it expires."""
+    principal = g.get("principal")
+    if principal is None or principal.source != "jwt":
+        raise LookupError("this request was not authenticated by a bearer token")
+    run_sync(_tokens().revoke_access_token(principal))
+
+
+def revoke_all_tokens(user_id: str) -> None:
+    """Refuse every access token issued to `user_id` before now and end their refresh families."""
+    run_sync(_tokens().revoke_all_tokens(user_id))
 
 
 def cross_site_reason() -> str | None:

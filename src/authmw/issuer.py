@@ -256,6 +256,13 @@ class TokenService:
         yield StoreCall(self.store, "revoke_jti", (principal.id, key, float(principal.expires_at)))
         self.auditor.emit("revoke_token", user_id=principal.id)
 
+    def revoke_all_tokens(self, user_id: str) -> Flow[None]:
+        """Every access token issued to the user before now is refused, and every refresh family ends;
+        sessions stay (`logout_everywhere` ends those too)."""
+        ttl = self.settings.max_lifetime + self.settings.leeway
+        yield StoreCall(self.store, "revoke_tokens", (user_id, time.time(), ttl))
+        self.auditor.emit("revoke_token", user_id=user_id, reason="all tokens")
+
 
 def _refresh_token_from(body: bytes) -> str:
     try:

@@ -47,6 +47,8 @@ __all__ = [
     "policy",
     "public",
     "refresh_endpoint",
+    "revoke_access_token",
+    "revoke_all_tokens",
     "session",
     "session_required",
     "token_endpoint",
@@ -219,6 +221,26 @@ async def refresh_endpoint(request: Request) -> Response:
     if service is None:
         return _not_configured()
     return await _token_response(request, service.refresh(await request.body()), auth)
+
+
+def _tokens(conn: HTTPConnection) -> TokenService:
+    auth = conn.scope.get("authmw.authenticator")
+    if not isinstance(auth, Authenticator) or auth.tokens is None:
+        raise LookupError("token revocation needs JWT settings and a store")
+    return auth.tokens
+
+
+async def revoke_access_token(conn: HTTPConnection) -> None:
+    """Deny the bearer token of this request until it expires (e.g. an API "log out this token")."""
+    principal = conn.scope["authmw"].principal
+    if principal is None or principal.source != "jwt":
+        raise LookupError("this request was not authenticated by a bearer token")
+    await run_async(_tokens(conn).revoke_access_token(principal))
+
+
+async def revoke_all_tokens(conn: HTTPConnection, user_id: str) -> None:
+    """Refuse every access token issued to `user_id` before now and end their refresh families."""
+    await run_async(_tokens(conn).revoke_all_tokens(user_id))
 
 
 async def jwks_endpoint(request: Request) -> Response:

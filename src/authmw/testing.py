@@ -63,8 +63,9 @@ def mint_token(
     if kid is not None:
         headers.setdefault("kid", kid)
     key = signing_key
-    now = int(time.time())
-    body: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + int(ttl), "jti": uuid.uuid4().hex}
+    now = time.time()
+    # iat keeps its fraction (a NumericDate may): a token minted right after a revocation is not "before" it.
+    body: dict[str, Any] = {"sub": subject, "iat": now, "exp": int(now + ttl), "jti": uuid.uuid4().hex}
     if scopes:
         body["scope"] = " ".join(sorted(scopes))
     for name, value in (("iss", settings.issuer), ("aud", settings.audience)):
