@@ -109,7 +109,7 @@ def test_mint_token_hs256_claims(config: AuthConfig) -> None:
     assert claims["sub"] == "alice"
     assert claims["scope"] == "items:read items:write"
     assert before <= claims["iat"] <= time.time()
-    assert claims["exp"] - claims["iat"] == 300
+    assert claims["exp"] - int(claims["iat"]) == 300
     assert isinstance(claims["jti"], str) and claims["jti"]
     assert "iss" not in claims and "aud" not in claims
     principal = verify(config, token)

@@ -442,7 +442,7 @@ class MemoryStore:
                 return "revoked", None
             outcome: RefreshOutcome = "ok"
             if record.used_at:
-                if now - record.used_at > grace:
+                if grace <= 0 or now - record.used_at > grace:  # clocks of concurrent calls may disagree
                     del self._families[record.family]  # reuse: the whole family is revoked
                     return "reuse", record
                 outcome = "grace"
@@ -607,7 +607,7 @@ local now = tonumber(ARGV[1])
 local used = tonumber(r[7])
 local outcome = 'ok'
 if used > 0 then
-  if now - used > tonumber(ARGV[2]) then
+  if tonumber(ARGV[2]) <= 0 or now - used > tonumber(ARGV[2]) then
     redis.call('DEL', KEYS[2])
     return {'reuse', r[1], r[2], r[3], r[4], r[5], r[6], r[7]}
   end
