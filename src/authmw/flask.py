@@ -27,7 +27,6 @@ from typing import Any, TypeVar, overload
 
 from flask import Blueprint, Flask, current_app, g, has_app_context, request
 from flask import Response as FlaskResponse
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, Unauthorized
 from werkzeug.exceptions import ServiceUnavailable as WerkzeugServiceUnavailable
 from werkzeug.local import LocalProxy
@@ -363,12 +362,26 @@ class AuthMW:
             return response
         exchange.principal = g.get("principal")  # login()/logout() in the view change the caller
         try:
-            run_sync(exchange.finish())
+            if exchange.state is not None and exchange.state.data_changed():
+                run_sync(exchange.finish())
         except ServiceUnavailable as error:
             assert self.authenticator is not None
             failed = self.authenticator.error_response(error, exchange.view, None)
             return FlaskResponse(failed.body, status=failed.status, headers=failed.headers)
-        changed = exchange.response_headers(list(response.headers.items()), "")
-        if changed is not None:
-            response.headers = Headers(changed)
+        cookies = exchange.state.response_cookies() if exchange.state is not None else []
+        if exchange.public and not cookies:
+            return response
+        # The same result as `with_identity_headers` (P31), edited in place on werkzeug's Headers.
+        headers = response.headers
+        vary = headers.getlist("Vary")
+        if not vary:
+            headers["Vary"] = "Cookie, Authorization"
+        else:
+            present = {v.strip().lower() for value in vary for v in value.split(",")}
+            missing = [v for v in ("Cookie", "Authorization") if v.lower() not in present]
+            headers["Vary"] = "*" if "*" in present else ", ".join([*vary, *missing])
+        if exchange.principal is not None or cookies:
+            headers["Cache-Control"] = "no-store"
+        for cookie in cookies:
+            headers.add("Set-Cookie", cookie)
         return response
