@@ -775,3 +775,29 @@ def test_p29_starlette_websocket_sees_user_and_auth() -> None:
 
 def bearer_header(token: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", f"Bearer {token}".encode())]
+
+
+def spelt(method: str, app: Any) -> Any:
+    """An ASGI app that rewrites the method as a server would pass it on (httpx upper-cases what it sends)."""
+
+    async def respell(scope: Any, receive: Any, send: Any) -> None:
+        await app({**scope, "method": method}, receive, send)
+
+    return respell
+
+
+@pytest.mark.parametrize("method", ["delete", "Post"])
+def test_p5_lower_case_method_meets_the_rule_written_for_the_upper_case_one(method: str) -> None:
+    calls = Calls()
+    config = make_config(routes=[Route("/api/jwt", Policy.jwt(), methods=["DELETE", "POST"])])  # default: optional
+    app = spelt(method, AuthMiddleware(starlette_app(calls), config))
+    assert call(app, "GET", "/api/jwt").status_code == 401
+    assert calls.paths == []
+
+
+def test_cors_preflight_must_be_spelt_as_browsers_send_it() -> None:
+    calls = Calls()
+    app = AuthMiddleware(starlette_app(calls, middleware=[Middleware(CORSMiddleware, **CORS)]), make_config())
+    assert call(spelt("options", app), "OPTIONS", "/api/jwt", headers=PREFLIGHT).status_code == 401
+    assert call(app, "OPTIONS", "/api/jwt", headers={"Access-Control-Request-Method": "GET"}).status_code == 401
+    assert calls.paths == []

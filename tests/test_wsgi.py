@@ -403,3 +403,20 @@ def test_non_ascii_path_rule_is_enforced_under_wsgi() -> None:
     response = app.test_client().get("/café")
     assert response.status_code == 401
     assert not calls
+
+
+@pytest.mark.parametrize("method", ["delete", "Delete", "pOST"])
+def test_p5_lower_case_method_meets_the_rule_written_for_the_upper_case_one(method: str) -> None:
+    # werkzeug upper-cases the method before routing, so `delete` reaches the DELETE view: the rules must agree.
+    client, app = tiny(routes=[Route("/things", Policy.jwt(), methods=["DELETE", "POST"])])  # default: optional
+    assert client.open("/things", method=method).status_code == 401
+    assert client.open("/things", method="get").status_code == 200
+    assert len(app.calls) == 1
+
+
+def test_cors_preflight_must_be_spelt_as_browsers_send_it() -> None:
+    client, app = tiny()
+    asked = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    assert client.open("/api/jwt", method="options", headers=asked).status_code == 401
+    assert client.options("/api/jwt", headers={"Access-Control-Request-Method": "GET"}).status_code == 401
+    assert app.calls == []

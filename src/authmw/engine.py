@@ -159,7 +159,13 @@ class Authenticator:
     @staticmethod
     def is_cors_preflight(view: RequestView) -> bool:
         # Browsers never send credentials on a preflight; refusing it would break CORS for every route.
-        return view.method == "OPTIONS" and bool(view.header_values("access-control-request-method"))
+        # Only what a browser sends qualifies: `OPTIONS` spelt exactly so (CORS middleware compares it
+        # case-sensitively and would hand an `options` request to the app), with Origin and the method asked for.
+        return (
+            view.method_as_sent == "OPTIONS"
+            and view.header("access-control-request-method") is not None
+            and view.header("origin") is not None
+        )
 
     def flow(self, view: RequestView, policy: Policy, session: SessionState | None = None) -> Flow[Principal | None]:
         """Resolve and check the caller for a non-public `policy`.

@@ -24,9 +24,11 @@ _JOINED_BEARER = re.compile(r",\s*bearer(\s|$)", re.IGNORECASE)
 class RequestView:
     """Method, route path, scheme, query string and header access; subclasses adapt ASGI and WSGI."""
 
-    __slots__ = ("client", "is_websocket", "method", "path", "query_string", "scheme")
+    __slots__ = ("client", "is_websocket", "method", "method_as_sent", "path", "query_string", "scheme")
 
+    #: upper-cased, as werkzeug routes it, so that `delete` meets the rules written for `DELETE`
     method: str
+    method_as_sent: str
     path: str
     scheme: str
     query_string: bytes
@@ -48,7 +50,8 @@ class ASGIRequestView(RequestView):
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self.is_websocket = scope["type"] == "websocket"
-        self.method = "GET" if self.is_websocket else scope["method"]
+        self.method_as_sent = "GET" if self.is_websocket else scope["method"]
+        self.method = self.method_as_sent.upper()
         self.path = route_path(scope)
         self.scheme = scope.get("scheme") or ("wss" if self.is_websocket else "http")
         self.query_string = scope.get("query_string", b"")
@@ -76,7 +79,8 @@ class WSGIRequestView(RequestView):
     def __init__(self, environ: Mapping[str, Any]) -> None:
         self._environ = environ
         self.is_websocket = False
-        self.method = environ.get("REQUEST_METHOD", "GET")
+        self.method_as_sent = environ.get("REQUEST_METHOD", "GET")
+        self.method = self.method_as_sent.upper()
         # PATH_INFO is what the app routes on; SCRIPT_NAME is the mount point.
         # PEP 3333 hands the path over as latin-1 text of the raw bytes; routers decode it as UTF-8.
         raw_path: str = environ.get("PATH_INFO") or "/"
