@@ -787,7 +787,7 @@ def spelt(method: str, app: Any) -> Any:
 
 
 @pytest.mark.parametrize("method", ["delete", "Post"])
-def test_p5_lower_case_method_meets_the_rule_written_for_the_upper_case_one(method: str) -> None:
+def test_p26_lower_case_method_meets_the_rule_written_for_the_upper_case_one(method: str) -> None:
     calls = Calls()
     config = make_config(routes=[Route("/api/jwt", Policy.jwt(), methods=["DELETE", "POST"])])  # default: optional
     app = spelt(method, AuthMiddleware(starlette_app(calls), config))

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authmw import ConfigurationError, Policy, Route, RouteTable
-from authmw.policy import normalize_path
+from authmw.policy import AMBIGUOUS_PATH, normalize_path
 
 REQUIRED = Policy.jwt()
 DEFAULT = Policy.optional()
@@ -18,7 +18,8 @@ def table(*routes: Route, default: Policy = DEFAULT, cache_size: int = 4096) -> 
 
 
 def covers(pattern: str, path: str, method: str = "GET", methods: list[str] | None = None) -> bool:
-    return table(Route(pattern, REQUIRED, methods)).match(method, path) is REQUIRED
+    # Covered: the rule applies, or the path is refused as ambiguous (never the default).
+    return table(Route(pattern, REQUIRED, methods)).match(method, path) in (REQUIRED, AMBIGUOUS_PATH)
 
 
 # --- Policy constructors ----------------------------------------------------------------------------------------
@@ -189,7 +190,8 @@ def test_int_param_matches_digits_only() -> None:
 )
 def test_tail_wildcard_covers_zero_or_more_segments(pattern: str, path: str) -> None:
     # "/files/../x": routers do not resolve dot segments and send it to the /files/{rest:path} endpoint, so the
-    # rule must cover it; "/x/../files/a": a proxy that resolves them sends /files/a (the stricter reading wins).
+    # rule must cover it; "/x/../files/a": a proxy that resolves them sends /files/a (the two readings differ,
+    # so the request is refused as ambiguous).
     assert covers(pattern, path)
 
 
@@ -339,7 +341,21 @@ def test_admin_tail_route_covers_exactly_paths_under_admin(segments: list[str], 
     normalized = reference_segments(path)
     as_sent = [segment for segment in path.split("/") if segment]  # what a router matches (dots kept)
     policy = routes.match("GET", path)
-    if normalized[:1] == ["admin"] or as_sent[:1] == ["admin"]:
+    if normalized[:1] == ["admin"] and as_sent[:1] == ["admin"]:
         assert policy is REQUIRED, path
+    elif normalized[:1] == ["admin"] or as_sent[:1] == ["admin"]:
+        assert policy is AMBIGUOUS_PATH, path
     else:
         assert policy is DEFAULT, path
+
+
+def test_dot_segments_naming_two_differently_protected_routes_are_ambiguous() -> None:
+    # Both readings require auth, but with other scopes: neither may be chosen over the other.
+    admin = Policy.jwt(scopes={"admin"})
+    routes = table(Route("/admin/{rest:path}", admin), Route("/reports/{rest:path}", Policy.session()))
+    assert routes.match("GET", "/reports/../admin/users") is AMBIGUOUS_PATH
+    assert routes.match("GET", "/admin/../reports/x") is AMBIGUOUS_PATH
+    # Dot segments that change nothing keep the route's policy.
+    assert routes.match("GET", "/admin/./users") is admin
+    assert routes.match("GET", "/admin/x/../users") is admin
+    assert routes.match("GET", "/elsewhere/../other") is DEFAULT

@@ -406,7 +406,7 @@ def test_non_ascii_path_rule_is_enforced_under_wsgi() -> None:
 
 
 @pytest.mark.parametrize("method", ["delete", "Delete", "pOST"])
-def test_p5_lower_case_method_meets_the_rule_written_for_the_upper_case_one(method: str) -> None:
+def test_p26_lower_case_method_meets_the_rule_written_for_the_upper_case_one(method: str) -> None:
     # werkzeug upper-cases the method before routing, so `delete` reaches the DELETE view: the rules must agree.
     client, app = tiny(routes=[Route("/things", Policy.jwt(), methods=["DELETE", "POST"])])  # default: optional
     assert client.open("/things", method=method).status_code == 401

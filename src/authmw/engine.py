@@ -23,6 +23,7 @@ from authmw.errors import (
     ConfigurationError,
     ErrorResponse,
     InsufficientScope,
+    InvalidRequest,
     InvalidToken,
     MissingCredentials,
     StepUpRequired,
@@ -31,7 +32,7 @@ from authmw.errors import (
 from authmw.flows import Blocking, Flow, run_async, run_sync, store_call
 from authmw.issuer import TokenIssuer, TokenService, jti_key
 from authmw.keys import UnknownKeyId
-from authmw.policy import Policy, Route, RouteTable
+from authmw.policy import AMBIGUOUS_PATH, Policy, Route, RouteTable
 from authmw.principal import Principal
 from authmw.request import RequestView, bearer_token, with_identity_headers
 from authmw.sessions import SessionManager, SessionState
@@ -173,6 +174,10 @@ class Authenticator:
         A bearer token, when the route accepts one and it is present, is the credential used; an invalid
         one is refused, never replaced by the session cookie or by anonymity (P26).
         """
+        if policy is AMBIGUOUS_PATH:
+            raise InvalidRequest(
+                "the path's dot segments make it name two differently protected routes", reason="ambiguous_path"
+            )
         principal: Principal | None = Authenticator.principal_override
         if principal is not None:
             self.decide(policy, principal)

@@ -15,7 +15,7 @@ from typing import Literal
 from authmw.errors import ConfigurationError
 from authmw.principal import CredentialKind
 
-__all__ = ["Policy", "Route", "RouteTable", "normalize_path"]
+__all__ = ["AMBIGUOUS_PATH", "Policy", "Route", "RouteTable", "normalize_path"]
 
 _KINDS: frozenset[CredentialKind] = frozenset(("session", "jwt"))
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -238,15 +238,16 @@ class RouteTable:
         return policy
 
     def _lookup(self, method: str, path: str) -> Policy:
-        # Routers (Starlette, Werkzeug) match the path as sent, dot segments included: that reading decides.
-        # A proxy in front may resolve the dot segments first: if that reading asks for more, it wins.
+        # Routers (Starlette, Werkzeug) match the path as sent, dot segments included; a proxy or a server
+        # behind us may resolve them first. When the two readings would get different policies, no choice
+        # between them is safe (the stricter may want other scopes or another credential): refuse the request.
+        # Browsers resolve dot segments before sending, so only hand-made requests ever meet this.
         parts = [p for p in path.split("/") if p]
         policy = self._first(method, parts)
         if "." in parts or ".." in parts:
             resolved = [p for p in normalize_path(path).split("/") if p]
-            other = self._first(method, resolved)
-            if _strictness(other) > _strictness(policy):
-                policy = other
+            if self._first(method, resolved) != policy:
+                return AMBIGUOUS_PATH
         return policy
 
     def _first(self, method: str, parts: Sequence[str]) -> Policy:
@@ -256,5 +257,6 @@ class RouteTable:
         return self.default
 
 
-def _strictness(policy: Policy) -> int:
-    return 2 if policy.auth_required else 0 if policy.is_public else 1
+#: What `RouteTable.match` answers for a path whose dot segments make it match two different policies;
+#: the engine refuses such a request with 400 invalid_request (compared by identity, never by value).
+AMBIGUOUS_PATH = Policy(auth_required=True)
