@@ -359,3 +359,21 @@ def test_dot_segments_naming_two_differently_protected_routes_are_ambiguous() ->
     assert routes.match("GET", "/admin/./users") is admin
     assert routes.match("GET", "/admin/x/../users") is admin
     assert routes.match("GET", "/elsewhere/../other") is DEFAULT
+
+
+def test_route_limited_to_a_host() -> None:
+    api = Policy.jwt()
+    routes = table(Route("/page", api, host="api.example"), Route("/t/{rest:path}", REQUIRED, host="{tenant}.example"))
+    assert routes.uses_host
+    assert routes.match("GET", "/page", "api.example") is api
+    assert routes.match("GET", "/page", "open.example") is DEFAULT
+    assert routes.match("GET", "/page") is DEFAULT  # no Host header: no host route applies
+    assert routes.match("GET", "/t/x", "acme.example") is REQUIRED
+    assert routes.match("GET", "/t/x", "example") is DEFAULT
+    assert not table(Route("/page", api)).uses_host
+
+
+@pytest.mark.parametrize("host", ["", "{a:int}.example", "{a.example"])
+def test_bad_route_host_is_refused(host: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Route("/x", REQUIRED, host=host)

@@ -494,6 +494,30 @@ def test_routes_inside_a_host_compile(config: AuthConfig) -> None:
         assert client.get("/secret").status_code == 401
 
 
+def test_each_host_keeps_its_own_policies(config: AuthConfig) -> None:
+    # The same path is public on one host and needs a token on another: the first host's rule must not
+    # decide for the second (a flattened table would let /page through anonymously on api.example).
+    routes = [
+        Host("open.example", app=Router(routes=[StarletteRoute("/page", public_view)])),
+        Host("api.example", app=Router(routes=[StarletteRoute("/page", jwt_read)])),
+        with_policy(Host("admin.example", app=Router(routes=[StarletteRoute("/page", public_view)])), Policy.jwt()),
+        Host("{tenant}.example", app=Router(routes=[with_policy(Mount("/t", routes=[]), Policy.session())])),
+    ]
+    app = build(config, routes=routes)
+    with TestClient(app, base_url="http://open.example") as client:
+        assert client.get("/page").status_code == 200
+    with TestClient(app, base_url="http://api.example:8443") as client:
+        assert client.get("/page").status_code == 401
+        assert client.get("/page", headers={"Host": "open.example"}).status_code == 200
+        assert client.get("/page", headers=bearer(config, {"items:read"})).status_code == 200
+    with TestClient(app, base_url="http://acme.example") as client:
+        assert client.get("/t/anything").status_code == 401
+    with TestClient(app, base_url="http://admin.example") as client:
+        # The endpoint's own policy comes first; the Host's policy covers the rest of that host.
+        assert client.get("/page").status_code == 200
+        assert client.get("/elsewhere").status_code == 401
+
+
 # ---- request.user, request.auth, requires ----
 
 

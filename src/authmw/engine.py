@@ -139,12 +139,17 @@ class Authenticator:
         self.table = RouteTable([*routes, *self.table.routes], self.table.default)
 
     def policy_for(self, view: RequestView) -> Policy:
-        return self.table.match(view.method, view.path)
+        table = self.table
+        if table.uses_host:
+            # As Starlette's `Host` reads it: the first Host header, port removed.
+            values = view.header_values("host")
+            return table.match(view.method, view.path, values[0].split(":")[0] if values else "")
+        return table.match(view.method, view.path)
 
     def begin(self, view: RequestView, policy: Policy | None = None) -> Exchange:
         """Start a request: its policy (from the route table unless given) and, with sessions on, its state."""
         if policy is None:
-            policy = self.table.match(view.method, view.path)
+            policy = self.policy_for(view)
         public = policy.is_public or self.is_cors_preflight(view)
         # Session state where a session can be read or started (public routes: a login form posts there).
         wants_session = public or "session" in policy.accept

@@ -287,7 +287,7 @@ class AuthMW:
                 for key in (name, name.rsplit(".", 1)[-1]):
                     if key in self._blueprints:
                         return self._blueprints[key]
-        return auth.table.match(view_state.method, view_state.path)
+        return auth.policy_for(view_state)
 
     # ---- token endpoints (register them with app.add_url_rule) ----
 

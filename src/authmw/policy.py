@@ -148,19 +148,33 @@ def normalize_path(path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A path pattern (and optionally a set of methods) bound to a `Policy`."""
+    """A path pattern (and optionally a set of methods, and a host) bound to a `Policy`.
+
+    `host` limits the route to requests whose `Host` header (port removed) matches it: a name such as
+    ``api.example.com`` or a pattern such as ``{tenant}.example.com`` (a parameter matches any run of characters
+    other than ``/``, as in Starlette's `Host`), or a compiled regex (matched from the start, as Starlette does).
+    """
 
     path: str
     policy: Policy
     methods: frozenset[str] | None = None
+    host: re.Pattern[str] | None = None
     _segments: tuple[str | re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _tail: bool = field(init=False, repr=False, compare=False)
 
-    def __init__(self, path: str, policy: Policy, methods: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        policy: Policy,
+        methods: Iterable[str] | None = None,
+        *,
+        host: str | re.Pattern[str] | None = None,
+    ) -> None:
         if not path.startswith("/"):
             raise ConfigurationError(f"route path must start with '/': {path!r}")
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "policy", policy)
+        object.__setattr__(self, "host", _host_pattern(host) if isinstance(host, str) else host)
         if methods is not None:
             upper = {m.upper() for m in methods}
             if "GET" in upper:
@@ -198,8 +212,10 @@ class Route:
         object.__setattr__(self, "_segments", tuple(segments))
         object.__setattr__(self, "_tail", tail)
 
-    def matches(self, method: str, parts: Sequence[str]) -> bool:
+    def matches(self, method: str, parts: Sequence[str], host: str = "") -> bool:
         if self.methods is not None and method not in self.methods:
+            return False
+        if self.host is not None and self.host.match(host) is None:
             return False
         n = len(self._segments)
         if len(parts) < n or (len(parts) > n and not self._tail):
@@ -218,43 +234,57 @@ class Route:
 class RouteTable:
     """Routes compiled once; `match` is the per-request lookup (memoised per method and path, bounded)."""
 
-    __slots__ = ("_cache", "_cache_size", "default", "routes")
+    __slots__ = ("_cache", "_cache_size", "default", "routes", "uses_host")
 
     def __init__(self, routes: Sequence[Route], default: Policy, *, cache_size: int = 4096) -> None:
         self.routes = tuple(routes)
         self.default = default
-        self._cache: dict[tuple[str, str], Policy] = {}
+        #: whether `match` needs the request's host (some route is limited to a host)
+        self.uses_host = any(route.host is not None for route in self.routes)
+        self._cache: dict[tuple[str, str, str], Policy] = {}
         self._cache_size = cache_size
 
-    def match(self, method: str, path: str) -> Policy:
-        key = (method, path)
+    def match(self, method: str, path: str, host: str = "") -> Policy:
+        """The policy for a request; `host` is the Host header without its port (needed when `uses_host`)."""
+        key = (method, path, host)
         policy = self._cache.get(key)
         if policy is None:
-            policy = self._lookup(method, path)
+            policy = self._lookup(method, path, host)
             if len(self._cache) >= self._cache_size:
                 # Paths are attacker-chosen: never let the memo grow without bound.
                 self._cache.clear()
             self._cache[key] = policy
         return policy
 
-    def _lookup(self, method: str, path: str) -> Policy:
+    def _lookup(self, method: str, path: str, host: str) -> Policy:
         # Routers (Starlette, Werkzeug) match the path as sent, dot segments included; a proxy or a server
         # behind us may resolve them first. When the two readings would get different policies, no choice
         # between them is safe (the stricter may want other scopes or another credential): refuse the request.
         # Browsers resolve dot segments before sending, so only hand-made requests ever meet this.
         parts = [p for p in path.split("/") if p]
-        policy = self._first(method, parts)
+        policy = self._first(method, parts, host)
         if "." in parts or ".." in parts:
             resolved = [p for p in normalize_path(path).split("/") if p]
-            if self._first(method, resolved) != policy:
+            if self._first(method, resolved, host) != policy:
                 return AMBIGUOUS_PATH
         return policy
 
-    def _first(self, method: str, parts: Sequence[str]) -> Policy:
+    def _first(self, method: str, parts: Sequence[str], host: str) -> Policy:
         for route in self.routes:
-            if route.matches(method, parts):
+            if route.matches(method, parts, host):
                 return route.policy
         return self.default
+
+
+def _host_pattern(host: str) -> re.Pattern[str]:
+    pieces = _INNER_PARAM.split(host)
+    literals, convertors = pieces[::2], pieces[1::2]
+    if not host or any(c not in (None, "str", "string") for c in convertors) or "{" in "".join(literals):
+        raise ConfigurationError(f"bad route host {host!r}")
+    pattern = re.escape(literals[0])
+    for literal in literals[1:]:
+        pattern += "[^/]+" + re.escape(literal)
+    return re.compile(pattern + "$")
 
 
 #: What `RouteTable.match` answers for a path whose dot segments make it match two different policies;

@@ -15,6 +15,7 @@ to the same `Route`/`Policy` rules as path configuration, ahead of them.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from starlette.routing import Route as StarletteRoute
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
 from authmw.asgi import Receive, Scope, Send
 from authmw.engine import Authenticator
-from authmw.errors import AuthError
+from authmw.errors import AuthError, ConfigurationError
 from authmw.flows import Flow, run_async
 from authmw.issuer import NOT_CONFIGURED, TokenService
 from authmw.policy import Policy, Route
@@ -101,20 +102,25 @@ def _join(prefix: str, path: str) -> str:
     return (prefix.rstrip("/") + "/" + path.lstrip("/")) if prefix else path
 
 
-def compile_routes(routes: Iterable[BaseRoute], prefix: str = "") -> list[Route]:
-    """authmw `Route` rules for every Starlette route (nested in mounts) that carries a policy."""
+def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Pattern[str] | None = None) -> list[Route]:
+    """authmw `Route` rules for every Starlette route (nested in mounts and hosts) that carries a policy."""
     compiled: list[Route] = []
     for route in routes:
         if isinstance(route, Host):
-            # The host is not part of the path: its routes' policies apply on every host (fails closed).
-            compiled.extend(compile_routes(route.routes, prefix))
+            # Starlette's own host regex: a route under one host never decides for another.
+            if host is not None:
+                raise ConfigurationError("a Host inside another Host cannot be matched; flatten them")
+            compiled.extend(compile_routes(route.routes, prefix, route.host_regex))
+            host_policy = getattr(route, POLICY_ATTRIBUTE, None)
+            if host_policy is not None:
+                compiled.append(Route(_join(prefix or "/", "{rest:path}"), host_policy, host=route.host_regex))
             continue
         if isinstance(route, Mount):
             mount_policy = getattr(route, POLICY_ATTRIBUTE, None)
-            inner = compile_routes(route.routes, _join(prefix, route.path))
+            inner = compile_routes(route.routes, _join(prefix, route.path), host)
             compiled.extend(inner)
             if mount_policy is not None:
-                compiled.append(Route(_join(_join(prefix, route.path), "{rest:path}"), mount_policy))
+                compiled.append(Route(_join(_join(prefix, route.path), "{rest:path}"), mount_policy, host=host))
             continue
         if not isinstance(route, StarletteRoute | WebSocketRoute):
             continue
@@ -126,9 +132,9 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "") -> list[Route]
             for name in ("get", "head", "post", "put", "patch", "delete", "options"):
                 method_policy = getattr(getattr(endpoint, name, None), POLICY_ATTRIBUTE, None)
                 if method_policy is not None:
-                    compiled.append(Route(path, method_policy, methods={name.upper()}))
+                    compiled.append(Route(path, method_policy, methods={name.upper()}, host=host))
         if route_policy is not None:
-            compiled.append(Route(path, route_policy, methods=methods))
+            compiled.append(Route(path, route_policy, methods=methods, host=host))
     return compiled
 
 
