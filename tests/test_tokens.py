@@ -557,6 +557,55 @@ def test_logout_everywhere_in_the_store_ends_every_family(harness: Harness) -> N
     assert harness.run(service.refresh(body(bob)))["token_type"] == "Bearer"
 
 
+def test_issue_for_a_session_that_ended_meanwhile_gives_no_tokens(harness: Harness) -> None:
+    # The session was resolved, then a logout-everywhere ended it before the refresh family was stored.
+    service = harness.service()
+    ended, never, bobs = make_session(), make_session(), make_session("bob")
+    harness.call("create", ended)
+    harness.call("create", bobs)
+    harness.call("revoke_user", "alice", time.time(), 3600.0)
+    for sid in (ended.sid, never.sid, bobs.sid):  # bob's session is no session of alice's
+        with pytest.raises(MissingCredentials) as info:
+            harness.run(service.issue_for_session(session_principal(), sid))
+        assert info.value.reason == "session_ended"
+
+
+class LogoutDuringIssue:
+    """A store whose logout-everywhere lands right after the refresh family is stored, before the pair is minted."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.nonblocking = getattr(store, "nonblocking", False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def refresh_create(self, *args: Any) -> bool:
+        created: bool = self.store.refresh_create(*args)
+        self.store.revoke_user("alice", time.time(), 3600.0)
+        return created
+
+    async def arefresh_create(self, *args: Any) -> bool:
+        created: bool = await self.store.arefresh_create(*args)
+        await self.store.arevoke_user("alice", time.time(), 3600.0)
+        return created
+
+
+def test_logout_everywhere_during_issue_leaves_no_valid_token(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    session = make_session()
+    harness.call("create", session)
+    time.sleep(0.002)  # the session's own clock reading is behind us
+    service = TokenService(auth.tokens.issuer, LogoutDuringIssue(harness.store))
+    pair = harness.run(service.issue_for_session(session_principal(), session.sid))
+    # The access token's iat was taken before the store call, so the not-before set meanwhile covers it.
+    assert harness.refused(auth, pair["access_token"]) == "revoked"
+    with pytest.raises(InvalidToken) as info:
+        harness.run(service.refresh(body(pair["refresh_token"])))
+    assert info.value.reason == "refresh_revoked"
+
+
 def test_issue_for_session_needs_a_session_principal(harness: Harness) -> None:
     service = harness.service()
     jwt_caller = Principal(id="alice", source="jwt", scopes=frozenset(ALICE_SCOPES))

@@ -185,8 +185,10 @@ class TokenService:
         self.settings = issuer.settings
         self.auditor = auditor or Auditor(None, secrets.token_bytes(32))
 
-    def _pair(self, record: RefreshRecord, token: str) -> dict[str, Any]:
-        access, _ = self.issuer.mint(record.user_id, record.scopes, auth_time=record.auth_time or None)
+    def _pair(self, record: RefreshRecord, token: str, now: float) -> dict[str, Any]:
+        # `now` was taken before the store call: a logout-everywhere that lands during it sets a not-before
+        # later than this iat, so the access token minted here is refused like every other older one.
+        access, _ = self.issuer.mint(record.user_id, record.scopes, auth_time=record.auth_time or None, now=now)
         return {
             "access_token": access,
             "token_type": "Bearer",
@@ -196,7 +198,7 @@ class TokenService:
         }
 
     def _new_refresh(
-        self, user_id: str, family: str, scopes: Iterable[str], session_sid: str | None, auth_time: float
+        self, user_id: str, family: str, scopes: Iterable[str], session_sid: str | None, auth_time: float, now: float
     ) -> tuple[RefreshRecord, str]:
         token = f"{user_tag(user_id)}.{secrets.token_urlsafe(32)}"
         record = RefreshRecord(
@@ -204,7 +206,7 @@ class TokenService:
             user_id=user_id,
             family=family,
             scopes=tuple(sorted(set(scopes))),
-            expires=time.time() + self.settings.refresh_token_ttl,
+            expires=now + self.settings.refresh_token_ttl,
             session_sid=session_sid,
             auth_time=auth_time,
         )
@@ -218,13 +220,17 @@ class TokenService:
 
     def issue(self, principal: Principal, session_sid: str | None = None) -> Flow[dict[str, Any]]:
         """A new token pair and a new refresh family for `principal` (bound to the session, if given)."""
+        now = time.time()
         family = secrets.token_urlsafe(16)
         record, token = self._new_refresh(
-            principal.id, family, principal.scopes, session_sid, principal.auth_time or time.time()
+            principal.id, family, principal.scopes, session_sid, principal.auth_time or now, now
         )
-        family_expires = time.time() + self.settings.refresh_family_ttl
-        yield StoreCall(self.store, "refresh_create", (record, family_expires, True))
-        return self._pair(record, token)
+        family_expires = now + self.settings.refresh_family_ttl
+        # The store refuses a family bound to a session that no longer exists (ended while we got here).
+        created = yield StoreCall(self.store, "refresh_create", (record, family_expires, True))
+        if not created:
+            raise MissingCredentials("the session ended before the tokens were issued", reason="session_ended")
+        return self._pair(record, token, now)
 
     def refresh(self, body: bytes) -> Flow[dict[str, Any]]:
         """Rotate the presented refresh token into a new pair; reuse revokes the whole family (401).
@@ -246,7 +252,7 @@ class TokenService:
         if outcome not in ("ok", "grace") or record is None:
             raise InvalidToken("the refresh token is invalid, expired or revoked", reason=f"refresh_{outcome}")
         self.auditor.emit("refresh", user_id=record.user_id, reason=outcome)
-        return self._pair(replace(record, token_hash=successor[0], expires=successor[1], used_at=0.0), new_token)
+        return self._pair(replace(record, token_hash=successor[0], expires=successor[1], used_at=0.0), new_token, now)
 
     def revoke_access_token(self, principal: Principal) -> Flow[None]:
         """Put a JWT principal's token on the denylist until it expires."""

@@ -237,7 +237,8 @@ class SessionStore(Protocol):
     async def arevoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None: ...
 
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
-        """Store a refresh token; False when its (existing) family was revoked meanwhile."""
+        """Store a refresh token; False when its (existing) family was revoked meanwhile, or when the session
+        it is bound to (`record.session_sid`) no longer exists."""
         ...
 
     async def arefresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool: ...
@@ -417,6 +418,10 @@ class MemoryStore:
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         now = self._clock()
         with self._lock:
+            if record.session_sid is not None:
+                session = self._live(record.session_sid, now)
+                if session is None or session[0].user_id != record.user_id:
+                    return False
             if new_family:
                 self._families[record.family] = (record.user_id, family_expires)
             elif record.family not in self._families:
@@ -578,9 +583,10 @@ return n
 
 _OUTCOMES: dict[str, RefreshOutcome] = {"ok": "ok", "grace": "grace", "reuse": "reuse", "revoked": "revoked"}
 
-# KEYS[1] token, KEYS[2] family, KEYS[3] family index; ARGV: uid, family, scopes, exp, session, auth_time,
-# token_ttl_ms, family_ttl_ms, new_family
+# KEYS[1] token, KEYS[2] family, KEYS[3] family index, KEYS[4] the bound session (when there is one);
+# ARGV: uid, family, scopes, exp, session, auth_time, token_ttl_ms, family_ttl_ms, new_family
 _REFRESH_CREATE = """
+if ARGV[5] ~= '' and (not KEYS[4] or redis.call('EXISTS', KEYS[4]) == 0) then return 0 end
 if ARGV[9] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'fam', ARGV[2], 'scopes', ARGV[3], 'exp', ARGV[4],
            'sess', ARGV[5], 'auth', ARGV[6], 'used', '0')
@@ -861,13 +867,18 @@ class RedisStore:
 
     def _plan_refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> _Plan:
         now = time.time()
+        keys = [
+            self._user_key(record.user_id, "rt", record.token_hash),
+            self._user_key(record.user_id, "fam", record.family),
+            self._user_key(record.user_id, "fams"),
+        ]
+        sid = record.session_sid
+        # A session in another user's slot is no session of this user: left undeclared, the script refuses it.
+        if sid and sid.partition(".")[0] == user_tag(record.user_id):
+            keys.append(self._session_key(sid))
         return _Plan(
             _REFRESH_CREATE,
-            [
-                self._user_key(record.user_id, "rt", record.token_hash),
-                self._user_key(record.user_id, "fam", record.family),
-                self._user_key(record.user_id, "fams"),
-            ],
+            keys,
             [
                 record.user_id,
                 record.family,
