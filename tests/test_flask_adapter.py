@@ -835,6 +835,7 @@ def test_session_data_that_cannot_be_saved_is_503(config: AuthConfig) -> None:
     response = client.post("/data/store-fails")
     assert response.status_code == 503
     assert "Retry-After" in response.headers
+    assert response.json is not None and "saved" not in response.json  # our problem document, not the view's
 
 
 # ---- P31 headers, CORS preflight ----

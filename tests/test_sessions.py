@@ -1271,6 +1271,65 @@ def test_p27_login_while_the_store_is_down_is_503_not_500(shell: str) -> None:
         assert response.headers["retry-after"]
 
 
+class SaveFails(MemoryStore):
+    """A store that goes away just for the write-back of session data."""
+
+    failing = False
+
+    def save(self, record: SessionRecord) -> bool:
+        if self.failing:
+            raise StoreUnavailable("the store went away")
+        return super().save(record)
+
+
+@pytest.mark.parametrize("shell", ["asgi", "wsgi"])
+def test_p27_session_data_that_cannot_be_saved_is_a_503_of_our_own(shell: str) -> None:
+    with Lab(shell, "memory") as lab:
+        store = SaveFails()
+        app = lab.app(store=store)
+        client = app.client()
+        client.login()
+        store.failing = True
+        response = client.get("/account?set=colour:red")
+        # Our problem document, never the app's body (which says the change was made) under a 503.
+        body = assert_problem(response, 503)
+        assert body["error"] == "temporarily_unavailable" and "data" not in body
+        assert int(response.headers["content-length"]) == len(response.content)
+        store.failing = False
+        assert client.get("/account").json()["data"] == {}
+
+
+def test_p27_unsaved_data_of_a_wsgi_app_that_starts_late_is_a_503_of_our_own() -> None:
+    # PEP 3333 lets an app call start_response with its first chunk: the 503 must still replace its body.
+    store = SaveFails()
+    closed: list[bool] = []
+
+    class Body:
+        def __init__(self, environ: dict[str, Any], start_response: Any) -> None:
+            self.environ, self.start_response = environ, start_response
+
+        def __iter__(self) -> Iterator[bytes]:
+            handle = authmw.wsgi.get_session(self.environ)
+            if self.environ["PATH_INFO"] == "/login":
+                handle.login("alice")
+            else:
+                handle.data["colour"] = "red"
+            self.start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"saved"
+
+        def close(self) -> None:
+            closed.append(True)
+
+    app = authmw.wsgi.AuthMiddleware(Body, make_config(store))
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url=BASE) as client:
+        assert client.post("/login").status_code == 200
+        store.failing = True
+        response = client.get("/account")
+    assert_problem(response, 503)
+    assert b"saved" not in response.content
+    assert closed == [True, True]
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize(
     "garbage",

@@ -75,6 +75,7 @@ class AuthMiddleware:
         # A 500 is held back until the app returns: an app's own error middleware (Starlette's) turns a store
         # outage raised by login()/logout() into a 500 before re-raising it, and that must become a 503.
         held: list[Message] = []
+        replaced: list[bool] = []
 
         async def send_with_auth_headers(message: Message) -> None:
             if held or (message["type"] == "http.response.start" and message.get("status") == 500):
@@ -83,19 +84,24 @@ class AuthMiddleware:
             await forward(message)
 
         async def forward(message: Message) -> None:
+            if replaced:  # the app's body belongs to the response our 503 replaced
+                return
             if message["type"] == "http.response.start":
                 exchange.response_started = True
                 try:
                     if exchange.state is not None and exchange.state.data_changed():
                         await run_async(exchange.finish())
                 except ServiceUnavailable as error:
-                    # The session data could not be saved: say so rather than pretend (fail closed).
+                    # The session data could not be saved: say so rather than pretend (fail closed), with a
+                    # body of our own (the app's may say the change was made).
+                    replaced.append(True)
                     failed = auth.error_response(error, exchange.view, None)
-                    message = {"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)}
-                else:
-                    changed = exchange.response_headers(message.get("headers", ()), b"")
-                    if changed is not None:
-                        message["headers"] = changed
+                    await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
+                    await send({"type": "http.response.body", "body": failed.body})
+                    return
+                changed = exchange.response_headers(message.get("headers", ()), b"")
+                if changed is not None:
+                    message["headers"] = changed
             await send(message)
 
         try:

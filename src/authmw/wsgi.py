@@ -8,12 +8,12 @@ It attaches `environ["authmw"]` (an `AuthState`), `environ["authmw.principal"]`,
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator
-from authmw.errors import AuthError, ServiceUnavailable
+from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
 from authmw.flows import run_sync
 from authmw.request import WSGIRequestView
 from authmw.sessions import SessionHandle
@@ -64,20 +64,55 @@ class AuthMiddleware:
         if exchange.passthrough:
             return self.app(environ, start_response)
 
+        # The session data could not be saved: the answer is a 503 of our own, never the app's body under it.
+        failed: list[ErrorResponse] = []
+        started: list[bool] = []
+
         def start_with_auth_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            started.append(True)
             try:
                 run_sync(exchange.finish())
             except ServiceUnavailable as error:
-                # The session data could not be saved: say so rather than pretend (fail closed).
-                failed = auth.error_response(error, exchange.view, None)
-                return start_response(status_line(503), failed.headers, exc_info)
+                failed.append(auth.error_response(error, exchange.view, None))
+                start_response(status_line(503), failed[0].headers, exc_info)
+                return _discard
+
             changed = exchange.response_headers(headers, "")
             return start_response(status, headers if changed is None else changed, exc_info)
 
         try:
-            return self.app(environ, start_with_auth_headers)
+            result = self.app(environ, start_with_auth_headers)
+            if failed:
+                _close(result)
+                return [failed[0].body]
+            if not started:  # start_response may come with the first chunk (PEP 3333)
+                return _replaced_on_failure(result, failed)
+            return result
         except ServiceUnavailable as error:
             # The app called login()/logout()… while the store was down: 503, never a 500 (fail closed).
-            failed = auth.error_response(error, exchange.view, None)
-            start_response(status_line(503), failed.headers, sys.exc_info())
-            return [failed.body]
+            refused = auth.error_response(error, exchange.view, None)
+            start_response(status_line(503), refused.headers, sys.exc_info())
+            return [refused.body]
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def _replaced_on_failure(result: Iterable[bytes], failed: list[ErrorResponse]) -> Iterator[bytes]:
+    """The app's chunks, unless its (late) start_response turned into our 503: then only the 503's body."""
+    try:
+        for chunk in result:
+            if failed:
+                break
+            yield chunk
+        if failed:
+            yield failed[0].body
+    finally:
+        _close(result)
+
+
+def _discard(data: bytes) -> None:
+    """The `write` callable handed to an app whose response was replaced by a 503."""
