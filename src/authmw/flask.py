@@ -35,7 +35,7 @@ from authmw.config import AuthConfig
 from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
 from authmw.flows import Flow, run_sync
-from authmw.issuer import NOT_CONFIGURED, TokenService
+from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, TokenService
 from authmw.policy import Policy
 from authmw.principal import ANONYMOUS, Anonymous, Principal
 from authmw.request import WSGIRequestView
@@ -325,7 +325,7 @@ class AuthMW:
         service = self._service()
         if service is None:
             return self._not_configured()
-        return self._token_response(service.refresh(request.get_data()))
+        return self._token_response(service.refresh(_bounded_body()))
 
     def jwks_view(self) -> FlaskResponse:
         service = self._service()
@@ -385,3 +385,14 @@ class AuthMW:
         for cookie in cookies:
             headers.add("Set-Cookie", cookie)
         return response
+
+
+def _bounded_body() -> bytes:
+    """At most one byte more than a refresh request may have: enough to refuse a larger one, never all of it."""
+    body = b""
+    while len(body) <= MAX_REFRESH_BODY:
+        chunk = request.stream.read(MAX_REFRESH_BODY + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body

@@ -45,6 +45,8 @@ NOT_CONFIGURED: dict[str, Any] = {
 }
 
 _REFRESH_TOKEN = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
+#: the most of a refresh request's body the endpoints read (a refresh token is 48 characters)
+MAX_REFRESH_BODY = 4096
 
 
 def jti_key(issuer: str | None, jti: str) -> str:
@@ -271,6 +273,8 @@ class TokenService:
 
 
 def _refresh_token_from(body: bytes) -> str:
+    if len(body) > MAX_REFRESH_BODY:
+        raise InvalidRequest("the request body is too large", reason="bad_refresh_request")
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError):

@@ -29,7 +29,7 @@ from authmw.asgi import Receive, Scope, Send
 from authmw.engine import Authenticator
 from authmw.errors import AuthError, ConfigurationError
 from authmw.flows import Flow, run_async
-from authmw.issuer import NOT_CONFIGURED, TokenService
+from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, TokenService
 from authmw.policy import Policy, Route
 from authmw.principal import Principal
 from authmw.request import ASGIRequestView
@@ -226,7 +226,17 @@ async def refresh_endpoint(request: Request) -> Response:
     auth, service = _token_service(request)
     if service is None:
         return _not_configured()
-    return await _token_response(request, service.refresh(await request.body()), auth)
+    return await _token_response(request, service.refresh(await _bounded_body(request)), auth)
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """At most one byte more than a refresh request may have: enough to refuse a larger one, never all of it."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_REFRESH_BODY:
+            break
+    return body[: MAX_REFRESH_BODY + 1]
 
 
 def _tokens(conn: HTTPConnection) -> TokenService:
