@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -1343,3 +1343,29 @@ def test_revoke_helpers_in_both_adapters() -> None:
         assert client.get("/me", headers=other).status_code == 401
         later = {"Authorization": f"Bearer {mint_token(cfg, 'alice')}"}
         assert client.get("/me", headers=later).status_code == 200  # minted after the revocation: fine
+
+
+class TwoArgumentRevocations:
+    """A custom revocation store written to the older two-argument `token_state`."""
+
+    nonblocking = True
+
+    def __init__(self) -> None:
+        self.not_before: dict[str, float] = {}
+
+    def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+        return self.not_before.get(user_id), False
+
+
+def test_a_custom_two_argument_revocation_store_still_works() -> None:
+    store = TwoArgumentRevocations()
+    jwt = JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store)
+    auth = Authenticator(AuthConfig(jwt=jwt))
+    harness = Harness(MemoryStore(), None)
+    token, _ = TokenIssuer(jwt).mint("alice", now=time.time() - 1)
+    assert harness.verify(auth, token).id == "alice"
+    store.not_before["alice"] = time.time()
+    assert harness.refused(auth, token) == "revoked"
+    # Only a grace needs the third argument, and that is said at start-up.
+    with pytest.raises(ConfigurationError, match="grace"):
+        Authenticator(AuthConfig(jwt=replace(jwt, revocation_grace=5.0)))

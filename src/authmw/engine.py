@@ -7,6 +7,7 @@ shell runs it with `run_sync`, the ASGI shell with `run_async`; the logic exists
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import secrets
@@ -129,6 +130,8 @@ class Authenticator:
                     self.tokens = TokenService(TokenIssuer(config.jwt), self.token_store, self.auditor)
                 except ConfigurationError as exc:
                     log.info("authmw: token issuance is off: %s", exc)
+        if self._grace and self.token_store is not None and not _takes_grace(self.token_store):
+            raise ConfigurationError("revocation_grace needs a store whose token_state() takes a grace argument")
         if self.sessions is not None and config.jwt is not None:
             self.sessions.token_store = self.token_store
             # A not-before must outlive every access token issued before it.
@@ -217,7 +220,12 @@ class Authenticator:
             key = principal.revocation_key
             if key is None and principal.token_id is not None:
                 key = jti_key(principal.issuer, principal.token_id)
-            not_before, denied = yield from store_call(self.token_store, "token_state", principal.id, key, self._grace)
+            # The grace argument only when one is configured: a store written to the two-argument form still works.
+            if self._grace:
+                state = yield from store_call(self.token_store, "token_state", principal.id, key, self._grace)
+            else:
+                state = yield from store_call(self.token_store, "token_state", principal.id, key)
+            not_before, denied = state
             if denied:
                 raise InvalidToken("the token has been revoked", reason="revoked")
             if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):
@@ -277,3 +285,13 @@ class Authenticator:
         separator = "&" if "?" in login_url else "?"
         location = f"{login_url}{separator}next={quote(view.path, safe='/')}"
         return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")
+
+
+def _takes_grace(store: Any) -> bool:
+    try:
+        parameters = inspect.signature(store.token_state).parameters
+    except (TypeError, ValueError):  # no signature to read: trust it
+        return True
+    kinds = [p.kind for p in parameters.values()]
+    positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+    return positional >= 3 or inspect.Parameter.VAR_POSITIONAL in kinds
