@@ -9,6 +9,7 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Iterator
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -77,6 +78,39 @@ def test_hits_are_served_locally_and_logout_elsewhere_is_seen(redis_url: str, pr
     while reader.load(record.sid, 60) is not None:
         assert time.monotonic() < deadline, "the logout never reached the other cache"
         time.sleep(0.001)
+
+
+class PublishMeetsAPausedServer(redis.Redis):
+    """A real client whose first PUBLISH meets a server paused for writes (CLIENT PAUSE WRITE) for 1.5 s: that
+    attempt times out (socket_timeout 1 s), as one on a connection breaking just then would."""
+
+    def __init__(self, admin: redis.Redis, **options: Any) -> None:
+        super().__init__(**options)
+        self.admin = admin
+        self.pauses = 0
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+        if not self.pauses:
+            self.pauses += 1
+            self.admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        return super().publish(channel, message, **kwargs)
+
+
+def test_an_invalidation_survives_a_publish_that_fails_after_the_write(redis_url: str, prefix: str) -> None:
+    writer, reader = _cached_store(redis_url, prefix), _cached_store(redis_url, prefix)
+    admin = redis.Redis.from_url(redis_url)
+    writer.client = PublishMeetsAPausedServer(admin, connection_pool=writer.client.connection_pool)
+    record = _record()
+    writer.create(record)  # announces nothing: a new session is in no cache
+    assert reader.load(record.sid, 60) is not None
+    # The logout's PUBLISH fails and is sent again on a fresh connection: not a 503, and announced.
+    assert writer.delete(record.sid, record.user_id) is True
+    assert writer.client.pauses == 1
+    deadline = time.monotonic() + 1.0
+    while reader.load(record.sid, 60) is not None:
+        assert time.monotonic() < deadline, "the logout never reached the other cache"
+        time.sleep(0.001)
+    admin.close()
 
 
 def test_cached_copies_are_independent(redis_url: str, prefix: str) -> None:

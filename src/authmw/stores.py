@@ -962,7 +962,13 @@ class RedisStore:
                 # Always announced, cache or not: other processes (and the CLI's changes) must reach every cache.
                 if self.local_cache is not None:
                     self.local_cache.invalidate(plan.invalidates)
-                self.client.publish(self.channel, "\n".join(plan.invalidates))
+                message = "\n".join(plan.invalidates)
+                try:
+                    self.client.publish(self.channel, message)
+                except _redis_errors():
+                    # The write is done: one more try on a fresh connection, so that a connection that broke just
+                    # now does not leave other processes' caches serving what was ended (then: 503, retry it).
+                    self.client.publish(self.channel, message)
         except _redis_errors() as exc:
             raise self._failed(exc) from None
         return plan.parse(reply)
@@ -981,7 +987,11 @@ class RedisStore:
             if plan.invalidates:
                 if self.local_cache is not None:
                     self.local_cache.invalidate(plan.invalidates)
-                await self.async_client.publish(self.channel, "\n".join(plan.invalidates))
+                message = "\n".join(plan.invalidates)
+                try:
+                    await self.async_client.publish(self.channel, message)
+                except _redis_errors():  # as above
+                    await self.async_client.publish(self.channel, message)
         except _redis_errors() as exc:
             raise self._failed(exc) from None
         return plan.parse(reply)
