@@ -192,6 +192,8 @@ class AuthMW:
     def __init__(self, app: Flask | None = None, config: AuthConfig | None = None) -> None:
         self._blueprints: dict[str, Policy] = {}
         self._last_authenticator: Authenticator | None = None
+        # Per app: (endpoint, method) -> the decorator's or blueprint's policy (None: the path rules decide).
+        self._policy_memos: list[dict[tuple[str | None, str], Policy | None]] = []
         if app is not None:
             self.init_app(app, config)
 
@@ -199,9 +201,19 @@ class AuthMW:
         config = config or app.config.get("AUTHMW_CONFIG") or AuthConfig.from_env()
         # One Authenticator per app: an extension object may serve several apps with different configs.
         app.extensions["authmw"] = self
-        app.extensions["authmw.authenticator"] = self._last_authenticator = Authenticator(config)
-        app.before_request(self._before_request)
-        app.after_request(self._after_request)
+        auth = app.extensions["authmw.authenticator"] = self._last_authenticator = Authenticator(config)
+        # Hooks bound to this app's Authenticator and views: no proxy lookups on the hot path.
+        policies: dict[tuple[str | None, str], Policy | None] = {}
+        self._policy_memos.append(policies)
+
+        def before_request() -> None:
+            self._before_request(auth, app, policies)
+
+        def after_request(response: FlaskResponse) -> FlaskResponse:
+            return self._after_request(auth, response)
+
+        app.before_request(before_request)
+        app.after_request(after_request)
         app.register_error_handler(ServiceUnavailable, self._store_down)
 
     @property
@@ -267,27 +279,44 @@ class AuthMW:
         """The default policy of every view of `blueprint` that has no decorator of its own."""
         name = blueprint if isinstance(blueprint, str) else blueprint.name
         self._blueprints[name] = value
+        for memo in self._policy_memos:
+            memo.clear()
 
-    def _policy_for(self, view_state: WSGIRequestView, auth: Authenticator) -> Policy:
-        if request.endpoint is not None:
-            view = current_app.view_functions.get(request.endpoint)
-            candidates: list[Any] = [view]
-            view_class = getattr(view, "view_class", None)
-            if view_class is not None:  # a MethodView/View: the method handler, then the class
-                method = request.method.lower()
-                handler = getattr(view_class, method, None)
-                if handler is None and method == "head":
-                    handler = getattr(view_class, "get", None)
-                candidates = [handler, view_class, view]
-            for candidate in candidates:
-                value = getattr(candidate, POLICY_ATTRIBUTE, None)
-                if isinstance(value, Policy):
-                    return value
-            for name in request.blueprints:  # innermost first; nested ones are named "parent.child"
-                for key in (name, name.rsplit(".", 1)[-1]):
-                    if key in self._blueprints:
-                        return self._blueprints[key]
-        return auth.policy_for(view_state)
+    def _policy_for(
+        self,
+        view_state: WSGIRequestView,
+        auth: Authenticator,
+        app: Flask,
+        req: Any,
+        memo: dict[tuple[str | None, str], Policy | None],
+    ) -> Policy:
+        key = (req.endpoint, req.method)
+        try:
+            found = memo[key]
+        except KeyError:
+            found = memo[key] = self._endpoint_policy(app, req) if key[0] is not None else None
+        return found if found is not None else auth.policy_for(view_state)
+
+    def _endpoint_policy(self, app: Flask, req: Any) -> Policy | None:
+        """The view's decorator, else its blueprint's default; None leaves it to the path rules."""
+        view = app.view_functions.get(req.endpoint)
+        candidates: list[Any] = [view]
+        view_class = getattr(view, "view_class", None)
+        if view_class is not None:  # a MethodView/View: the method handler, then the class
+            method = req.method.lower()
+            handler = getattr(view_class, method, None)
+            if handler is None and method == "head":
+                handler = getattr(view_class, "get", None)
+            candidates = [handler, view_class, view]
+        for candidate in candidates:
+            value = getattr(candidate, POLICY_ATTRIBUTE, None)
+            if isinstance(value, Policy):
+                return value
+        for name in req.blueprints:  # innermost first; nested ones are named "parent.child"
+            for blueprint in (name, name.rsplit(".", 1)[-1]):
+                if blueprint in self._blueprints:
+                    return self._blueprints[blueprint]
+        return None
 
     # ---- token endpoints (register them with app.add_url_rule) ----
 
@@ -337,36 +366,38 @@ class AuthMW:
 
     # ---- request hooks ----
 
-    def _before_request(self) -> None:
-        auth = self.authenticator
-        assert auth is not None, "AuthMW.init_app() was not called"
-        environ = request.environ
+    def _before_request(
+        self, auth: Authenticator, app: Flask, memo: dict[tuple[str | None, str], Policy | None]
+    ) -> None:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        state = g._get_current_object()
+        environ = req.environ
         view = WSGIRequestView(environ)
-        exchange = auth.begin(view, self._policy_for(view, auth))
-        g.authmw_exchange = exchange
+        exchange = auth.begin(view, self._policy_for(view, auth, app, req, memo))
+        state.authmw_exchange = exchange
         if exchange.state is not None:
             environ["authmw.session"] = SessionHandle(exchange.state)
         try:
             run_sync(auth.authenticate(exchange))
         except AuthError as error:
-            g.principal = None
+            state.principal = None
             response = auth.error_response(error, view, exchange.policy)
             response.headers = exchange.error_headers(response)
             raise _failure(error, response) from None
-        g.principal = exchange.principal
+        state.principal = exchange.principal
         exchange.attach_wsgi(environ)
 
-    def _after_request(self, response: FlaskResponse) -> FlaskResponse:
-        exchange: Exchange | None = g.get("authmw_exchange")
+    def _after_request(self, auth: Authenticator, response: FlaskResponse) -> FlaskResponse:
+        state = g._get_current_object()
+        exchange: Exchange | None = getattr(state, "authmw_exchange", None)
         if exchange is None or getattr(response, "_authmw_error", False):
             return response
-        exchange.principal = g.get("principal")  # login()/logout() in the view change the caller
+        exchange.principal = getattr(state, "principal", None)  # login()/logout() in the view change the caller
         try:
             if exchange.state is not None and exchange.state.data_changed():
                 run_sync(exchange.finish())
         except ServiceUnavailable as error:
-            assert self.authenticator is not None
-            failed = self.authenticator.error_response(error, exchange.view, None)
+            failed = auth.error_response(error, exchange.view, None)
             return FlaskResponse(failed.body, status=failed.status, headers=failed.headers)
         cookies = exchange.state.response_cookies() if exchange.state is not None else []
         if exchange.public and not cookies:

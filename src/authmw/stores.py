@@ -98,7 +98,7 @@ class SessionRecord:
         try:
             text = value.decode() if isinstance(value, bytes) else value
             absolute_ms, idle_ms, payload = text.split(":", 2)
-            body = json.loads(payload, parse_constant=_no_constant)
+            body = _RECORD_JSON.decode(payload)
             uid, scopes, data = body["uid"], body["scopes"], body.get("data", {})
             created, auth_time = body["created"], body["auth_time"]
             user_agent, ip, remember = body.get("ua", ""), body.get("ip", ""), body.get("remember", False)
@@ -136,6 +136,10 @@ class SessionRecord:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} in a session record")
+
+
+#: built once: `json.loads` with an option builds a new decoder on every call
+_RECORD_JSON = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _finite_number(value: Any) -> bool:
