@@ -10,6 +10,7 @@ record → no session, unreachable or hung store → `StoreUnavailable` after a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import random
@@ -732,3 +733,37 @@ def test_memory_store_is_thread_safe() -> None:
     for user in users:
         store.delete_user(user)
     assert store._sessions == {} and store._users == {}
+
+
+def test_memory_store_copies_every_field_of_a_record() -> None:
+    # MemoryStore copies records field by field (for speed): a field added later must not be dropped.
+    store = MemoryStore()
+    now = time.time()
+    values = {f.name: getattr(_FULL, f.name) for f in dataclasses.fields(SessionRecord)}
+    record = SessionRecord(**values)
+    assert {f.name for f in dataclasses.fields(SessionRecord)} == set(values)
+    store.create(record)
+    loaded = store.load(record.sid, 3600)
+    assert loaded is not None
+    for f in dataclasses.fields(SessionRecord):
+        if f.name != "last_seen":
+            assert getattr(loaded, f.name) == getattr(record, f.name), f.name
+    assert loaded.data is not record.data
+    assert loaded.last_seen >= now - 1
+
+
+_NOW = time.time()
+_FULL = SessionRecord(
+    sid=f"{user_tag('alice')}.{'x' * 43}",
+    user_id="alice",
+    scopes=("a", "b"),
+    created=_NOW - 5,
+    auth_time=_NOW - 4,
+    absolute_expiry=_NOW + 3600,
+    idle_timeout=900.0,
+    last_seen=_NOW - 3,
+    user_agent="ua",
+    ip="127.0.0.1",
+    remember=True,
+    data={"k": [1, 2]},
+)

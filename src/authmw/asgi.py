@@ -60,7 +60,8 @@ class AuthMiddleware:
         if exchange.state is not None:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:
-            await run_async(auth.authenticate(exchange))
+            if not exchange.public:
+                exchange.principal = await run_async(auth.flow(exchange.view, exchange.policy, exchange.state))
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
             return
@@ -80,8 +81,10 @@ class AuthMiddleware:
         async def send_with_auth_headers(message: Message) -> None:
             if held or (message["type"] == "http.response.start" and message.get("status") == 500):
                 held.append(message)
-                return
-            await forward(message)
+            elif message["type"] == "http.response.start" or replaced:
+                await forward(message)
+            else:
+                await send(message)
 
         async def forward(message: Message) -> None:
             if replaced:  # the app's body belongs to the response our 503 replaced

@@ -118,6 +118,13 @@ def bearer_token(view: RequestView, *, max_bytes: int) -> str | None:
     values = view.header_values("authorization")
     if not values:
         return None
+    if len(values) == 1:
+        # The common spelling, checked in one step; anything else takes the careful path below.
+        value = values[0]
+        if value.startswith("Bearer ") and len(value) - 7 <= max_bytes and _TOKEN68.fullmatch(value, 7):
+            if _has_query_token(view.query_string):
+                raise InvalidRequest("more than one credential method", reason="multiple_methods")
+            return value[7:]
     if len(values) > 1:
         raise InvalidRequest("more than one Authorization header", reason="duplicate_authorization")
     value = values[0].strip(" \t")
