@@ -14,7 +14,7 @@ from typing import Any
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, ServiceUnavailable
-from authmw.flows import run_async
+from authmw.flows import resume_async, run_async
 from authmw.principal import ANONYMOUS, AuthScopes
 from authmw.request import ASGIRequestView
 from authmw.sessions import AsyncSessionHandle
@@ -49,11 +49,20 @@ class AuthMiddleware:
         self.config = config if config is not None else AuthConfig.from_env()
         self.authenticator = Authenticator(self.config)
 
+    #: set by a subclass that must look at its first request before deciding (see `_prepare`)
+    _needs_prepare = False
+
+    def _prepare(self, scope: Scope) -> None:
+        """Called once, on the first HTTP or websocket request, when `_needs_prepare` is set."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
+        if self._needs_prepare:
+            self._needs_prepare = False
+            self._prepare(scope)
         auth = self.authenticator
         exchange = auth.begin(ASGIRequestView(scope))
         scope["authmw.authenticator"] = auth
@@ -61,7 +70,11 @@ class AuthMiddleware:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:
             if not exchange.public:
-                exchange.principal = await run_async(auth.flow(exchange.view, exchange.policy, exchange.state))
+                flow = auth.flow(exchange.view, exchange.policy, exchange.state)
+                try:  # most requests need no I/O (a cached token, a local session): no coroutine for them
+                    exchange.principal = await resume_async(flow, flow.send(None))
+                except StopIteration as done:
+                    exchange.principal = done.value
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
             return

@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Blocking", "Effect", "Flow", "StoreCall", "run_async", "run_sync", "store_call"]
+__all__ = ["Blocking", "Effect", "Flow", "StoreCall", "resume_async", "run_async", "run_sync", "store_call"]
 
 T = TypeVar("T")
 
@@ -92,6 +92,15 @@ async def run_async(flow: Flow[T]) -> T:
     """Drive a flow on an event loop; effects that never block (an in-memory store) run inline."""
     try:
         effect = flow.send(None)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+    return await resume_async(flow, effect)
+
+
+async def resume_async(flow: Flow[T], effect: Effect) -> T:
+    """Drive a flow on from the effect it first yielded (see `run_async`)."""
+    try:
         while True:
             try:
                 result = effect.run_sync() if getattr(effect, "nonblocking", False) else await effect.run_async()

@@ -235,6 +235,9 @@ class SessionManager:
             attributes.append("Secure")
         self._attributes = "; ".join(attributes)
         self._verified: dict[str, tuple[str, float]] = {}  # cookie value -> (session id, signed at)
+        # session id -> (the record's scopes, its principal): a Principal is immutable, and building one is
+        # a good part of a session request's cost. Reused only while the record still says the same.
+        self._principals: dict[str, tuple[tuple[str, ...], Principal]] = {}
         #: where access-token revocations live (set by the Authenticator when JWTs are configured)
         self.token_store: Any = None
         self.not_before_ttl = 2 * 24 * 3600.0
@@ -258,14 +261,17 @@ class SessionManager:
             return None
         # P22: a duplicate (tossed) cookie, an oversized or oddly shaped value: no session, and clear it.
         value = found[0]
-        too_large = len(name) + 1 + len(value) > self._max_cookie  # P13: name and value together
-        if len(found) > 1 or too_large or _COOKIE_VALUE.fullmatch(value) is None:
+        if len(found) > 1:
             state.bad_cookie = True
             return None
         now = time.time()
-        verified = self._verified.get(value)
+        verified = self._verified.get(value)  # only values that passed every check below are remembered
         if verified is not None and now - verified[1] <= self._max_age:
             return verified[0]
+        too_large = len(name) + 1 + len(value) > self._max_cookie  # P13: name and value together
+        if too_large or _COOKIE_VALUE.fullmatch(value) is None:
+            state.bad_cookie = True
+            return None
         try:
             sid_bytes, signed_at = self._signer.unsign(value, max_age=int(self._max_age), return_timestamp=True)
             sid = sid_bytes.decode("ascii")
@@ -306,7 +312,22 @@ class SessionManager:
             state.bad_cookie = True
             return None
         state.record = record
-        return self.principal_of(record)
+        known = self._principals.get(sid)
+        if known is not None:
+            scopes, principal = known
+            if (
+                scopes == record.scopes
+                and principal.id == record.user_id
+                and principal.auth_time == record.auth_time
+                and principal.issued_at == record.created
+                and principal.expires_at == record.absolute_expiry
+            ):
+                return principal
+        principal = self.principal_of(record)
+        if len(self._principals) >= 10_000:
+            self._principals.clear()
+        self._principals[sid] = (record.scopes, principal)
+        return principal
 
     @staticmethod
     def principal_of(record: SessionRecord) -> Principal:

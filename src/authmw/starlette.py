@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Host, Mount, WebSocketRoute
 from starlette.routing import Route as StarletteRoute
 
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
-from authmw.asgi import Receive, Scope, Send
+from authmw.asgi import Scope
 from authmw.engine import Authenticator
 from authmw.errors import AuthError, ConfigurationError
 from authmw.flows import Flow, run_async
@@ -141,17 +141,14 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Patte
 class AuthMiddleware(_ASGIAuthMiddleware):
     """authmw's ASGI middleware, plus endpoint policies compiled from the Starlette app's routes."""
 
-    _compiled = False
+    _needs_prepare = True
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._compiled and scope["type"] in ("http", "websocket"):
-            self._compiled = True
-            routes = getattr(scope.get("app"), "routes", None)
-            if routes:
-                rules = compile_routes(routes)
-                self.authenticator.add_routes(rules)
-                log.debug("authmw: %d endpoint policies compiled", len(rules))
-        await super().__call__(scope, receive, send)
+    def _prepare(self, scope: Scope) -> None:
+        routes = getattr(scope.get("app"), "routes", None)
+        if routes:
+            rules = compile_routes(routes)
+            self.authenticator.add_routes(rules)
+            log.debug("authmw: %d endpoint policies compiled", len(rules))
 
 
 def session(conn: HTTPConnection) -> AsyncSessionHandle:
