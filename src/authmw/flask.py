@@ -406,13 +406,16 @@ class AuthMW:
         headers = response.headers
         vary = headers.getlist("Vary")
         if not vary:
-            headers["Vary"] = "Cookie, Authorization"
+            headers.add("Vary", "Cookie, Authorization")  # add: nothing to replace, no second scan
         else:
             present = {v.strip().lower() for value in vary for v in value.split(",")}
             missing = [v for v in ("Cookie", "Authorization") if v.lower() not in present]
             headers["Vary"] = "*" if "*" in present else ", ".join([*vary, *missing])
         if exchange.principal is not None or cookies:
-            headers["Cache-Control"] = "no-store"
+            if "Cache-Control" in headers:
+                headers["Cache-Control"] = "no-store"
+            else:
+                headers.add("Cache-Control", "no-store")
         for cookie in cookies:
             headers.add("Set-Cookie", cookie)
         return response

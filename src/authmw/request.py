@@ -94,11 +94,16 @@ class WSGIRequestView(RequestView):
 
     def header_values(self, name: str) -> list[str]:
         # WSGI servers join repeated fields with commas (RFC 9110 §5.3); parsers below treat commas as malformed.
-        key = "HTTP_" + name.upper().replace("-", "_")
-        if name == "content-type":
-            key = "CONTENT_TYPE"
+        key = _WSGI_KEYS.get(name)
+        if key is None:
+            key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
+            if len(_WSGI_KEYS) < 256:  # names come from authmw's code, never from requests; bounded anyway
+                _WSGI_KEYS[name] = key
         value = self._environ.get(key)
         return [] if value is None else [value]
+
+
+_WSGI_KEYS: dict[str, str] = {}
 
 
 def _has_query_token(query_string: bytes) -> bool:

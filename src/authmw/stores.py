@@ -384,11 +384,11 @@ class MemoryStore:
 
     def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
         now = self._clock()
-        with self._lock:
-            entry = self._not_before.get(user_id)
-            not_before = entry[0] if entry is not None and entry[1] > now else None
-            denied = jti_key is not None and self._denied.get((user_id, jti_key), 0.0) > now
-            return not_before, denied
+        # No lock: two single dict reads (each atomic); nothing here must be consistent with anything else.
+        entry = self._not_before.get(user_id)
+        not_before = entry[0] if entry is not None and entry[1] > now else None
+        denied = jti_key is not None and self._denied.get((user_id, jti_key), 0.0) > now
+        return not_before, denied
 
     def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
         now = self._clock()
