@@ -263,3 +263,28 @@ def test_revocation_grace_is_an_explicit_opt_in_while_redis_is_down() -> None:
         assert store.token_state("carol", "jti-9", grace=30) == (None, False)
         with pytest.raises(StoreUnavailable):
             store.token_state("carol", "never-seen", grace=30)  # nothing known: still closed
+
+
+def _listens_again_in_the_child(store: RedisStore, record_sid: str) -> None:
+    cache = store.local_cache
+    assert cache is not None
+    # The parent's listener thread did not survive the fork: serving from the inherited cache must wait for a
+    # listener of the child's own (and a fresh, emptied cache).
+    assert store.peek_load(record_sid, 60) is None
+    _wait_healthy(store)
+    assert cache._thread is not None and not getattr(cache._thread, "from_the_parent", False)
+
+
+def test_a_forked_child_starts_its_own_listener(redis_url: str, prefix: str) -> None:
+    store = _cached_store(redis_url, prefix)
+    record = _record()
+    store.create(record)
+    assert store.load(record.sid, 60) is not None
+    assert store.peek_load(record.sid, 60) is not None  # cached in the parent
+    cache = store.local_cache
+    assert cache is not None and cache._thread is not None
+    cache._thread.from_the_parent = True  # type: ignore[attr-defined]
+    child = multiprocessing.get_context("fork").Process(target=_listens_again_in_the_child, args=(store, record.sid))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0

@@ -13,13 +13,11 @@ so the idle timeout keeps working and a lost message can never keep a session al
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from authmw.stores import SessionRecord
@@ -29,6 +27,19 @@ __all__ = ["LocalCache"]
 log = logging.getLogger("authmw")
 
 _MAX_TOKEN_STATE_AGE = 60.0
+
+#: how many forks this process descends from (counted in the child): a cache started before a fork must
+#: start its listener again in the child
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class LocalCache:
@@ -56,7 +67,7 @@ class LocalCache:
         #: when anything (a message, a pong) last came over the channel (monotonic); silence means a dead link
         self._last_heard = float("-inf")
         self._silence_limit = 2 * ping_interval + 0.5
-        self._pid = -1
+        self._fork_generation = -1
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -64,12 +75,13 @@ class LocalCache:
 
     def ensure_listening(self) -> None:
         """Start the listener thread in this process (again after a fork: threads do not survive it)."""
-        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+        # The fork generation instead of os.getpid(): a system call on every request is not free.
+        if self._fork_generation == _forks and self._thread is not None and self._thread.is_alive():
             return
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            if self._fork_generation == _forks and self._thread is not None and self._thread.is_alive():
                 return
-            self._pid = os.getpid()
+            self._fork_generation = _forks
             self.healthy = False
             self._clear()
             self._stopped.clear()
@@ -172,7 +184,7 @@ class LocalCache:
         ):
             return None
         # A copy: requests must not share (or mutate) one another's view of the data bag.
-        return replace(record, data=copy.deepcopy(record.data)) if record.data else replace(record, data={})
+        return record.clone()
 
     def put_session(self, record: SessionRecord, epoch: int) -> None:
         with self._lock:
