@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Host, Mount, Router, WebSocketRoute
+from starlette.routing import BaseRoute, Host, Mount, Router, WebSocketRoute
 from starlette.routing import Route as StarletteRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -516,6 +516,15 @@ def test_each_host_keeps_its_own_policies(config: AuthConfig) -> None:
         # The endpoint's own policy comes first; the Host's policy covers the rest of that host.
         assert client.get("/page").status_code == 200
         assert client.get("/elsewhere").status_code == 401
+
+
+def test_a_route_type_authmw_cannot_look_into_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    class Opaque(BaseRoute):
+        pass
+
+    with caplog.at_level("WARNING", logger="authmw"):
+        assert compile_routes([Opaque(), StarletteRoute("/x", jwt_any)]) == [Route("/x", Policy.jwt(), ["GET"])]
+    assert "cannot look inside Opaque" in caplog.text
 
 
 # ---- request.user, request.auth, requires ----

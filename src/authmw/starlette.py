@@ -103,7 +103,8 @@ def _join(prefix: str, path: str) -> str:
 
 
 def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Pattern[str] | None = None) -> list[Route]:
-    """authmw `Route` rules for every Starlette route (nested in mounts and hosts) that carries a policy."""
+    """authmw `Route` rules for every Starlette route (nested in mounts and hosts, and in FastAPI's included
+    routers) that carries a policy."""
     compiled: list[Route] = []
     for route in routes:
         if isinstance(route, Host):
@@ -122,20 +123,52 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Patte
             if mount_policy is not None:
                 compiled.append(Route(_join(_join(prefix, route.path), "{rest:path}"), mount_policy, host=host))
             continue
-        if not isinstance(route, StarletteRoute | WebSocketRoute):
+        if isinstance(route, StarletteRoute | WebSocketRoute):
+            methods = getattr(route, "methods", None)
+            compiled.extend(_endpoint_rules(route, route.endpoint, _join(prefix, route.path), methods, host))
             continue
-        path = _join(prefix, route.path)
-        endpoint = route.endpoint
-        route_policy = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
-        methods = getattr(route, "methods", None)
-        if isinstance(endpoint, type):  # HTTPEndpoint: a policy per method handler
-            for name in ("get", "head", "post", "put", "patch", "delete", "options"):
-                method_policy = getattr(getattr(endpoint, name, None), POLICY_ATTRIBUTE, None)
-                if method_policy is not None:
-                    compiled.append(Route(path, method_policy, methods={name.upper()}, host=host))
-        if route_policy is not None:
-            compiled.append(Route(path, route_policy, methods=methods, host=host))
+        effective = getattr(route, "effective_candidates", None)
+        if callable(effective):
+            # FastAPI's included router: its routes, each with the path and methods FastAPI serves it under.
+            for candidate in effective():
+                if callable(getattr(candidate, "effective_candidates", None)):
+                    compiled.extend(compile_routes([candidate], prefix, host))
+                    continue
+                original = getattr(candidate, "original_route", None)
+                endpoint = getattr(candidate, "endpoint", None) or getattr(original, "endpoint", None)
+                path = getattr(candidate, "path", "") or getattr(original, "path", "")
+                if not path:
+                    _cannot_see(candidate)
+                    continue
+                methods = getattr(candidate, "methods", None) or None
+                compiled.extend(_endpoint_rules(original, endpoint, _join(prefix, path), methods, host))
+            continue
+        _cannot_see(route)
     return compiled
+
+
+def _endpoint_rules(
+    route: Any, endpoint: Any, path: str, methods: Iterable[str] | None, host: re.Pattern[str] | None
+) -> list[Route]:
+    """The rules of one endpoint: per-method handlers of an `HTTPEndpoint` first, then the route's own policy."""
+    rules: list[Route] = []
+    if isinstance(endpoint, type):  # HTTPEndpoint: a policy per method handler
+        for name in ("get", "head", "post", "put", "patch", "delete", "options"):
+            method_policy = getattr(getattr(endpoint, name, None), POLICY_ATTRIBUTE, None)
+            if method_policy is not None:
+                rules.append(Route(path, method_policy, methods={name.upper()}, host=host))
+    route_policy = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
+    if route_policy is not None:
+        rules.append(Route(path, route_policy, methods=methods, host=host))
+    return rules
+
+
+def _cannot_see(route: Any) -> None:
+    # Decorators inside a route type we cannot look into are not seen: the path rules and the default apply.
+    log.warning(
+        "authmw: cannot look inside %s; endpoint policies in it are not applied (path rules and the default are)",
+        type(route).__name__,
+    )
 
 
 class AuthMiddleware(_ASGIAuthMiddleware):
