@@ -425,8 +425,13 @@ def check(request: FuzzRequest, outcome: Outcome) -> None:
         if seen.principal is not None:
             assert earned(request, seen.principal), f"a principal was attached without its credential: {request}"
         state = seen.state
-        preflight = request.method == "OPTIONS" and all(
-            len(_values(request, name)) == 1 for name in ("access-control-request-method", "origin")
+        asked, origins = _values(request, "access-control-request-method"), _values(request, "origin")
+        preflight = (
+            request.method == "OPTIONS"
+            and len(asked) == 1
+            and re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", asked[0]) is not None
+            and len(origins) == 1
+            and "," not in origins[0]
         )
         if state is not None and state.policy.auth_required and not preflight:
             assert seen.principal is not None, "an anonymous caller reached a route that requires authentication"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
@@ -42,6 +43,8 @@ from authmw.tokens import JWTVerifier
 __all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
 
 log = logging.getLogger("authmw")
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +173,11 @@ class Authenticator:
         # Browsers never send credentials on a preflight; refusing it would break CORS for every route.
         # Only what a browser sends qualifies: `OPTIONS` spelt exactly so (CORS middleware compares it
         # case-sensitively and would hand an `options` request to the app), with Origin and the method asked for.
-        return (
-            view.method_as_sent == "OPTIONS"
-            and view.header("access-control-request-method") is not None
-            and view.header("origin") is not None
-        )
+        # One method token and one origin (a WSGI server joins repeated fields with commas: not a preflight either).
+        if view.method_as_sent != "OPTIONS":
+            return False
+        asked, origin = view.header("access-control-request-method"), view.header("origin")
+        return asked is not None and _METHOD.fullmatch(asked) is not None and origin is not None and "," not in origin
 
     def flow(self, view: RequestView, policy: Policy, session: SessionState | None = None) -> Flow[Principal | None]:
         """Resolve and check the caller for a non-public `policy`.
