@@ -194,7 +194,9 @@ class Authenticator:
             self.decide(policy, principal)
             return principal
         if "jwt" in policy.accept:
-            token = bearer_token(view, max_bytes=self._max_token_bytes)
+            verifier = self.verifier
+            known = verifier.verified_tokens if verifier is not None else ()
+            token = bearer_token(view, max_bytes=self._max_token_bytes, known=known)
             if token is not None:
                 principal = yield from self._verify_jwt(token)
         if principal is None and session is not None and "session" in policy.accept:
@@ -218,16 +220,19 @@ class Authenticator:
             if not (yield Blocking(lambda: keyset.ensure_fresh(force=True))):
                 raise
             principal = verifier.verify(token)
-        if self.token_store is not None:
+        store = self.token_store
+        if store is not None:
             # After the signature and after the cache: a revoked token is refused even when cached.
             key = principal.revocation_key
             if key is None and principal.token_id is not None:
                 key = jti_key(principal.issuer, principal.token_id)
             # The grace argument only when one is configured: a store written to the two-argument form still works.
             if self._grace:
-                state = yield from store_call(self.token_store, "token_state", principal.id, key, self._grace)
+                state = yield from store_call(store, "token_state", principal.id, key, self._grace)
+            elif getattr(store, "nonblocking", False):  # in-process: no effect to yield
+                state = store.token_state(principal.id, key)
             else:
-                state = yield from store_call(self.token_store, "token_state", principal.id, key)
+                state = yield from store_call(store, "token_state", principal.id, key)
             not_before, denied = state
             if denied:
                 raise InvalidToken("the token has been revoked", reason="revoked")

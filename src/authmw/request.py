@@ -7,7 +7,7 @@ when a policy needs them, so a public route costs almost nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any, AnyStr
 from urllib.parse import parse_qsl
 
@@ -113,12 +113,13 @@ def _has_query_token(query_string: bytes) -> bool:
     return any(name == "access_token" for name, _ in pairs)
 
 
-def bearer_token(view: RequestView, *, max_bytes: int) -> str | None:
+def bearer_token(view: RequestView, *, max_bytes: int, known: Container[str] = ()) -> str | None:
     """The one bearer token of this request, or None when no bearer credential was presented.
 
     Raises `InvalidRequest` (400) for duplicate or malformed Authorization fields and for a second
     credential method (P25), `InvalidToken` (401) for a token over `max_bytes` (P13, before any parsing).
     An Authorization field of another scheme (e.g. Basic) is not a bearer credential and is left alone.
+    `known` holds tokens that already passed these checks (the verifier's cache): their syntax is not re-checked.
     """
     values = view.header_values("authorization")
     if not values:
@@ -126,10 +127,12 @@ def bearer_token(view: RequestView, *, max_bytes: int) -> str | None:
     if len(values) == 1:
         # The common spelling, checked in one step; anything else takes the careful path below.
         value = values[0]
-        if value.startswith("Bearer ") and len(value) - 7 <= max_bytes and _TOKEN68.fullmatch(value, 7):
-            if _has_query_token(view.query_string):
-                raise InvalidRequest("more than one credential method", reason="multiple_methods")
-            return value[7:]
+        if value.startswith("Bearer ") and len(value) - 7 <= max_bytes:
+            token = value[7:]
+            if token in known or _TOKEN68.fullmatch(token) is not None:
+                if _has_query_token(view.query_string):
+                    raise InvalidRequest("more than one credential method", reason="multiple_methods")
+                return token
     if len(values) > 1:
         raise InvalidRequest("more than one Authorization header", reason="duplicate_authorization")
     value = values[0].strip(" \t")

@@ -307,7 +307,12 @@ class SessionManager:
         sid = state.cookie_sid()
         if sid is None:
             return None
-        record: SessionRecord | None = yield from store_call(self.store, "load", sid, self.touch_interval)
+        store = self.store
+        record: SessionRecord | None
+        if getattr(store, "nonblocking", False):  # in-process: no effect to yield
+            record = store.load(sid, self.touch_interval)
+        else:
+            record = yield from store_call(store, "load", sid, self.touch_interval)
         if record is None or record.absolute_expiry <= time.time():
             state.bad_cookie = True
             return None

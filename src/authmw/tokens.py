@@ -16,7 +16,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -294,6 +294,11 @@ class JWTVerifier:
         # Drop the oldest quarter: insertion order approximates age; cheap and bounded.
         for key in list(self._cache)[: max(1, self._cache_size // 4)]:
             self._cache.pop(key, None)
+
+    @property
+    def verified_tokens(self) -> Container[str]:
+        """Token strings verified before (and still cached): they passed every syntax check already."""
+        return self._cache
 
     def clear_cache(self) -> None:
         self._cache.clear()
