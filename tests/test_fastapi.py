@@ -165,3 +165,44 @@ def test_routers_included_with_a_prefix_keep_their_policies(client: TestClient, 
     assert client.get("/v1/admin/reports/2026/q4", headers=bearer(config, {"admin"})).status_code == 401
     client.post("/login")
     assert client.get("/v1/admin/reports/2026/q4").json() == {"report": "2026/q4"}
+
+
+def test_starlette_routes_websockets_and_mounts_inside_an_included_router(config: AuthConfig) -> None:
+    # FastAPI rebuilds these at their prefixed path: the policies must follow them there.
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount
+    from starlette.routing import Route as StarletteRoute
+
+    from authmw.starlette import with_policy
+
+    @jwt_required(scopes={"admin"})
+    async def secret(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("secret")
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    router = APIRouter()
+    router.add_route("/secret", secret, methods=["GET"])
+    router.routes.append(with_policy(StarletteRoute("/declared", plain), Policy.jwt(scopes={"admin"})))
+    router.routes.append(with_policy(Mount("/files", routes=[StarletteRoute("/{name}", plain)]), Policy.session()))
+
+    @router.websocket("/ws")
+    @jwt_required(scopes={"admin"})
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("secret")
+        await websocket.close()
+
+    app = FastAPI()
+    app.add_middleware(AuthMiddleware, config=config)
+    app.include_router(router, prefix="/admin")
+    with TestClient(app) as client:
+        for path in ("/admin/secret", "/admin/declared"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers=bearer(config, {"items:read"})).status_code == 403
+            assert client.get(path, headers=bearer(config, {"admin"})).text in ("secret", "plain")
+        assert client.get("/admin/files/a.txt", headers=bearer(config, {"admin"})).status_code == 401
+        no_admin = bearer(config, set())
+        with pytest.raises(WebSocketDenialResponse), client.websocket_connect("/admin/ws", headers=no_admin):
+            pass

@@ -527,6 +527,22 @@ def test_a_route_type_authmw_cannot_look_into_is_reported(caplog: pytest.LogCapt
     assert "cannot look inside Opaque" in caplog.text
 
 
+def test_a_route_table_that_cannot_be_compiled_fails_every_request(config: AuthConfig) -> None:
+    # A Host inside a Host cannot be compiled: every request is refused with a 500, none runs unprotected.
+    inner = Router([Host("api.example", app=Router([StarletteRoute("/admin", jwt_read)]))])
+    app = build(config, routes=[Host("{sub}.example", app=inner)])
+    with TestClient(app, raise_server_exceptions=False, base_url="http://api.example") as client:
+        assert client.get("/admin").status_code == 500
+        assert client.get("/admin").status_code == 500
+
+
+def test_a_policy_on_a_root_mount(config: AuthConfig) -> None:
+    app = build(config, routes=[with_policy(Mount("/", routes=[StarletteRoute("/x", undecorated)]), Policy.jwt())])
+    with TestClient(app) as client:
+        assert client.get("/x").status_code == 401
+        assert client.get("/x", headers=bearer(config)).status_code == 200
+
+
 # ---- request.user, request.auth, requires ----
 
 

@@ -61,8 +61,10 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         if self._needs_prepare:
-            self._needs_prepare = False
+            # Done only once it has worked: a failure answers every request with the error (fail closed),
+            # never serves them without what preparing was for.
             self._prepare(scope)
+            self._needs_prepare = False
         auth = self.authenticator
         exchange = auth.begin(ASGIRequestView(scope))
         scope["authmw.authenticator"] = auth

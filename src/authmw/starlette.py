@@ -99,7 +99,8 @@ def with_policy(route: R, value: Policy) -> R:
 
 
 def _join(prefix: str, path: str) -> str:
-    return (prefix.rstrip("/") + "/" + path.lstrip("/")) if prefix else path
+    # Always a leading slash: a root Mount's path is "" in Starlette.
+    return prefix.rstrip("/") + "/" + path.lstrip("/")
 
 
 def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Pattern[str] | None = None) -> list[Route]:
@@ -135,9 +136,18 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Patte
                     compiled.extend(compile_routes([candidate], prefix, host))
                     continue
                 original = getattr(candidate, "original_route", None)
-                endpoint = getattr(candidate, "endpoint", None) or getattr(original, "endpoint", None)
-                path = getattr(candidate, "path", "") or getattr(original, "path", "")
-                if not path:
+                rebuilt = getattr(candidate, "starlette_route", None)
+                if isinstance(rebuilt, BaseRoute):
+                    # A Starlette route, websocket route, mount or host, rebuilt by FastAPI at its prefixed path;
+                    # a with_policy() on the route the app declared carries over.
+                    declared = getattr(original, POLICY_ATTRIBUTE, None)
+                    if declared is not None and getattr(rebuilt, POLICY_ATTRIBUTE, None) is None:
+                        setattr(rebuilt, POLICY_ATTRIBUTE, declared)
+                    compiled.extend(compile_routes([rebuilt], prefix, host))
+                    continue
+                endpoint = getattr(candidate, "endpoint", None)
+                path = getattr(candidate, "path", "")
+                if endpoint is None or not path:
                     _cannot_see(candidate)
                     continue
                 methods = getattr(candidate, "methods", None) or None
