@@ -1282,3 +1282,13 @@ def test_examples_answer_edge_cases_identically(monkeypatch: pytest.MonkeyPatch,
     steps = [login_step, (name, method, path, options)]
     starlette_answers, flask_answers = both_examples(monkeypatch, steps)
     assert starlette_answers == flask_answers
+
+
+def test_the_view_policy_memo_is_bounded_by_views_not_by_requests(config: AuthConfig) -> None:
+    app, auth = build(config)
+    client = app.test_client()
+    for i in range(300):  # unknown paths and made-up methods: no view, nothing remembered
+        client.open(f"/nowhere/{i}", method=f"M{i}")
+        client.open("/jwt", method=f"X{i}")  # a known path, a method it does not allow (405)
+    client.get("/jwt")
+    assert sum(len(memo) for memo in auth._policy_memos) <= 2

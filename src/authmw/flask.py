@@ -290,11 +290,16 @@ class AuthMW:
         req: Any,
         memo: dict[tuple[str | None, str], Policy | None],
     ) -> Policy:
-        key = (req.endpoint, req.method)
+        endpoint = req.endpoint
+        if endpoint is None:  # no view matched (404/405): the path rules decide; nothing to remember
+            return auth.policy_for(view_state)
+        key = (endpoint, req.method)
         try:
             found = memo[key]
         except KeyError:
-            found = memo[key] = self._endpoint_policy(app, req) if key[0] is not None else None
+            if len(memo) >= 4096:  # views x methods: small, but never let requests grow it without bound
+                memo.clear()
+            found = memo[key] = self._endpoint_policy(app, req)
         return found if found is not None else auth.policy_for(view_state)
 
     def _endpoint_policy(self, app: Flask, req: Any) -> Policy | None:
