@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authmw import ConfigurationError, Policy, Route, RouteTable
-from authmw.policy import AMBIGUOUS_PATH, normalize_path
+from authmw.policy import AMBIGUOUS_PATH, DEFER, normalize_path
 
 REQUIRED = Policy.jwt()
 DEFAULT = Policy.optional()
@@ -377,3 +377,15 @@ def test_route_limited_to_a_host() -> None:
 def test_bad_route_host_is_refused(host: str) -> None:
     with pytest.raises(ConfigurationError):
         Route("/x", REQUIRED, host=host)
+
+
+def test_a_defer_rule_skips_the_remaining_endpoint_rules_but_not_the_path_rules() -> None:
+    public, session = Policy.public(), Policy.session()
+    compiled = [Route("/app/{rest:path}", DEFER), Route("/{rest:path}", public)]
+    path_rules = [Route("/app/reports", session)]
+    routes = RouteTable([*compiled, *path_rules], DEFAULT, path_rules_start=len(compiled))
+    assert routes.match("GET", "/app/reports") is session  # a path rule still applies under the DEFER
+    assert routes.match("GET", "/app/other") is DEFAULT  # the later endpoint rule does not
+    assert routes.match("GET", "/elsewhere") is public
+    # A DEFER among path rules (it never is, but) is no answer: it is passed over.
+    assert RouteTable([Route("/x", DEFER)], DEFAULT).match("GET", "/x") is DEFAULT

@@ -543,6 +543,28 @@ def test_a_policy_on_a_root_mount(config: AuthConfig) -> None:
         assert client.get("/x", headers=bearer(config)).status_code == 200
 
 
+@pytest.mark.parametrize("container", ["host", "mount"])
+def test_a_host_or_mount_keeps_later_endpoint_rules_off_its_paths(container: str) -> None:
+    # Starlette's Host (every path of its host) and Mount (every path under it) swallow those paths: a route
+    # after them never runs for them, so its policy (here a public catch-all) must not decide for them either.
+    config = AuthConfig(
+        jwt=JWTSettings(algorithms=["HS256"], keys=JWT_KEY),
+        routes=[Route("/app/open", Policy.public()), Route("/open", Policy.public())],
+        default=Policy.jwt(),
+    )
+    inner = [StarletteRoute("/dashboard", undecorated), StarletteRoute("/open", undecorated)]
+    swallowing: Any = Host("admin.example", app=Router(inner)) if container == "host" else Mount("/app", routes=inner)
+    app = build(config, routes=[swallowing, with_policy(StarletteRoute("/{rest:path}", undecorated), Policy.public())])
+    prefix = "" if container == "host" else "/app"
+    with TestClient(app, base_url="http://admin.example") as client:
+        assert client.get(f"{prefix}/dashboard").status_code == 401  # the default, not the later public route
+        assert client.get(f"{prefix}/dashboard", headers=bearer(config)).status_code == 200
+        assert client.get(f"{prefix}/open").status_code == 200  # the path rules still apply inside
+    with TestClient(app, base_url="http://elsewhere.example") as client:
+        if container == "host":
+            assert client.get("/dashboard").status_code == 200  # another host: the public catch-all serves it
+
+
 # ---- request.user, request.auth, requires ----
 
 

@@ -141,8 +141,10 @@ class Authenticator:
             self.sessions.not_before_ttl = config.jwt.max_lifetime + config.jwt.leeway
 
     def add_routes(self, routes: Sequence[Route]) -> None:
-        """Put `routes` (e.g. compiled from endpoint decorators) before the configured path rules."""
-        self.table = RouteTable([*routes, *self.table.routes], self.table.default)
+        """Put `routes` (compiled from an app's endpoints) before the configured path rules, replacing any
+        compiled before."""
+        path_rules = self.config.routes
+        self.table = RouteTable([*routes, *path_rules], self.table.default, path_rules_start=len(routes))
 
     def policy_for(self, view: RequestView) -> Policy:
         table = self.table

@@ -15,7 +15,7 @@ from typing import Literal
 from authmw.errors import ConfigurationError
 from authmw.principal import CredentialKind
 
-__all__ = ["AMBIGUOUS_PATH", "Policy", "Route", "RouteTable", "normalize_path"]
+__all__ = ["AMBIGUOUS_PATH", "DEFER", "Policy", "Route", "RouteTable", "normalize_path"]
 
 _KINDS: frozenset[CredentialKind] = frozenset(("session", "jwt"))
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -234,11 +234,16 @@ class Route:
 class RouteTable:
     """Routes compiled once; `match` is the per-request lookup (memoised per method and path, bounded)."""
 
-    __slots__ = ("_cache", "_cache_size", "default", "routes", "uses_host")
+    __slots__ = ("_cache", "_cache_size", "default", "path_rules_start", "routes", "uses_host")
 
-    def __init__(self, routes: Sequence[Route], default: Policy, *, cache_size: int = 4096) -> None:
+    def __init__(
+        self, routes: Sequence[Route], default: Policy, *, cache_size: int = 4096, path_rules_start: int = 0
+    ) -> None:
         self.routes = tuple(routes)
         self.default = default
+        #: where the configured path rules begin (before them: rules compiled from an app's endpoints); a matching
+        #: `DEFER` rule before this index skips the rest of the endpoint rules
+        self.path_rules_start = path_rules_start
         #: whether `match` needs the request's host (some route is limited to a host)
         self.uses_host = any(route.host is not None for route in self.routes)
         self._cache: dict[tuple[str, str, str], Policy] = {}
@@ -270,9 +275,17 @@ class RouteTable:
         return policy
 
     def _first(self, method: str, parts: Sequence[str], host: str) -> Policy:
-        for route in self.routes:
+        routes = self.routes
+        index, count = 0, len(routes)
+        while index < count:
+            route = routes[index]
             if route.matches(method, parts, host):
-                return route.policy
+                if route.policy is not DEFER:
+                    return route.policy
+                if index < self.path_rules_start:
+                    index = self.path_rules_start  # the app's router goes no further: only path rules remain
+                    continue
+            index += 1
         return self.default
 
 
@@ -286,6 +299,11 @@ def _host_pattern(host: str) -> re.Pattern[str]:
         pattern += "[^/]+" + re.escape(literal)
     return re.compile(pattern + "$")
 
+
+#: A compiled rule that says "the app's router stops here, on a route without a policy of its own": e.g. a
+#: Starlette `Mount` or `Host` takes every path under it, so endpoint rules after it must not decide for those
+#: paths; the configured path rules (and the default) still do. Compared by identity, never by value.
+DEFER = Policy(csrf=False)
 
 #: What `RouteTable.match` answers for a path whose dot segments make it match two different policies;
 #: the engine refuses such a request with 400 invalid_request (compared by identity, never by value).

@@ -30,7 +30,7 @@ from authmw.engine import Authenticator
 from authmw.errors import AuthError, ConfigurationError
 from authmw.flows import Flow, run_async
 from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, TokenService
-from authmw.policy import Policy, Route
+from authmw.policy import DEFER, Policy, Route
 from authmw.principal import Principal
 from authmw.request import ASGIRequestView
 from authmw.sessions import AsyncSessionHandle, SessionInfo
@@ -113,16 +113,15 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Patte
             if host is not None:
                 raise ConfigurationError("a Host inside another Host cannot be matched; flatten them")
             compiled.extend(compile_routes(route.routes, prefix, route.host_regex))
-            host_policy = getattr(route, POLICY_ATTRIBUTE, None)
-            if host_policy is not None:
-                compiled.append(Route(_join(prefix or "/", "{rest:path}"), host_policy, host=route.host_regex))
+            # The Host takes every path of its host: what its routes leave open is its own policy, or else the
+            # path rules and the default — never an endpoint rule that comes after it (DEFER).
+            host_policy = getattr(route, POLICY_ATTRIBUTE, None) or DEFER
+            compiled.append(Route(_join(prefix, "{rest:path}"), host_policy, host=route.host_regex))
             continue
         if isinstance(route, Mount):
-            mount_policy = getattr(route, POLICY_ATTRIBUTE, None)
-            inner = compile_routes(route.routes, _join(prefix, route.path), host)
-            compiled.extend(inner)
-            if mount_policy is not None:
-                compiled.append(Route(_join(_join(prefix, route.path), "{rest:path}"), mount_policy, host=host))
+            compiled.extend(compile_routes(route.routes, _join(prefix, route.path), host))
+            mount_policy = getattr(route, POLICY_ATTRIBUTE, None) or DEFER  # as for a Host, for its paths
+            compiled.append(Route(_join(_join(prefix, route.path), "{rest:path}"), mount_policy, host=host))
             continue
         if isinstance(route, StarletteRoute | WebSocketRoute):
             methods = getattr(route, "methods", None)
