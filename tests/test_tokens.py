@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -568,6 +569,17 @@ def test_issue_for_a_session_that_ended_meanwhile_gives_no_tokens(harness: Harne
         with pytest.raises(MissingCredentials) as info:
             harness.run(service.issue_for_session(session_principal(), sid))
         assert info.value.reason == "session_ended"
+
+
+def test_a_refresh_family_is_never_bound_to_another_users_session(harness: Harness) -> None:
+    # Session ids carry a 16-bit user tag: another user with the same tag must still not do.
+    tag = user_tag("alice")
+    twin = next(f"user-{i}" for i in itertools.count() if user_tag(f"user-{i}") == tag)
+    theirs = make_session(twin)
+    harness.call("create", theirs)
+    with pytest.raises(MissingCredentials) as info:
+        harness.run(harness.service().issue_for_session(session_principal(), theirs.sid))
+    assert info.value.reason == "session_ended"
 
 
 class LogoutDuringIssue:

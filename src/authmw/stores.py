@@ -599,7 +599,15 @@ _OUTCOMES: dict[str, RefreshOutcome] = {"ok": "ok", "grace": "grace", "reuse": "
 # KEYS[1] token, KEYS[2] family, KEYS[3] family index, KEYS[4] the bound session (when there is one);
 # ARGV: uid, family, scopes, exp, session, auth_time, token_ttl_ms, family_ttl_ms, new_family
 _REFRESH_CREATE = """
-if ARGV[5] ~= '' and (not KEYS[4] or redis.call('EXISTS', KEYS[4]) == 0) then return 0 end
+if ARGV[5] ~= '' then
+  -- the bound session must exist and be this user's
+  if not KEYS[4] then return 0 end
+  local v = redis.call('GET', KEYS[4])
+  local payload = v and string.match(v, '^%d+:%d+:(.*)$')
+  if not payload then return 0 end
+  local ok, body = pcall(cjson.decode, payload)
+  if not ok or type(body) ~= 'table' or body['uid'] ~= ARGV[1] then return 0 end
+end
 if ARGV[9] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'fam', ARGV[2], 'scopes', ARGV[3], 'exp', ARGV[4],
            'sess', ARGV[5], 'auth', ARGV[6], 'used', '0')
