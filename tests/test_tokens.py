@@ -1381,3 +1381,24 @@ def test_a_custom_two_argument_revocation_store_still_works() -> None:
     # Only a grace needs the third argument, and that is said at start-up.
     with pytest.raises(ConfigurationError, match="grace"):
         Authenticator(AuthConfig(jwt=replace(jwt, revocation_grace=5.0)))
+
+
+def test_flask_refresh_works_after_a_hook_read_the_body_and_refuses_large_ones_unread() -> None:
+    from examples.flask_app.app import create_app as create_flask
+    from flask import request as flask_request
+
+    app = create_flask(code_config())
+    seen: list[bytes] = []
+
+    @app.before_request
+    def read_body_first() -> None:  # e.g. a request logger
+        seen.append(flask_request.get_data())
+
+    client = app.test_client()
+    client.post("/login", data={"username": "alice", "password": "wonderland"})
+    pair = client.post("/api/token").get_json()
+    assert pair is not None and "refresh_token" in pair, pair
+    refreshed = client.post("/api/token/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.get_data()
+    big = client.post("/api/token/refresh", data=b" " * 100_000, headers={"Content-Type": "application/json"})
+    assert big.status_code == 400

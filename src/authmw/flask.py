@@ -428,6 +428,11 @@ class AuthMW:
 
 def _bounded_body() -> bytes:
     """At most one byte more than a refresh request may have: enough to refuse a larger one, never all of it."""
+    length = request.content_length
+    if length is not None:
+        # A declared length: refuse a large one unread; a small one through get_data(), which also returns a
+        # body the app (or a hook) has read already.
+        return b" " * (MAX_REFRESH_BODY + 1) if length > MAX_REFRESH_BODY else request.get_data(cache=True)
     body = b""
     while len(body) <= MAX_REFRESH_BODY:
         chunk = request.stream.read(MAX_REFRESH_BODY + 1 - len(body))

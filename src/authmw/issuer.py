@@ -230,7 +230,7 @@ class TokenService:
         family_expires = now + self.settings.refresh_family_ttl
         # The store refuses a family bound to a session that no longer exists (ended while we got here).
         created = yield StoreCall(self.store, "refresh_create", (record, family_expires, True))
-        if not created:
+        if not created and created is not None:  # None: a custom store that answers nothing, as stores once did
             raise MissingCredentials("the session ended before the tokens were issued", reason="session_ended")
         return self._pair(record, token, now)
 
