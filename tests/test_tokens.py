@@ -618,6 +618,33 @@ def test_logout_everywhere_during_issue_leaves_no_valid_token(harness: Harness) 
     assert info.value.reason == "refresh_revoked"
 
 
+class LogoutJustBeforeTheFamilyIsStored(LogoutDuringIssue):
+    """The logout-everywhere lands after issue() took its time, before the family is stored."""
+
+    def refresh_create(self, *args: Any) -> bool:
+        self.store.revoke_user("alice", time.time(), 3600.0)
+        created: bool = self.store.refresh_create(*args)
+        return created
+
+    async def arefresh_create(self, *args: Any) -> bool:
+        await self.store.arevoke_user("alice", time.time(), 3600.0)
+        created: bool = await self.store.arefresh_create(*args)
+        return created
+
+
+def test_a_family_not_bound_to_a_session_is_not_created_after_a_logout_everywhere(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    service = TokenService(auth.tokens.issuer, LogoutJustBeforeTheFamilyIsStored(harness.store))
+    with pytest.raises(MissingCredentials) as info:
+        harness.run(service.issue(session_principal()))  # an app's own grant: no session
+    assert info.value.reason == "session_ended"
+    # Issued after the logout-everywhere (a new login): fine.
+    time.sleep(0.002)
+    pair = harness.run(harness.service().issue(session_principal()))
+    assert harness.run(harness.service().refresh(body(pair["refresh_token"])))["token_type"] == "Bearer"
+
+
 def test_issue_for_session_needs_a_session_principal(harness: Harness) -> None:
     service = harness.service()
     jwt_caller = Principal(id="alice", source="jwt", scopes=frozenset(ALICE_SCOPES))

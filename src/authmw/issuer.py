@@ -211,6 +211,7 @@ class TokenService:
             expires=now + self.settings.refresh_token_ttl,
             session_sid=session_sid,
             auth_time=auth_time,
+            created=now,
         )
         return record, token
 
@@ -228,10 +229,14 @@ class TokenService:
             principal.id, family, principal.scopes, session_sid, principal.auth_time or now, now
         )
         family_expires = now + self.settings.refresh_family_ttl
-        # The store refuses a family bound to a session that no longer exists (ended while we got here).
+        # The store refuses a family bound to a session that no longer exists, or one whose user's tokens were
+        # all revoked after `now` (a logout-everywhere that landed while we got here).
         created = yield StoreCall(self.store, "refresh_create", (record, family_expires, True))
         if not created and created is not None:  # None: a custom store that answers nothing, as stores once did
-            raise MissingCredentials("the session ended before the tokens were issued", reason="session_ended")
+            raise MissingCredentials(
+                "the session ended, or the user's tokens were revoked, before the tokens were issued",
+                reason="session_ended",
+            )
         return self._pair(record, token, now)
 
     def refresh(self, body: bytes) -> Flow[dict[str, Any]]:

@@ -170,6 +170,8 @@ class RefreshRecord:
     auth_time: float = 0.0
     #: when the token was used (rotated); 0 while unused
     used_at: float = 0.0
+    #: when the issuing began (0: unknown); a family is not created once the user's tokens were revoked after it
+    created: float = 0.0
 
 
 #: the outcomes of presenting a refresh token
@@ -251,8 +253,9 @@ class SessionStore(Protocol):
     async def arevoke_tokens(self, user_id: str, not_before: float, not_before_ttl: float) -> None: ...
 
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
-        """Store a refresh token; False when its (existing) family was revoked meanwhile, or when the session
-        it is bound to (`record.session_sid`) no longer exists."""
+        """Store a refresh token; False when its (existing) family was revoked meanwhile, when the session it
+        is bound to (`record.session_sid`) no longer exists, or when the user's tokens were revoked after the
+        issuing began (`record.created`)."""
         ...
 
     async def arefresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool: ...
@@ -435,6 +438,9 @@ class MemoryStore:
                 session = self._live(record.session_sid, now)
                 if session is None or session[0].user_id != record.user_id:
                     return False
+            revoked = self._not_before.get(record.user_id)
+            if record.created and revoked is not None and revoked[1] > now and revoked[0] >= record.created:
+                return False  # a logout-everywhere landed while these tokens were being issued
             if new_family:
                 self._families[record.family] = (record.user_id, family_expires)
             elif record.family not in self._families:
@@ -596,13 +602,19 @@ return n
 
 _OUTCOMES: dict[str, RefreshOutcome] = {"ok": "ok", "grace": "grace", "reuse": "reuse", "revoked": "revoked"}
 
-# KEYS[1] token, KEYS[2] family, KEYS[3] family index, KEYS[4] the bound session (when there is one);
-# ARGV: uid, family, scopes, exp, session, auth_time, token_ttl_ms, family_ttl_ms, new_family
+# KEYS[1] token, KEYS[2] family, KEYS[3] family index, KEYS[4] the user's not-before, KEYS[5] the bound
+# session (when there is one); ARGV: uid, family, scopes, exp, session, auth_time, token_ttl_ms, family_ttl_ms,
+# new_family, created
 _REFRESH_CREATE = """
+if ARGV[10] ~= '0' then
+  -- a logout-everywhere that landed while these tokens were being issued
+  local revoked = redis.call('GET', KEYS[4])
+  if revoked and tonumber(revoked) >= tonumber(ARGV[10]) then return 0 end
+end
 if ARGV[5] ~= '' then
   -- the bound session must exist and be this user's
-  if not KEYS[4] then return 0 end
-  local v = redis.call('GET', KEYS[4])
+  if not KEYS[5] then return 0 end
+  local v = redis.call('GET', KEYS[5])
   local payload = v and string.match(v, '^%d+:%d+:(.*)$')
   if not payload then return 0 end
   local ok, body = pcall(cjson.decode, payload)
@@ -892,6 +904,7 @@ class RedisStore:
             self._user_key(record.user_id, "rt", record.token_hash),
             self._user_key(record.user_id, "fam", record.family),
             self._user_key(record.user_id, "fams"),
+            self._user_key(record.user_id, "nbf"),
         ]
         sid = record.session_sid
         # A session in another user's slot is no session of this user: left undeclared, the script refuses it.
@@ -910,6 +923,7 @@ class RedisStore:
                 max(1, int((record.expires - now) * 1000)),
                 max(1, int((family_expires - now) * 1000)),
                 "1" if new_family else "0",
+                repr(record.created) if record.created else "0",
             ],
             lambda reply: bool(reply),
         )
