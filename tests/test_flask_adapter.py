@@ -1292,3 +1292,23 @@ def test_the_view_policy_memo_is_bounded_by_views_not_by_requests(config: AuthCo
         client.open("/jwt", method=f"X{i}")  # a known path, a method it does not allow (405)
     client.get("/jwt")
     assert sum(len(memo) for memo in auth._policy_memos) <= 2
+
+
+def test_a_refusal_carries_one_clearing_cookie_and_the_identity_headers(config: AuthConfig) -> None:
+    app, _ = build(config)
+    seen: list[int] = []
+
+    @app.after_request
+    def mine(response: Any) -> Any:  # the app's own hooks still run on every response
+        seen.append(response.status_code)
+        return response
+
+    client = app.test_client()
+    client.set_cookie(COOKIE, "garbage")
+    response = client.get("/session")
+    assert response.status_code == 401
+    (cookie,) = response.headers.getlist("Set-Cookie")
+    assert "Max-Age=0" in cookie
+    assert response.headers.getlist("Vary") == ["Cookie, Authorization"]
+    assert response.headers.getlist("Cache-Control") == ["no-store"]
+    assert seen == [401]

@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from flask import Blueprint, Flask, current_app, g, has_app_context, request
+from flask import Blueprint, Flask, current_app, g, has_app_context, has_request_context, request
 from flask import Response as FlaskResponse
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, Unauthorized
 from werkzeug.exceptions import ServiceUnavailable as WerkzeugServiceUnavailable
@@ -40,6 +40,7 @@ from authmw.policy import Policy
 from authmw.principal import ANONYMOUS, Anonymous, Principal
 from authmw.request import WSGIRequestView
 from authmw.sessions import SessionHandle, SessionInfo
+from authmw.wsgi import serve
 
 __all__ = [
     "AuthFailed",
@@ -71,9 +72,8 @@ class AuthFailed(HTTPException):
 
     def get_response(self, environ: Any = None, scope: Any = None) -> FlaskResponse:
         answer = self.auth_response
-        response = FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
-        response._authmw_error = True  # type: ignore[attr-defined]  # complete already: after_request leaves it
-        return response
+        _answered_by_authmw()  # complete already: the response finisher leaves it alone
+        return FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
 
 
 class AuthBadRequest(AuthFailed, BadRequest):
@@ -99,6 +99,12 @@ _FAILURES: dict[int, type[AuthFailed]] = {
     403: AuthForbidden,
     503: AuthServiceUnavailable,
 }
+
+
+def _answered_by_authmw() -> None:
+    """This request's response is one of authmw's own answers (a refusal, a 503), complete as it is."""
+    if has_request_context():
+        request.environ["authmw.answered"] = True
 
 
 def _failure(error: AuthError, response: ErrorResponse) -> AuthFailed:
@@ -209,11 +215,14 @@ class AuthMW:
         def before_request() -> None:
             self._before_request(auth, app, policies)
 
-        def after_request(response: FlaskResponse) -> FlaskResponse:
-            return self._after_request(auth, response)
+        def exchange_of_response(environ: dict[str, Any]) -> Exchange | None:
+            exchange: Exchange | None = environ.get("authmw.exchange")
+            return None if exchange is None or environ.get("authmw.answered") else exchange
 
         app.before_request(before_request)
-        app.after_request(after_request)
+        # Identity headers, session cookies and the data bag where the WSGI shell does them, as the response
+        # starts: a WSGI wrapper costs less per request than Flask's after-request hook and werkzeug's Headers.
+        app.wsgi_app = _ResponseFinisher(app.wsgi_app, auth, exchange_of_response)  # type: ignore[method-assign]
         app.register_error_handler(ServiceUnavailable, self._store_down)
 
     @property
@@ -230,9 +239,8 @@ class AuthMW:
         auth = self.authenticator
         assert auth is not None
         answer = auth.error_response(error, WSGIRequestView(request.environ), None)
-        response = FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
-        response._authmw_error = True  # type: ignore[attr-defined]
-        return response
+        _answered_by_authmw()
+        return FlaskResponse(answer.body, status=answer.status, headers=answer.headers)
 
     # ---- per-view and per-blueprint policies ----
 
@@ -379,7 +387,7 @@ class AuthMW:
         environ = req.environ
         view = WSGIRequestView(environ)
         exchange = auth.begin(view, self._policy_for(view, auth, app, req, memo))
-        state.authmw_exchange = exchange
+        state.authmw_exchange = environ["authmw.exchange"] = exchange  # also for a refusal the app re-renders
         if exchange.state is not None:
             environ["authmw.session"] = SessionHandle(exchange.state)
         try:
@@ -392,38 +400,17 @@ class AuthMW:
         state.principal = exchange.principal
         exchange.attach_wsgi(environ)
 
-    def _after_request(self, auth: Authenticator, response: FlaskResponse) -> FlaskResponse:
-        state = g._get_current_object()
-        exchange: Exchange | None = getattr(state, "authmw_exchange", None)
-        if exchange is None or getattr(response, "_authmw_error", False):
-            return response
-        exchange.principal = getattr(state, "principal", None)  # login()/logout() in the view change the caller
-        try:
-            if exchange.state is not None and exchange.state.data_changed():
-                run_sync(exchange.finish())
-        except ServiceUnavailable as error:
-            failed = auth.error_response(error, exchange.view, None)
-            return FlaskResponse(failed.body, status=failed.status, headers=failed.headers)
-        cookies = exchange.state.response_cookies() if exchange.state is not None else []
-        if exchange.public and not cookies:
-            return response
-        # The same result as `with_identity_headers` (P31), edited in place on werkzeug's Headers.
-        headers = response.headers
-        vary = headers.getlist("Vary")
-        if not vary:
-            headers.add("Vary", "Cookie, Authorization")  # add: nothing to replace, no second scan
-        else:
-            present = {v.strip().lower() for value in vary for v in value.split(",")}
-            missing = [v for v in ("Cookie", "Authorization") if v.lower() not in present]
-            headers["Vary"] = "*" if "*" in present else ", ".join([*vary, *missing])
-        if exchange.principal is not None or cookies:
-            if "Cache-Control" in headers:
-                headers["Cache-Control"] = "no-store"
-            else:
-                headers.add("Cache-Control", "no-store")
-        for cookie in cookies:
-            headers.add("Set-Cookie", cookie)
-        return response
+
+class _ResponseFinisher:
+    """The Flask app's WSGI callable, wrapped: see `authmw.wsgi.serve`."""
+
+    def __init__(self, app: Any, auth: Authenticator, exchange_of: Callable[[dict[str, Any]], Exchange | None]) -> None:
+        self.app = app
+        self.auth = auth
+        self.exchange_of = exchange_of
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return serve(self.app, environ, start_response, self.auth, lambda: self.exchange_of(environ))
 
 
 def _bounded_body() -> bytes:

@@ -8,11 +8,11 @@ It attaches `environ["authmw"]` (an `AuthState`), `environ["authmw.principal"]`,
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from authmw.config import AuthConfig
-from authmw.engine import Authenticator
+from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
 from authmw.flows import run_sync
 from authmw.request import WSGIRequestView
@@ -64,35 +64,51 @@ class AuthMiddleware:
         if exchange.passthrough:
             return self.app(environ, start_response)
 
-        # The session data could not be saved: the answer is a 503 of our own, never the app's body under it.
-        failed: list[ErrorResponse] = []
-        started: list[bool] = []
-
-        def start_with_auth_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            started.append(True)
-            try:
-                run_sync(exchange.finish())
-            except ServiceUnavailable as error:
-                failed.append(auth.error_response(error, exchange.view, None))
-                start_response(status_line(503), failed[0].headers, exc_info)
-                return _discard
-
-            changed = exchange.response_headers(headers, "")
-            return start_response(status, headers if changed is None else changed, exc_info)
-
         try:
-            result = self.app(environ, start_with_auth_headers)
-            if failed:
-                _close(result)
-                return [failed[0].body]
-            if not started:  # start_response may come with the first chunk (PEP 3333)
-                return _replaced_on_failure(result, failed)
-            return result
+            return serve(self.app, environ, start_response, auth, lambda: exchange)
         except ServiceUnavailable as error:
             # The app called login()/logout()… while the store was down: 503, never a 500 (fail closed).
             refused = auth.error_response(error, exchange.view, None)
             start_response(status_line(503), refused.headers, sys.exc_info())
             return [refused.body]
+
+
+def serve(
+    app: WSGIApplication,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    auth: Authenticator,
+    exchange_of: Callable[[], Exchange | None],
+) -> Iterable[bytes]:
+    """Run `app`; when it starts its response, save the session's data bag and add the identity headers and
+    cookies of the exchange `exchange_of()` names then (None: leave the response alone).
+
+    Session data that cannot be saved is answered with a 503 of our own, never the app's body under it.
+    """
+    failed: list[ErrorResponse] = []
+    started: list[bool] = []
+
+    def start_with_auth_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started.append(True)
+        exchange = exchange_of()
+        if exchange is None:
+            return start_response(status, headers, exc_info)
+        try:
+            run_sync(exchange.finish())
+        except ServiceUnavailable as error:
+            failed.append(auth.error_response(error, exchange.view, None))
+            start_response(status_line(503), failed[0].headers, exc_info)
+            return _discard
+        changed = exchange.response_headers(headers, "")
+        return start_response(status, headers if changed is None else changed, exc_info)
+
+    result = app(environ, start_with_auth_headers)
+    if failed:
+        _close(result)
+        return [failed[0].body]
+    if not started:  # start_response may come with the first chunk (PEP 3333)
+        return _replaced_on_failure(result, failed)
+    return result
 
 
 def _close(result: Iterable[bytes]) -> None:
