@@ -565,6 +565,63 @@ def test_a_host_or_mount_keeps_later_endpoint_rules_off_its_paths(container: str
             assert client.get("/dashboard").status_code == 200  # another host: the public catch-all serves it
 
 
+def _raw_get(app: Any, path: str) -> int:
+    """A GET with the path exactly as given (httpx would collapse `//`), answered by `app` in process."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+    }  # fmt: skip
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+
+
+def test_compiled_rules_cover_exactly_what_the_router_sends_there() -> None:
+    # A public default; the protected catch-all must decide wherever Starlette sends a request to it: `/static`
+    # (the Mount matches `/static/...` only) and `//static/x` (not under the Mount either).
+    config = AuthConfig(jwt=JWTSettings(algorithms=["HS256"], keys=JWT_KEY), default=Policy.public())
+    app = build(
+        config,
+        routes=[
+            Mount("/static", routes=[StarletteRoute("/{name:path}", undecorated)]),
+            with_policy(StarletteRoute("/open", undecorated), Policy.public()),
+            StarletteRoute("/{rest:path}", jwt_any),
+        ],
+    )
+    assert _raw_get(app, "/static/x") == 200
+    assert _raw_get(app, "/open") == 200
+    for path in ("/static", "//static/x", "//open", "/dashboard"):
+        assert _raw_get(app, path) == 401, path
+
+
+def test_nested_containers_keep_the_policy_around_them(config: AuthConfig) -> None:
+    inner = Mount("/users", routes=[StarletteRoute("/list", undecorated)])
+    app = build(
+        config,
+        routes=[
+            with_policy(Mount("/admin", routes=[inner]), Policy.jwt()),
+            with_policy(Host("ops.example", app=Router([Mount("/tools", routes=[StarletteRoute("/x", undecorated)])])),
+                        Policy.jwt()),
+            Mount("/{tenant}", routes=[StarletteRoute("/home", undecorated)]),
+            StarletteRoute("/billing", jwt_any),
+        ],
+    )  # fmt: skip
+    with TestClient(app) as client:
+        assert client.get("/admin/users/list").status_code == 401
+        assert client.get("/admin/users/list", headers=bearer(config)).status_code == 200
+        assert client.get("/billing").status_code == 401  # not under Mount("/{tenant}"): it needs a segment more
+    with TestClient(app, base_url="http://ops.example") as client:
+        assert client.get("/tools/x").status_code == 401
+
+
 # ---- request.user, request.auth, requires ----
 
 

@@ -159,6 +159,9 @@ class Route:
     policy: Policy
     methods: frozenset[str] | None = None
     host: re.Pattern[str] | None = None
+    #: when set, the path (as sent) must match this regex instead of the segment pattern: rules compiled from
+    #: an app's routes use the router's own regex, so they cover exactly the paths the router sends there
+    path_regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
     _segments: tuple[str | re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _tail: bool = field(init=False, repr=False, compare=False)
 
@@ -169,12 +172,14 @@ class Route:
         methods: Iterable[str] | None = None,
         *,
         host: str | re.Pattern[str] | None = None,
+        path_regex: re.Pattern[str] | None = None,
     ) -> None:
         if not path.startswith("/"):
             raise ConfigurationError(f"route path must start with '/': {path!r}")
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "policy", policy)
         object.__setattr__(self, "host", _host_pattern(host) if isinstance(host, str) else host)
+        object.__setattr__(self, "path_regex", path_regex)
         if methods is not None:
             upper = {m.upper() for m in methods}
             if "GET" in upper:
@@ -212,11 +217,15 @@ class Route:
         object.__setattr__(self, "_segments", tuple(segments))
         object.__setattr__(self, "_tail", tail)
 
-    def matches(self, method: str, parts: Sequence[str], host: str = "") -> bool:
+    def matches(self, method: str, parts: Sequence[str], host: str = "", path: str | None = None) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
         if self.host is not None and self.host.match(host) is None:
             return False
+        if self.path_regex is not None:
+            if path is None:
+                path = "/" + "/".join(parts)
+            return self.path_regex.match(path) is not None
         n = len(self._segments)
         if len(parts) < n or (len(parts) > n and not self._tail):
             return False
@@ -267,19 +276,20 @@ class RouteTable:
         # between them is safe (the stricter may want other scopes or another credential): refuse the request.
         # Browsers resolve dot segments before sending, so only hand-made requests ever meet this.
         parts = [p for p in path.split("/") if p]
-        policy = self._first(method, parts, host)
+        policy = self._first(method, path, parts, host)
         if "." in parts or ".." in parts:
-            resolved = [p for p in normalize_path(path).split("/") if p]
-            if self._first(method, resolved, host) != policy:
+            resolved_path = normalize_path(path)
+            resolved = [p for p in resolved_path.split("/") if p]
+            if self._first(method, resolved_path, resolved, host) != policy:
                 return AMBIGUOUS_PATH
         return policy
 
-    def _first(self, method: str, parts: Sequence[str], host: str) -> Policy:
+    def _first(self, method: str, path: str, parts: Sequence[str], host: str) -> Policy:
         routes = self.routes
         index, count = 0, len(routes)
         while index < count:
             route = routes[index]
-            if route.matches(method, parts, host):
+            if route.matches(method, parts, host, path):
                 if route.policy is not DEFER:
                     return route.policy
                 if index < self.path_rules_start:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Host, Mount, WebSocketRoute
+from starlette.routing import BaseRoute, Host, Mount, WebSocketRoute, compile_path
 from starlette.routing import Route as StarletteRoute
 
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
@@ -103,36 +103,66 @@ def _join(prefix: str, path: str) -> str:
     return prefix.rstrip("/") + "/" + path.lstrip("/")
 
 
-def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Pattern[str] | None = None) -> list[Route]:
+def _regex(pattern: str) -> re.Pattern[str] | None:
+    """Starlette's own regex for a full path pattern (mount prefixes included): a compiled rule then covers
+    exactly what the router sends to its endpoint (no empty segments collapsed, no bare mount path)."""
+    try:
+        return compile_path(pattern)[0]
+    except (ValueError, AssertionError):  # e.g. a parameter name used by a mount and by a route inside it
+        log.warning("authmw: %r cannot be matched as Starlette does; its rule matches by path segments", pattern)
+        return None
+
+
+def compile_routes(
+    routes: Iterable[BaseRoute],
+    prefix: str = "",
+    host: re.Pattern[str] | None = None,
+    enclosing: Policy | None = None,
+) -> list[Route]:
     """authmw `Route` rules for every Starlette route (nested in mounts and hosts, and in FastAPI's included
-    routers) that carries a policy."""
+    routers) that carries a policy.
+
+    `prefix` is the mount paths around `routes` as Starlette joins them; `enclosing` the policy of the nearest
+    mount or host around them that has one.
+    """
     compiled: list[Route] = []
     for route in routes:
         if isinstance(route, Host):
             # Starlette's own host regex: a route under one host never decides for another.
             if host is not None:
                 raise ConfigurationError("a Host inside another Host cannot be matched; flatten them")
-            compiled.extend(compile_routes(route.routes, prefix, route.host_regex))
-            # The Host takes every path of its host: what its routes leave open is its own policy, or else the
-            # path rules and the default — never an endpoint rule that comes after it (DEFER).
-            host_policy = getattr(route, POLICY_ATTRIBUTE, None) or DEFER
-            compiled.append(Route(_join(prefix, "{rest:path}"), host_policy, host=route.host_regex))
+            own = getattr(route, POLICY_ATTRIBUTE, None)
+            compiled.extend(compile_routes(route.routes, prefix, route.host_regex, own or enclosing))
+            # The Host takes every path of its host: what its routes leave open is its own policy (or the one
+            # around it), or else the path rules and the default — never an endpoint rule after it (DEFER).
+            within = _regex(prefix + "/{path:path}") if prefix else None  # inside a Mount: the Mount's paths
+            compiled.append(
+                Route(_join(prefix, "{rest:path}"), own or enclosing or DEFER, host=route.host_regex, path_regex=within)
+            )
             continue
         if isinstance(route, Mount):
-            compiled.extend(compile_routes(route.routes, _join(prefix, route.path), host))
-            mount_policy = getattr(route, POLICY_ATTRIBUTE, None) or DEFER  # as for a Host, for its paths
-            compiled.append(Route(_join(_join(prefix, route.path), "{rest:path}"), mount_policy, host=host))
+            own = getattr(route, POLICY_ATTRIBUTE, None)
+            inner_prefix = prefix + route.path
+            compiled.extend(compile_routes(route.routes, inner_prefix, host, own or enclosing))
+            # The Mount takes the paths its regex matches (`<prefix>/…`, not the bare prefix): the same for them.
+            catch_all = Route(
+                _join(_join(prefix, route.path), "{rest:path}"),
+                own or enclosing or DEFER,
+                host=host,
+                path_regex=_regex(inner_prefix + "/{path:path}"),
+            )
+            compiled.append(catch_all)
             continue
         if isinstance(route, StarletteRoute | WebSocketRoute):
             methods = getattr(route, "methods", None)
-            compiled.extend(_endpoint_rules(route, route.endpoint, _join(prefix, route.path), methods, host))
+            compiled.extend(_endpoint_rules(route, route.endpoint, prefix, route.path, methods, host))
             continue
         effective = getattr(route, "effective_candidates", None)
         if callable(effective):
             # FastAPI's included router: its routes, each with the path and methods FastAPI serves it under.
             for candidate in effective():
                 if callable(getattr(candidate, "effective_candidates", None)):
-                    compiled.extend(compile_routes([candidate], prefix, host))
+                    compiled.extend(compile_routes([candidate], prefix, host, enclosing))
                     continue
                 original = getattr(candidate, "original_route", None)
                 rebuilt = getattr(candidate, "starlette_route", None)
@@ -142,7 +172,7 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Patte
                     declared = getattr(original, POLICY_ATTRIBUTE, None)
                     if declared is not None and getattr(rebuilt, POLICY_ATTRIBUTE, None) is None:
                         setattr(rebuilt, POLICY_ATTRIBUTE, declared)
-                    compiled.extend(compile_routes([rebuilt], prefix, host))
+                    compiled.extend(compile_routes([rebuilt], prefix, host, enclosing))
                     continue
                 endpoint = getattr(candidate, "endpoint", None)
                 path = getattr(candidate, "path", "")
@@ -150,25 +180,26 @@ def compile_routes(routes: Iterable[BaseRoute], prefix: str = "", host: re.Patte
                     _cannot_see(candidate)
                     continue
                 methods = getattr(candidate, "methods", None) or None
-                compiled.extend(_endpoint_rules(original, endpoint, _join(prefix, path), methods, host))
+                compiled.extend(_endpoint_rules(original, endpoint, prefix, path, methods, host))
             continue
         _cannot_see(route)
     return compiled
 
 
 def _endpoint_rules(
-    route: Any, endpoint: Any, path: str, methods: Iterable[str] | None, host: re.Pattern[str] | None
+    route: Any, endpoint: Any, prefix: str, path: str, methods: Iterable[str] | None, host: re.Pattern[str] | None
 ) -> list[Route]:
     """The rules of one endpoint: per-method handlers of an `HTTPEndpoint` first, then the route's own policy."""
     rules: list[Route] = []
+    full, regex = _join(prefix, path), _regex(prefix + path)
     if isinstance(endpoint, type):  # HTTPEndpoint: a policy per method handler
         for name in ("get", "head", "post", "put", "patch", "delete", "options"):
             method_policy = getattr(getattr(endpoint, name, None), POLICY_ATTRIBUTE, None)
             if method_policy is not None:
-                rules.append(Route(path, method_policy, methods={name.upper()}, host=host))
+                rules.append(Route(full, method_policy, methods={name.upper()}, host=host, path_regex=regex))
     route_policy = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
     if route_policy is not None:
-        rules.append(Route(path, route_policy, methods=methods, host=host))
+        rules.append(Route(full, route_policy, methods=methods, host=host, path_regex=regex))
     return rules
 
 
