@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -341,7 +343,9 @@ def test_admin_tail_route_covers_exactly_paths_under_admin(segments: list[str], 
     normalized = reference_segments(path)
     as_sent = [segment for segment in path.split("/") if segment]  # what a router matches (dots kept)
     policy = routes.match("GET", path)
-    if normalized[:1] == ["admin"] and as_sent[:1] == ["admin"]:
+    if re.search(r"[\x00-\x1f\x7f]", path):
+        assert policy is AMBIGUOUS_PATH, path  # control characters: refused, whatever the route
+    elif normalized[:1] == ["admin"] and as_sent[:1] == ["admin"]:
         assert policy is REQUIRED, path
     elif normalized[:1] == ["admin"] or as_sent[:1] == ["admin"]:
         assert policy is AMBIGUOUS_PATH, path

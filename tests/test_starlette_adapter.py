@@ -523,7 +523,8 @@ def test_a_route_type_authmw_cannot_look_into_is_reported(caplog: pytest.LogCapt
         pass
 
     with caplog.at_level("WARNING", logger="authmw"):
-        assert compile_routes([Opaque(), StarletteRoute("/x", jwt_any)]) == [Route("/x", Policy.jwt(), ["GET"])]
+        compiled = compile_routes([Opaque(), StarletteRoute("/x", jwt_any)])
+    assert compiled == [Route("/x", Policy.jwt(), ["GET"], transport="http")]
     assert "cannot look inside Opaque" in caplog.text
 
 
@@ -565,12 +566,12 @@ def test_a_host_or_mount_keeps_later_endpoint_rules_off_its_paths(container: str
             assert client.get("/dashboard").status_code == 200  # another host: the public catch-all serves it
 
 
-def _raw_get(app: Any, path: str) -> int:
-    """A GET with the path exactly as given (httpx would collapse `//`), answered by `app` in process."""
+def _raw_get(app: Any, path: str, method: str = "GET", host: str = "testserver") -> int:
+    """A request with the path, method and Host exactly as given (httpx would normalise them), in process."""
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
         "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-        "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+        "headers": [(b"host", host.encode())], "client": ("127.0.0.1", 1), "server": ("testserver", 80),
     }  # fmt: skip
     sent: list[Any] = []
 
@@ -600,6 +601,58 @@ def test_compiled_rules_cover_exactly_what_the_router_sends_there() -> None:
     assert _raw_get(app, "/open") == 200
     for path in ("/static", "//static/x", "//open", "/dashboard"):
         assert _raw_get(app, path) == 401, path
+
+
+def test_requests_the_router_reads_differently_are_decided_as_it_reads_them(config: AuthConfig) -> None:
+    class Panel:  # an ASGI app (not a function): Starlette routes every method to it
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await PlainTextResponse("panel")(scope, receive, send)
+
+    asgi_panel = Panel()
+
+    app = build(
+        AuthConfig(jwt=JWTSettings(algorithms=["HS256"], keys=JWT_KEY), default=Policy.public()),
+        routes=[
+            Host("api.example", app=Router([StarletteRoute("/open", undecorated)])),
+            with_policy(StarletteRoute("/panel", undecorated, methods=["GET"]), Policy.public()),
+            with_policy(StarletteRoute("/panel", asgi_panel), Policy.jwt()),
+            Mount("/api", routes=[StarletteRoute("/admin", jwt_any)]),
+            StarletteRoute("/admin", jwt_any),
+        ],
+    )
+    # Starlette compares methods as sent: `get` is no GET, so the router moves on to the protected ASGI app.
+    assert _raw_get(app, "/panel") == 200
+    assert _raw_get(app, "/panel", method="get") == 401
+    # A Host header Starlette cannot parse matches no Host route: the router moves on to /admin.
+    assert _raw_get(app, "/admin", host="api.example:") == 401
+    assert _raw_get(app, "/admin", host="api.example:80a") == 401
+    # A regex `$` also matches before a final newline: paths with control characters are refused outright.
+    assert _raw_get(app, "/api//admin\n") == 400
+    assert _raw_get(app, "/admin\n") == 400
+
+
+def test_an_http_route_and_a_websocket_route_on_one_path_keep_their_own_policies(config: AuthConfig) -> None:
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("ws")
+        await websocket.close()
+
+    app = build(
+        config,
+        routes=[
+            with_policy(StarletteRoute("/chat", undecorated), Policy.public()),
+            with_policy(WebSocketRoute("/chat", socket), Policy.jwt()),
+            with_policy(WebSocketRoute("/feed", socket), Policy.public()),
+            with_policy(StarletteRoute("/feed", undecorated), Policy.jwt()),
+        ],
+    )
+    with TestClient(app) as client:
+        assert client.get("/chat").status_code == 200
+        with pytest.raises(WebSocketDenialResponse), client.websocket_connect("/chat"):
+            pass
+        assert client.get("/feed").status_code == 401
+        with client.websocket_connect("/feed") as ws:
+            assert ws.receive_text() == "ws"
 
 
 def test_nested_containers_keep_the_policy_around_them(config: AuthConfig) -> None:

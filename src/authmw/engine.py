@@ -34,7 +34,7 @@ from authmw.errors import (
 from authmw.flows import Blocking, Flow, run_async, run_sync, store_call
 from authmw.issuer import TokenIssuer, TokenService, jti_key
 from authmw.keys import UnknownKeyId
-from authmw.policy import AMBIGUOUS_PATH, Policy, Route, RouteTable
+from authmw.policy import AMBIGUOUS_PATH, WEBSOCKET, Policy, Route, RouteTable
 from authmw.principal import Principal
 from authmw.request import RequestView, bearer_token, with_identity_headers
 from authmw.sessions import SessionManager, SessionState
@@ -45,6 +45,8 @@ __all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
 log = logging.getLogger("authmw")
 
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+# RFC 3986 host (a reg-name or a bracketed IP literal) with an optional numeric port.
+_HOST = re.compile(r"(?P<host>[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.vV]+\])(?::[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,16 @@ class Authenticator:
             # A not-before must outlive every access token issued before it.
             self.sessions.not_before_ttl = config.jwt.max_lifetime + config.jwt.leeway
 
+    @staticmethod
+    def host_of(header: str | None) -> str:
+        """The name host rules are matched against: the Host header's host, lower-cased, port removed; "" when
+        the header is missing or malformed (then no host rule applies). Adapters may replace this with their
+        framework's own reading (the Starlette adapter does)."""
+        if header is None:
+            return ""
+        found = _HOST.fullmatch(header)
+        return found["host"].lower() if found is not None else ""
+
     def add_routes(self, routes: Sequence[Route]) -> None:
         """Put `routes` (compiled from an app's endpoints) before the configured path rules, replacing any
         compiled before."""
@@ -148,11 +160,12 @@ class Authenticator:
 
     def policy_for(self, view: RequestView) -> Policy:
         table = self.table
+        method = WEBSOCKET if view.is_websocket else view.method
+        host = ""
         if table.uses_host:
-            # As Starlette's `Host` reads it: the first Host header, port removed.
             values = view.header_values("host")
-            return table.match(view.method, view.path, values[0].split(":")[0] if values else "")
-        return table.match(view.method, view.path)
+            host = self.host_of(values[0] if values else None)
+        return table.match(method, view.path, host, "" if view.is_websocket else view.method_as_sent)
 
     def begin(self, view: RequestView, policy: Policy | None = None) -> Exchange:
         """Start a request: its policy (from the route table unless given) and, with sessions on, its state."""
@@ -189,7 +202,8 @@ class Authenticator:
         """
         if policy is AMBIGUOUS_PATH:
             raise InvalidRequest(
-                "the path's dot segments make it name two differently protected routes", reason="ambiguous_path"
+                "the path can be read as naming two differently protected routes (dot segments or control characters)",
+                reason="ambiguous_path",
             )
         principal: Principal | None = Authenticator.principal_override
         if principal is not None:

@@ -15,7 +15,7 @@ from typing import Literal
 from authmw.errors import ConfigurationError
 from authmw.principal import CredentialKind
 
-__all__ = ["AMBIGUOUS_PATH", "DEFER", "Policy", "Route", "RouteTable", "normalize_path"]
+__all__ = ["AMBIGUOUS_PATH", "DEFER", "WEBSOCKET", "Policy", "Route", "RouteTable", "normalize_path"]
 
 _KINDS: frozenset[CredentialKind] = frozenset(("session", "jwt"))
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -126,6 +126,10 @@ _CONVERTORS = {
     "uuid": "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}",
 }
 _ANY: Literal["*"] = "*"
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+#: the method a websocket handshake is matched with (a GET, but only rules for GET or for websockets take it)
+WEBSOCKET = "WEBSOCKET"
 
 
 def normalize_path(path: str) -> str:
@@ -162,6 +166,9 @@ class Route:
     #: when set, the path (as sent) must match this regex instead of the segment pattern: rules compiled from
     #: an app's routes use the router's own regex, so they cover exactly the paths the router sends there
     path_regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    #: "http" or "websocket": a rule compiled from one kind of route never decides for the other; and its
+    #: methods are compared as sent (case-sensitively, as Starlette's router does)
+    transport: Literal["http", "websocket"] | None = None
     _segments: tuple[str | re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _tail: bool = field(init=False, repr=False, compare=False)
 
@@ -173,6 +180,7 @@ class Route:
         *,
         host: str | re.Pattern[str] | None = None,
         path_regex: re.Pattern[str] | None = None,
+        transport: Literal["http", "websocket"] | None = None,
     ) -> None:
         if not path.startswith("/"):
             raise ConfigurationError(f"route path must start with '/': {path!r}")
@@ -180,8 +188,9 @@ class Route:
         object.__setattr__(self, "policy", policy)
         object.__setattr__(self, "host", _host_pattern(host) if isinstance(host, str) else host)
         object.__setattr__(self, "path_regex", path_regex)
+        object.__setattr__(self, "transport", transport)
         if methods is not None:
-            upper = {m.upper() for m in methods}
+            upper = {m if transport else m.upper() for m in methods}
             if "GET" in upper:
                 upper.add("HEAD")
             object.__setattr__(self, "methods", frozenset(upper))
@@ -217,9 +226,18 @@ class Route:
         object.__setattr__(self, "_segments", tuple(segments))
         object.__setattr__(self, "_tail", tail)
 
-    def matches(self, method: str, parts: Sequence[str], host: str = "", path: str | None = None) -> bool:
-        if self.methods is not None and method not in self.methods:
-            return False
+    def matches(
+        self, method: str, parts: Sequence[str], host: str = "", path: str | None = None, method_as_sent: str = ""
+    ) -> bool:
+        """Does a request match? `method` is upper-cased, or ``WEBSOCKET`` for a websocket handshake."""
+        websocket = method == WEBSOCKET
+        if self.transport is not None:
+            if (self.transport == "websocket") != websocket:
+                return False
+            if self.methods is not None and (method_as_sent or method) not in self.methods:
+                return False
+        elif self.methods is not None and method not in self.methods and not (websocket and "GET" in self.methods):
+            return False  # a path rule for GET also covers the websocket handshake (a GET)
         if self.host is not None and self.host.match(host) is None:
             return False
         if self.path_regex is not None:
@@ -258,38 +276,42 @@ class RouteTable:
         self._cache: dict[tuple[str, str, str], Policy] = {}
         self._cache_size = cache_size
 
-    def match(self, method: str, path: str, host: str = "") -> Policy:
-        """The policy for a request; `host` is the Host header without its port (needed when `uses_host`)."""
-        key = (method, path, host)
+    def match(self, method: str, path: str, host: str = "", method_as_sent: str = "") -> Policy:
+        """The policy for a request; `method` upper-cased (``WEBSOCKET`` for a handshake), `host` the Host
+        header's name (needed when `uses_host`), `method_as_sent` for rules compiled from an app's routes."""
+        key = (method_as_sent or method, path, host)
         policy = self._cache.get(key)
         if policy is None:
-            policy = self._lookup(method, path, host)
+            policy = self._lookup(method, path, host, method_as_sent)
             if len(self._cache) >= self._cache_size:
                 # Paths are attacker-chosen: never let the memo grow without bound.
                 self._cache.clear()
             self._cache[key] = policy
         return policy
 
-    def _lookup(self, method: str, path: str, host: str) -> Policy:
+    def _lookup(self, method: str, path: str, host: str, method_as_sent: str = "") -> Policy:
         # Routers (Starlette, Werkzeug) match the path as sent, dot segments included; a proxy or a server
         # behind us may resolve them first. When the two readings would get different policies, no choice
         # between them is safe (the stricter may want other scopes or another credential): refuse the request.
         # Browsers resolve dot segments before sending, so only hand-made requests ever meet this.
+        if _CONTROL_CHARACTER.search(path):
+            # Routers read such paths in more than one way (a regex `$` matches before a final newline): refuse.
+            return AMBIGUOUS_PATH
         parts = [p for p in path.split("/") if p]
-        policy = self._first(method, path, parts, host)
+        policy = self._first(method, path, parts, host, method_as_sent)
         if "." in parts or ".." in parts:
             resolved_path = normalize_path(path)
             resolved = [p for p in resolved_path.split("/") if p]
-            if self._first(method, resolved_path, resolved, host) != policy:
+            if self._first(method, resolved_path, resolved, host, method_as_sent) != policy:
                 return AMBIGUOUS_PATH
         return policy
 
-    def _first(self, method: str, path: str, parts: Sequence[str], host: str) -> Policy:
+    def _first(self, method: str, path: str, parts: Sequence[str], host: str, method_as_sent: str = "") -> Policy:
         routes = self.routes
         index, count = 0, len(routes)
         while index < count:
             route = routes[index]
-            if route.matches(method, parts, host, path):
+            if route.matches(method, parts, host, path, method_as_sent):
                 if route.policy is not DEFER:
                     return route.policy
                 if index < self.path_rules_start:

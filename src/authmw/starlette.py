@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
@@ -155,7 +155,8 @@ def compile_routes(
             continue
         if isinstance(route, StarletteRoute | WebSocketRoute):
             methods = getattr(route, "methods", None)
-            compiled.extend(_endpoint_rules(route, route.endpoint, prefix, route.path, methods, host))
+            transport = _transport(route)
+            compiled.extend(_endpoint_rules(route, route.endpoint, prefix, route.path, methods, host, transport))
             continue
         effective = getattr(route, "effective_candidates", None)
         if callable(effective):
@@ -180,27 +181,49 @@ def compile_routes(
                     _cannot_see(candidate)
                     continue
                 methods = getattr(candidate, "methods", None) or None
-                compiled.extend(_endpoint_rules(original, endpoint, prefix, path, methods, host))
+                transport = _transport(original)
+                compiled.extend(_endpoint_rules(original, endpoint, prefix, path, methods, host, transport))
             continue
         _cannot_see(route)
     return compiled
 
 
+def _transport(route: Any) -> Literal["http", "websocket"]:
+    return "websocket" if isinstance(route, WebSocketRoute) or "WebSocket" in type(route).__name__ else "http"
+
+
 def _endpoint_rules(
-    route: Any, endpoint: Any, prefix: str, path: str, methods: Iterable[str] | None, host: re.Pattern[str] | None
+    route: Any,
+    endpoint: Any,
+    prefix: str,
+    path: str,
+    methods: Iterable[str] | None,
+    host: re.Pattern[str] | None,
+    transport: Literal["http", "websocket"],
 ) -> list[Route]:
     """The rules of one endpoint: per-method handlers of an `HTTPEndpoint` first, then the route's own policy."""
     rules: list[Route] = []
     full, regex = _join(prefix, path), _regex(prefix + path)
-    if isinstance(endpoint, type):  # HTTPEndpoint: a policy per method handler
+    if isinstance(endpoint, type) and transport == "http":  # HTTPEndpoint: a policy per method handler
         for name in ("get", "head", "post", "put", "patch", "delete", "options"):
             method_policy = getattr(getattr(endpoint, name, None), POLICY_ATTRIBUTE, None)
             if method_policy is not None:
-                rules.append(Route(full, method_policy, methods={name.upper()}, host=host, path_regex=regex))
+                methods_of = {name.upper()}
+                rules.append(Route(full, method_policy, methods_of, host=host, path_regex=regex, transport=transport))
     route_policy = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
     if route_policy is not None:
-        rules.append(Route(full, route_policy, methods=methods, host=host, path_regex=regex))
+        rules.append(Route(full, route_policy, methods=methods, host=host, path_regex=regex, transport=transport))
     return rules
+
+
+def _starlette_host(header: str | None) -> str:
+    """The host name exactly as this Starlette version's `Host` route reads it."""
+    try:
+        from starlette._utils import parse_host_header
+    except ImportError:  # older Starlette: the header up to its first colon, as sent
+        return (header or "").split(":")[0]
+    parsed = parse_host_header(header)
+    return "" if parsed is None else parsed.host.lower()
 
 
 def _cannot_see(route: Any) -> None:
@@ -217,6 +240,7 @@ class AuthMiddleware(_ASGIAuthMiddleware):
     _needs_prepare = True
 
     def _prepare(self, scope: Scope) -> None:
+        self.authenticator.host_of = _starlette_host  # type: ignore[method-assign]
         routes = getattr(scope.get("app"), "routes", None)
         if routes:
             rules = compile_routes(routes)
