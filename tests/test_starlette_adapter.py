@@ -675,6 +675,30 @@ def test_nested_containers_keep_the_policy_around_them(config: AuthConfig) -> No
         assert client.get("/tools/x").status_code == 401
 
 
+def test_an_endpoint_whose_route_was_not_compiled_never_answers(caplog: pytest.LogCaptureFixture) -> None:
+    # A route type authmw cannot look into: its endpoint declares `jwt_required` but the default (public) was
+    # enforced. Its answers are withheld (500), never served.
+    class Opaque(BaseRoute):
+        def __init__(self, route: StarletteRoute) -> None:
+            self.route = route
+
+        def matches(self, scope: Any) -> Any:
+            return self.route.matches(scope)
+
+        async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.route.handle(scope, receive, send)
+
+    config = AuthConfig(jwt=JWTSettings(algorithms=["HS256"], keys=JWT_KEY), default=Policy.public())
+    app = build(config, routes=[Opaque(StarletteRoute("/hidden", jwt_any)), StarletteRoute("/open", undecorated)])
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level("ERROR", logger="authmw"):
+        assert client.get("/open").status_code == 200
+        response = client.get("/hidden")
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        assert client.get("/hidden", headers=bearer(make_config())).status_code == 500  # even with a token
+    assert "declares" in caplog.text
+
+
 # ---- request.user, request.auth, requires ----
 
 

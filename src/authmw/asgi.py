@@ -8,6 +8,7 @@ session `Set-Cookie`) are changed in a `send` wrapper. Lifespan and other scope 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -20,6 +21,8 @@ from authmw.request import ASGIRequestView
 from authmw.sessions import AsyncSessionHandle
 
 __all__ = ["AuthMiddleware", "get_session"]
+
+log = logging.getLogger("authmw")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,6 +40,20 @@ def get_session(scope: Scope) -> AsyncSessionHandle:
     return handle
 
 
+_UNAPPLIED_BODY = (
+    b'{"type":"urn:authmw:problem:policy_not_applied","title":"Internal Server Error","status":500,'
+    b'"detail":"the endpoint declares a policy that was not applied to this request"}'
+)
+_UNAPPLIED: tuple[list[tuple[str, str]], bytes] = (
+    [
+        ("content-type", "application/problem+json"),
+        ("content-length", str(len(_UNAPPLIED_BODY))),
+        ("cache-control", "no-store"),
+    ],
+    _UNAPPLIED_BODY,
+)
+
+
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
@@ -51,9 +68,39 @@ class AuthMiddleware:
 
     #: set by a subclass that must look at its first request before deciding (see `_prepare`)
     _needs_prepare = False
+    #: set by a subclass that can tell, once the app has routed a request, which policy the endpoint declares
+    _checks_endpoints = False
 
     def _prepare(self, scope: Scope) -> None:
         """Called once, on the first HTTP or websocket request, when `_needs_prepare` is set."""
+
+    def _undeclared_policy(self, scope: Scope, exchange: Exchange) -> str | None:
+        """Why the endpoint the app routed to declares another policy than the one enforced (None: it does not)."""
+        return None
+
+    def _guarded(self, scope: Scope, exchange: Exchange, send: Send) -> Send:
+        """`send`, refusing to let a response (or a websocket accept) out from an endpoint whose declared policy
+        was not the one enforced: a route authmw could not compile ran; its answer must not reach the caller."""
+        blocked: list[bool] = []
+
+        async def checked(message: Message) -> None:
+            if blocked:
+                return
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.accept"):
+                reason = self._undeclared_policy(scope, exchange)
+                if reason is not None:
+                    blocked.append(True)
+                    log.error("authmw: %s; the response was withheld", reason)
+                    if kind == "websocket.accept":
+                        await send({"type": "websocket.close", "code": 1011})
+                        return
+                    await send({"type": "http.response.start", "status": 500, "headers": _encode(_UNAPPLIED[0])})
+                    await send({"type": "http.response.body", "body": _UNAPPLIED[1]})
+                    return
+            await send(message)
+
+        return checked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -84,6 +131,8 @@ class AuthMiddleware:
         scope["authmw"] = AuthState(exchange.policy, principal)
         scope["user"] = principal if principal is not None else ANONYMOUS
         scope["auth"] = AuthScopes.for_principal(principal)
+        if self._checks_endpoints:
+            send = self._guarded(scope, exchange, send)
         if kind == "websocket" or exchange.passthrough:
             await self.app(scope, receive, send)
             return

@@ -26,7 +26,7 @@ from starlette.routing import Route as StarletteRoute
 
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
 from authmw.asgi import Scope
-from authmw.engine import Authenticator
+from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ConfigurationError
 from authmw.flows import Flow, run_async
 from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, TokenService
@@ -226,10 +226,20 @@ def _starlette_host(header: str | None) -> str:
     return "" if parsed is None else parsed.host.lower()
 
 
+class _Unseen:
+    count = 0
+
+
+_unseen = _Unseen()
+
+
 def _cannot_see(route: Any) -> None:
-    # Decorators inside a route type we cannot look into are not seen: the path rules and the default apply.
+    # Decorators inside a route type we cannot look into are not seen: the path rules and the default apply,
+    # and the middleware checks each response's endpoint (AuthMiddleware._undeclared_policy).
+    _unseen.count += 1
     log.warning(
-        "authmw: cannot look inside %s; endpoint policies in it are not applied (path rules and the default are)",
+        "authmw: cannot look inside %s; its endpoints get the path rules and the default, and an answer from one that"
+        " declares another policy is withheld (500)",
         type(route).__name__,
     )
 
@@ -239,11 +249,34 @@ class AuthMiddleware(_ASGIAuthMiddleware):
 
     _needs_prepare = True
 
+    def _undeclared_policy(self, scope: Scope, exchange: Exchange) -> str | None:
+        # Starlette's router leaves the endpoint it chose (and its route) in the scope: the same precedence as
+        # `compile_routes` — an HTTPEndpoint's method handler, then the route, then the endpoint.
+        endpoint = scope.get("endpoint")
+        route = scope.get("route")
+        declared: Policy | None = None
+        if isinstance(endpoint, type) and scope["type"] == "http":
+            method = str(scope.get("method", "GET")).lower()
+            handler = getattr(endpoint, method, None)
+            if handler is None and method == "head":
+                handler = getattr(endpoint, "get", None)
+            declared = getattr(handler, POLICY_ATTRIBUTE, None)
+        if declared is None:
+            declared = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
+        if declared is None or declared == exchange.policy:
+            return None
+        name = getattr(endpoint, "__qualname__", type(endpoint).__name__)
+        return f"endpoint {name} declares {declared} but {exchange.policy} was enforced (its route was not compiled)"
+
     def _prepare(self, scope: Scope) -> None:
         self.authenticator.host_of = _starlette_host  # type: ignore[method-assign]
         routes = getattr(scope.get("app"), "routes", None)
         if routes:
+            unseen = _unseen.count
             rules = compile_routes(routes)
+            # Routes authmw could not look into: check, once the app has routed each request, that the endpoint
+            # does not declare a policy other than the one enforced (costs ≈ 1 µs a request, so only then).
+            self._checks_endpoints = _unseen.count != unseen
             self.authenticator.add_routes(rules)
             log.debug("authmw: %d endpoint policies compiled", len(rules))
 
