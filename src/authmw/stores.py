@@ -297,10 +297,6 @@ class MemoryStore:
         self._refresh: dict[str, RefreshRecord] = {}  # token hash -> record
         self._families: dict[str, tuple[str, float]] = {}  # family -> (user, expiry)
 
-    @staticmethod
-    def _copy(record: SessionRecord, last_seen: float) -> SessionRecord:
-        return record.clone(last_seen)
-
     def _live(self, sid: str, now: float) -> tuple[SessionRecord, float, float] | None:
         entry = self._sessions.get(sid)
         if entry is None:
@@ -330,7 +326,7 @@ class MemoryStore:
 
     def _put(self, record: SessionRecord, now: float) -> None:
         deadline = min(now + record.idle_timeout, record.absolute_expiry)
-        self._sessions[record.sid] = (self._copy(record, now), deadline, now)
+        self._sessions[record.sid] = (record.clone(now), deadline, now)
         self._users.setdefault(record.user_id, set()).add(record.sid)
 
     def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
@@ -343,7 +339,7 @@ class MemoryStore:
             if now - slid_at >= touch_interval:
                 slid_at = now
                 self._sessions[sid] = (record, min(now + record.idle_timeout, record.absolute_expiry), now)
-            return self._copy(record, slid_at)
+            return record.clone(slid_at)
 
     def create(self, record: SessionRecord) -> None:
         now = self._clock()
@@ -366,7 +362,7 @@ class MemoryStore:
             entry = self._live(record.sid, now)
             if entry is None:
                 return False
-            self._sessions[record.sid] = (self._copy(record, entry[2]), entry[1], entry[2])
+            self._sessions[record.sid] = (record.clone(entry[2]), entry[1], entry[2])
             return True
 
     def delete(self, sid: str, user_id: str) -> bool:
@@ -386,7 +382,7 @@ class MemoryStore:
             for sid in list(self._users.get(user_id, ())):
                 entry = self._live(sid, now)
                 if entry is not None:
-                    records.append(self._copy(entry[0], entry[2]))
+                    records.append(entry[0].clone(entry[2]))
             return records
 
     def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
