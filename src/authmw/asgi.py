@@ -14,7 +14,7 @@ from typing import Any
 
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
-from authmw.errors import AuthError, ServiceUnavailable
+from authmw.errors import AuthError, PolicyNotApplied, ServiceUnavailable, render_error
 from authmw.flows import resume_async, run_async
 from authmw.principal import ANONYMOUS, AuthScopes
 from authmw.request import ASGIRequestView
@@ -38,20 +38,6 @@ def get_session(scope: Scope) -> AsyncSessionHandle:
         raise LookupError("authmw sessions are not enabled (configure AuthConfig.sessions)")
     assert isinstance(handle, AsyncSessionHandle)
     return handle
-
-
-_UNAPPLIED_BODY = (
-    b'{"type":"urn:authmw:problem:policy_not_applied","title":"Internal Server Error","status":500,'
-    b'"detail":"the endpoint declares a policy that was not applied to this request"}'
-)
-_UNAPPLIED: tuple[list[tuple[str, str]], bytes] = (
-    [
-        ("content-type", "application/problem+json"),
-        ("content-length", str(len(_UNAPPLIED_BODY))),
-        ("cache-control", "no-store"),
-    ],
-    _UNAPPLIED_BODY,
-)
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -95,8 +81,10 @@ class AuthMiddleware:
                     if kind == "websocket.accept":
                         await send({"type": "websocket.close", "code": 1011})
                         return
-                    await send({"type": "http.response.start", "status": 500, "headers": _encode(_UNAPPLIED[0])})
-                    await send({"type": "http.response.body", "body": _UNAPPLIED[1]})
+                    error = PolicyNotApplied("the endpoint declares a policy that was not applied to this request")
+                    answer = render_error(error, realm=self.config.realm, bearer=False)
+                    await send({"type": "http.response.start", "status": 500, "headers": _encode(answer.headers)})
+                    await send({"type": "http.response.body", "body": answer.body})
                     return
             await send(message)
 

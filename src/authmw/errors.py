@@ -25,6 +25,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidToken",
     "MissingCredentials",
+    "PolicyNotApplied",
     "ServiceUnavailable",
     "StepUpRequired",
     "render_error",
@@ -118,6 +119,15 @@ class ServiceUnavailable(AuthError):
     def __init__(self, description: str, *, retry_after: int = 5, reason: str | None = None) -> None:
         super().__init__(description, reason=reason or "store_unavailable")
         self.retry_after = retry_after
+
+
+class PolicyNotApplied(AuthError):
+    """The app routed a request to an endpoint that declares another policy than the one enforced (a route
+    authmw could not look into): its answer is withheld, a server-side fault (500)."""
+
+    status = 500
+    code = "policy_not_applied"
+    title = "Internal Server Error"
 
 
 @dataclass(slots=True)
