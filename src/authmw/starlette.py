@@ -192,6 +192,16 @@ def _transport(route: Any) -> Literal["http", "websocket"]:
     return "websocket" if isinstance(route, WebSocketRoute) or "WebSocket" in type(route).__name__ else "http"
 
 
+def _handler_policy(endpoint: type, method: str) -> Policy | None:
+    """The policy on an `HTTPEndpoint`'s handler for `method` (lower-case)."""
+    return getattr(getattr(endpoint, method, None), POLICY_ATTRIBUTE, None)
+
+
+def _route_policy(route: Any, endpoint: Any) -> Policy | None:
+    """A route's own policy (`with_policy`), else its endpoint's decorator."""
+    return getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
+
+
 def _endpoint_rules(
     route: Any,
     endpoint: Any,
@@ -206,11 +216,11 @@ def _endpoint_rules(
     full, regex = _join(prefix, path), _regex(prefix + path)
     if isinstance(endpoint, type) and transport == "http":  # HTTPEndpoint: a policy per method handler
         for name in ("get", "head", "post", "put", "patch", "delete", "options"):
-            method_policy = getattr(getattr(endpoint, name, None), POLICY_ATTRIBUTE, None)
+            method_policy = _handler_policy(endpoint, name)
             if method_policy is not None:
                 methods_of = {name.upper()}
                 rules.append(Route(full, method_policy, methods_of, host=host, path_regex=regex, transport=transport))
-    route_policy = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
+    route_policy = _route_policy(route, endpoint)
     if route_policy is not None:
         rules.append(Route(full, route_policy, methods=methods, host=host, path_regex=regex, transport=transport))
     return rules
@@ -257,12 +267,11 @@ class AuthMiddleware(_ASGIAuthMiddleware):
         declared: Policy | None = None
         if isinstance(endpoint, type) and scope["type"] == "http":
             method = str(scope.get("method", "GET")).lower()
-            handler = getattr(endpoint, method, None)
-            if handler is None and method == "head":
-                handler = getattr(endpoint, "get", None)
-            declared = getattr(handler, POLICY_ATTRIBUTE, None)
+            if method == "head" and getattr(endpoint, "head", None) is None:
+                method = "get"  # as HTTPEndpoint dispatches a HEAD
+            declared = _handler_policy(endpoint, method)
         if declared is None:
-            declared = getattr(route, POLICY_ATTRIBUTE, None) or getattr(endpoint, POLICY_ATTRIBUTE, None)
+            declared = _route_policy(route, endpoint)
         if declared is None or declared == exchange.policy:
             return None
         name = getattr(endpoint, "__qualname__", type(endpoint).__name__)
