@@ -15,7 +15,7 @@ from typing import Any
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, PolicyNotApplied, ServiceUnavailable, render_error
-from authmw.flows import resume_async, run_async
+from authmw.flows import NeedsIO, run_async
 from authmw.principal import ANONYMOUS, AuthScopes
 from authmw.request import ASGIRequestView
 from authmw.sessions import AsyncSessionHandle
@@ -107,11 +107,10 @@ class AuthMiddleware:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:
             if not exchange.public:
-                flow = auth.flow(exchange.view, exchange.policy, exchange.state)
-                try:  # most requests need no I/O (a cached token, a local session): no coroutine for them
-                    exchange.principal = await resume_async(flow, flow.send(None))
-                except StopIteration as done:
-                    exchange.principal = done.value
+                try:  # most requests need no I/O (a cached token, a local session): no flow, no coroutine
+                    exchange.principal = auth.resolve(exchange.view, exchange.policy, exchange.state, None)
+                except NeedsIO:
+                    exchange.principal = await run_async(auth.flow(exchange.view, exchange.policy, exchange.state))
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
             return
@@ -128,36 +127,43 @@ class AuthMiddleware:
         # A 500 is held back until the app returns: an app's own error middleware (Starlette's) turns a store
         # outage raised by login()/logout() into a 500 before re-raising it, and that must become a 503.
         held: list[Message] = []
-        replaced: list[bool] = []
+        replaced: list[bool] = []  # set when our 503 replaced the app's response: its body must not follow
 
         async def send_with_auth_headers(message: Message) -> None:
-            if held or (message["type"] == "http.response.start" and message.get("status") == 500):
+            if held:
                 held.append(message)
-            elif message["type"] == "http.response.start" or replaced:
-                await forward(message)
+            elif message["type"] != "http.response.start":
+                if not replaced:
+                    await send(message)
+            elif message.get("status") == 500:
+                held.append(message)
             else:
-                await send(message)
+                await start_response(message)
 
-        async def forward(message: Message) -> None:
-            if replaced:  # the app's body belongs to the response our 503 replaced
+        async def start_response(message: Message) -> None:
+            exchange.response_started = True
+            try:
+                if exchange.state is not None and exchange.state.data_changed():
+                    await run_async(exchange.finish())
+            except ServiceUnavailable as error:
+                # The session data could not be saved: say so rather than pretend (fail closed), with a
+                # body of our own (the app's may say the change was made).
+                replaced.append(True)
+                failed = auth.error_response(error, exchange.view, None)
+                await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
+                await send({"type": "http.response.body", "body": failed.body})
                 return
-            if message["type"] == "http.response.start":
-                exchange.response_started = True
-                try:
-                    if exchange.state is not None and exchange.state.data_changed():
-                        await run_async(exchange.finish())
-                except ServiceUnavailable as error:
-                    # The session data could not be saved: say so rather than pretend (fail closed), with a
-                    # body of our own (the app's may say the change was made).
-                    replaced.append(True)
-                    failed = auth.error_response(error, exchange.view, None)
-                    await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
-                    await send({"type": "http.response.body", "body": failed.body})
-                    return
-                changed = exchange.response_headers(message.get("headers", ()), b"")
-                if changed is not None:
-                    message["headers"] = changed
+            changed = exchange.response_headers(message.get("headers", ()), b"")
+            if changed is not None:
+                message["headers"] = changed
             await send(message)
+
+        async def release_held() -> None:
+            for message in held:
+                if message["type"] == "http.response.start":
+                    await start_response(message)
+                elif not replaced:
+                    await send(message)
 
         try:
             await self.app(scope, receive, send_with_auth_headers)
@@ -170,11 +176,10 @@ class AuthMiddleware:
             await send({"type": "http.response.body", "body": failed.body})
             return
         except BaseException:
-            for message in held:
-                await forward(message)
+            await release_held()
             raise
-        for message in held:
-            await forward(message)
+        if held:
+            await release_held()
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)

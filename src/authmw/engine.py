@@ -14,8 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
-from typing import Any, AnyStr
+from typing import Any, AnyStr, NamedTuple
 from urllib.parse import quote
 
 from authmw.audit import Auditor
@@ -31,7 +30,7 @@ from authmw.errors import (
     StepUpRequired,
     render_error,
 )
-from authmw.flows import Blocking, Flow, run_async, run_sync, store_call
+from authmw.flows import INLINE, IO, Flow, io_blocking, io_store, restartable, run_async, run_sync
 from authmw.issuer import TokenIssuer, TokenService, jti_key
 from authmw.keys import UnknownKeyId
 from authmw.policy import AMBIGUOUS_PATH, WEBSOCKET, Policy, Route, RouteTable
@@ -49,9 +48,8 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 _HOST = re.compile(r"(?P<host>[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.vV]+\])(?::[0-9]+)?")
 
 
-@dataclass(frozen=True, slots=True)
-class AuthState:
-    """What the middleware decided for a request: `scope["authmw"]` / `environ["authmw"]`."""
+class AuthState(NamedTuple):
+    """What the middleware decided for a request: `scope["authmw"]` / `environ["authmw"]` (immutable)."""
 
     policy: Policy
     principal: Principal | None
@@ -137,6 +135,11 @@ class Authenticator:
                     log.info("authmw: token issuance is off: %s", exc)
         if self._grace and self.token_store is not None and not _takes_grace(self.token_store):
             raise ConfigurationError("revocation_grace needs a store whose token_state() takes a grace argument")
+        # An in-process store's token_state, called straight from `_verify_jwt` (it cannot need I/O, so no I/O
+        # point is needed for it); None for a store that does I/O, or when a grace argument must be passed.
+        self._token_state_now: Any = None
+        if getattr(self.token_store, "nonblocking", False) and not self._grace:
+            self._token_state_now = self.token_store.token_state
         if self.sessions is not None and config.jwt is not None:
             self.sessions.token_store = self.token_store
             # A not-before must outlive every access token issued before it.
@@ -177,10 +180,11 @@ class Authenticator:
         state = SessionState(self.sessions, view) if self.sessions is not None and wants_session else None
         return Exchange(view, policy, public, state)
 
-    def authenticate(self, exchange: Exchange) -> Flow[Principal | None]:
-        """Resolve and check the caller of `exchange` (nothing to do on public routes and CORS preflights)."""
+    def authenticate(self, exchange: Exchange) -> Principal | None:
+        """Resolve and check the caller of `exchange` in a synchronous world, I/O inline (nothing to do on
+        public routes and CORS preflights)."""
         if not exchange.public:
-            exchange.principal = yield from self.flow(exchange.view, exchange.policy, exchange.state)
+            exchange.principal = self.resolve(exchange.view, exchange.policy, exchange.state, INLINE)
         return exchange.principal
 
     @staticmethod
@@ -195,7 +199,14 @@ class Authenticator:
         return asked is not None and _METHOD.fullmatch(asked) is not None and origin is not None and "," not in origin
 
     def flow(self, view: RequestView, policy: Policy, session: SessionState | None = None) -> Flow[Principal | None]:
-        """Resolve and check the caller for a non-public `policy`.
+        """`resolve` as a flow (for callers that drive flows)."""
+        return restartable(lambda io: self.resolve(view, policy, session, io))
+
+    def resolve(
+        self, view: RequestView, policy: Policy, session: SessionState | None = None, io: IO = INLINE
+    ) -> Principal | None:
+        """Resolve and check the caller for a non-public `policy` (a restartable step, see `authmw.flows`:
+        shells call it with ``io=None`` first, so a request that needs no I/O costs no flow machinery).
 
         A bearer token, when the route accepts one and it is present, is the credential used; an invalid
         one is refused, never replaced by the session cookie or by anonymity (P26).
@@ -209,31 +220,32 @@ class Authenticator:
         if principal is not None:
             self.decide(policy, principal)
             return principal
-        if "jwt" in policy.accept:
+        accept = policy.accept
+        if "jwt" in accept:
             verifier = self.verifier
             known = verifier.verified_tokens if verifier is not None else ()
             token = bearer_token(view, max_bytes=self._max_token_bytes, known=known)
             if token is not None:
-                principal = yield from self._verify_jwt(token)
-        if principal is None and session is not None and "session" in policy.accept:
-            principal = yield from session.manager.resolve(session)
+                principal = self._verify_jwt(token, io)
+        if principal is None and session is not None and "session" in accept:
+            principal = session.manager.lookup(session, io)
             if principal is not None and policy.csrf:
                 session.manager.check_cross_site(session, websocket=view.is_websocket)
         self.decide(policy, principal)
         return principal
 
-    def _verify_jwt(self, token: str) -> Flow[Principal]:
+    def _verify_jwt(self, token: str, io: IO) -> Principal:
         verifier = self.verifier
         if verifier is None:
             raise InvalidToken("bearer tokens are not accepted by this service", reason="jwt_disabled")
         keyset = verifier.keyset
         if keyset.refresh_due():
-            yield Blocking(keyset.ensure_fresh)
+            io_blocking(io, "jwks", keyset.ensure_fresh)
         try:
             principal = verifier.verify(token)
         except UnknownKeyId:
             # The issuer may have rotated keys: look once (rate-limited by the key set), then decide.
-            if not (yield Blocking(lambda: keyset.ensure_fresh(force=True))):
+            if not io_blocking(io, "jwks-unknown-kid", lambda: keyset.ensure_fresh(force=True)):
                 raise
             principal = verifier.verify(token)
         store = self.token_store
@@ -243,12 +255,12 @@ class Authenticator:
             if key is None and principal.token_id is not None:
                 key = jti_key(principal.issuer, principal.token_id)
             # The grace argument only when one is configured: a store written to the two-argument form still works.
-            if self._grace:
-                state = yield from store_call(store, "token_state", principal.id, key, self._grace)
-            elif getattr(store, "nonblocking", False):  # in-process: no effect to yield
-                state = store.token_state(principal.id, key)
+            if self._token_state_now is not None:
+                state = self._token_state_now(principal.id, key)
+            elif self._grace:
+                state = io_store(io, "token_state", store, "token_state", principal.id, key, self._grace)
             else:
-                state = yield from store_call(store, "token_state", principal.id, key)
+                state = io_store(io, "token_state", store, "token_state", principal.id, key)
             not_before, denied = state
             if denied:
                 raise InvalidToken("the token has been revoked", reason="revoked")

@@ -391,7 +391,7 @@ class AuthMW:
         if exchange.state is not None:
             environ["authmw.session"] = SessionHandle(exchange.state)
         try:
-            run_sync(auth.authenticate(exchange))
+            auth.authenticate(exchange)
         except AuthError as error:
             state.principal = None
             response = auth.error_response(error, view, exchange.policy)

@@ -79,28 +79,29 @@ ANONYMOUS = Anonymous()
 class AuthScopes:
     """`scope["auth"]`: shaped like Starlette's `AuthCredentials` so `requires(...)` keeps working.
 
-    Authenticated callers carry the conventional ``"authenticated"`` scope besides their own.
+    Authenticated callers carry the conventional ``"authenticated"`` scope besides their own. One instance
+    per set of scopes is shared by every request with that set, so `scopes` is a tuple (read-only).
     """
 
     __slots__ = ("scopes",)
 
     def __init__(self, scopes: Iterable[str] = ()) -> None:
-        self.scopes = list(scopes)
+        self.scopes = tuple(scopes)
 
     @classmethod
     def for_principal(cls, principal: Principal | None) -> AuthScopes:
         if principal is None:
             return _NO_SCOPES
-        scopes = _SCOPE_LISTS.get(principal.scopes)
-        if scopes is None:
-            if len(_SCOPE_LISTS) >= 1024:
-                _SCOPE_LISTS.clear()
-            scopes = _SCOPE_LISTS[principal.scopes] = ("authenticated", *sorted(principal.scopes))
-        return cls(scopes)
+        found = _SHARED.get(principal.scopes)
+        if found is None:
+            if len(_SHARED) >= 1024:
+                _SHARED.clear()
+            found = _SHARED[principal.scopes] = cls(("authenticated", *sorted(principal.scopes)))
+        return found
 
     def __repr__(self) -> str:
-        return f"AuthScopes({self.scopes!r})"
+        return f"AuthScopes({list(self.scopes)!r})"
 
 
 _NO_SCOPES = AuthScopes()
-_SCOPE_LISTS: dict[frozenset[str], tuple[str, ...]] = {}
+_SHARED: dict[frozenset[str], AuthScopes] = {}

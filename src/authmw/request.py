@@ -22,18 +22,28 @@ _JOINED_BEARER = re.compile(r",\s*bearer(\s|$)", re.IGNORECASE)
 
 
 class RequestView:
-    """Method, route path, scheme, query string and header access; subclasses adapt ASGI and WSGI."""
+    """Method, route path, scheme, query string and header access; subclasses adapt ASGI and WSGI.
+    What most requests never need (scheme, query string, client) is read from the request only when asked."""
 
-    __slots__ = ("client", "is_websocket", "method", "method_as_sent", "path", "query_string", "scheme")
+    __slots__ = ("is_websocket", "method", "method_as_sent", "path")
 
     #: upper-cased, as werkzeug routes it, so that `delete` meets the rules written for `DELETE`
     method: str
     method_as_sent: str
     path: str
-    scheme: str
-    query_string: bytes
-    client: str | None
     is_websocket: bool
+
+    @property
+    def scheme(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def query_string(self) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def client(self) -> str | None:
+        raise NotImplementedError
 
     def header_values(self, name: str) -> list[str]:
         """Every value of the header `name` (lower-case), in order; values decoded as latin-1."""
@@ -46,22 +56,44 @@ class RequestView:
 
 
 class ASGIRequestView(RequestView):
-    __slots__ = ("_headers",)
+    __slots__ = ("_headers", "_scope")
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
-        self.is_websocket = scope["type"] == "websocket"
-        self.method_as_sent = "GET" if self.is_websocket else scope["method"]
-        self.method = self.method_as_sent.upper()
+        self._scope = scope
+        self.is_websocket = websocket = scope["type"] == "websocket"
+        self.method_as_sent = method = "GET" if websocket else scope["method"]
+        self.method = method if method == "GET" or method == "POST" else method.upper()
         self.path = route_path(scope)
-        self.scheme = scope.get("scheme") or ("wss" if self.is_websocket else "http")
-        self.query_string = scope.get("query_string", b"")
-        client = scope.get("client")
-        self.client = client[0] if client else None
         self._headers: list[tuple[bytes, bytes]] = scope["headers"]
 
+    @property
+    def scheme(self) -> str:
+        return self._scope.get("scheme") or ("wss" if self.is_websocket else "http")
+
+    @property
+    def query_string(self) -> bytes:
+        value: bytes = self._scope.get("query_string", b"")
+        return value
+
+    @property
+    def client(self) -> str | None:
+        client = self._scope.get("client")
+        return client[0] if client else None
+
     def header_values(self, name: str) -> list[str]:
-        key = name.encode("latin-1")
-        return [v.decode("latin-1") for k, v in self._headers if k == key]
+        key = _ASGI_KEYS.get(name)
+        if key is None:
+            key = name.encode("latin-1")
+            if len(_ASGI_KEYS) < 256:  # names come from authmw's code, never from requests; bounded anyway
+                _ASGI_KEYS[name] = key
+        values = []
+        for k, v in self._headers:  # a loop, not a comprehension: no extra frame on every request (3.11)
+            if k == key:
+                values.append(v.decode("latin-1"))
+        return values
+
+
+_ASGI_KEYS: dict[str, bytes] = {}
 
 
 def route_path(scope: Mapping[str, Any]) -> str:
@@ -79,8 +111,8 @@ class WSGIRequestView(RequestView):
     def __init__(self, environ: Mapping[str, Any]) -> None:
         self._environ = environ
         self.is_websocket = False
-        self.method_as_sent = environ.get("REQUEST_METHOD", "GET")
-        self.method = self.method_as_sent.upper()
+        self.method_as_sent = method = environ.get("REQUEST_METHOD", "GET")
+        self.method = method if method == "GET" or method == "POST" else method.upper()
         # PATH_INFO is what the app routes on; SCRIPT_NAME is the mount point.
         # PEP 3333 hands the path over as latin-1 text of the raw bytes; routers decode it as UTF-8.
         raw_path: str = environ.get("PATH_INFO") or "/"
@@ -88,9 +120,21 @@ class WSGIRequestView(RequestView):
             self.path = raw_path.encode("latin-1").decode("utf-8")
         except UnicodeError:
             self.path = raw_path.encode("latin-1", "replace").decode("utf-8", "replace")
-        self.scheme = environ.get("wsgi.url_scheme", "http")
-        self.query_string = environ.get("QUERY_STRING", "").encode("latin-1", "replace")
-        self.client = environ.get("REMOTE_ADDR")
+
+    @property
+    def scheme(self) -> str:
+        value: str = self._environ.get("wsgi.url_scheme", "http")
+        return value
+
+    @property
+    def query_string(self) -> bytes:
+        value: str = self._environ.get("QUERY_STRING", "")
+        return value.encode("latin-1", "replace")
+
+    @property
+    def client(self) -> str | None:
+        value: str | None = self._environ.get("REMOTE_ADDR")
+        return value
 
     def header_values(self, name: str) -> list[str]:
         # WSGI servers join repeated fields with commas (RFC 9110 §5.3); parsers below treat commas as malformed.

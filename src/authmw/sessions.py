@@ -29,7 +29,7 @@ from itsdangerous.encoding import base64_decode, base64_encode
 
 from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
-from authmw.flows import Flow, StoreCall, run_async, run_sync, store_call
+from authmw.flows import INLINE, IO, Flow, StoreCall, io_store, restartable, run_async, run_sync
 from authmw.principal import Principal
 from authmw.request import RequestView
 from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
@@ -303,16 +303,16 @@ class SessionManager:
     # ---- resolving the caller ----
 
     def resolve(self, state: SessionState) -> Flow[Principal | None]:
-        """The principal of the request's session cookie, or None (an invalid cookie is cleared)."""
+        """`lookup` as a flow."""
+        return restartable(lambda io: self.lookup(state, io))
+
+    def lookup(self, state: SessionState, io: IO = INLINE) -> Principal | None:
+        """The principal of the request's session cookie, or None (an invalid cookie is cleared).
+        A restartable step (see `authmw.flows`): its one I/O point is the store's `load`."""
         sid = state.cookie_sid()
         if sid is None:
             return None
-        store = self.store
-        record: SessionRecord | None
-        if getattr(store, "nonblocking", False):  # in-process: no effect to yield
-            record = store.load(sid, self.touch_interval)
-        else:
-            record = yield from store_call(store, "load", sid, self.touch_interval)
+        record: SessionRecord | None = io_store(io, "load", self.store, "load", sid, self.touch_interval)
         if record is None or record.absolute_expiry <= time.time():
             state.bad_cookie = True
             return None

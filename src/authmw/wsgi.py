@@ -55,7 +55,7 @@ class AuthMiddleware:
         if exchange.state is not None:
             environ["authmw.session"] = SessionHandle(exchange.state)
         try:
-            run_sync(auth.authenticate(exchange))
+            auth.authenticate(exchange)
         except AuthError as error:
             response = auth.error_response(error, exchange.view, exchange.policy)
             start_response(status_line(response.status), exchange.error_headers(response))
