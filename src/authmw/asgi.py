@@ -44,6 +44,15 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
+def _started(exchange: Exchange, message: Message) -> Message:
+    """The app's `http.response.start` with identity headers (P31) and session cookies added."""
+    exchange.response_started = True
+    changed = exchange.response_headers(message.get("headers", ()), b"")
+    if changed is not None:
+        message["headers"] = changed
+    return message
+
+
 class AuthMiddleware:
     """Wrap an ASGI app: ``app = AuthMiddleware(app, AuthConfig(...))``."""
 
@@ -137,26 +146,25 @@ class AuthMiddleware:
                     await send(message)
             elif message.get("status") == 500:
                 held.append(message)
+            elif exchange.state is None or not exchange.state.data_changed():  # nothing to save (most responses)
+                await send(_started(exchange, message))
             else:
                 await start_response(message)
 
         async def start_response(message: Message) -> None:
-            exchange.response_started = True
             try:
                 if exchange.state is not None and exchange.state.data_changed():
                     await run_async(exchange.finish())
             except ServiceUnavailable as error:
                 # The session data could not be saved: say so rather than pretend (fail closed), with a
                 # body of our own (the app's may say the change was made).
+                exchange.response_started = True
                 replaced.append(True)
                 failed = auth.error_response(error, exchange.view, None)
                 await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
                 await send({"type": "http.response.body", "body": failed.body})
                 return
-            changed = exchange.response_headers(message.get("headers", ()), b"")
-            if changed is not None:
-                message["headers"] = changed
-            await send(message)
+            await send(_started(exchange, message))
 
         async def release_held() -> None:
             for message in held:

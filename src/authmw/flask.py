@@ -213,7 +213,25 @@ class AuthMW:
         self._policy_memos.append(policies)
 
         def before_request() -> None:
-            self._before_request(auth, app, policies)
+            # Flask's proxies resolved once; the view's policy from the per-app memo (see `_policy_for`).
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            environ = req.environ
+            view = WSGIRequestView(environ)
+            exchange = auth.begin(view, self._policy_for(view, auth, app, req, policies))
+            environ["authmw.exchange"] = exchange  # also for a refusal the app re-renders
+            globals_ = g._get_current_object()
+            globals_.authmw_exchange = exchange
+            if exchange.state is not None:
+                environ["authmw.session"] = SessionHandle(exchange.state)
+            try:
+                principal = auth.authenticate(exchange)
+            except AuthError as error:
+                globals_.principal = None
+                response = auth.error_response(error, view, exchange.policy)
+                response.headers = exchange.error_headers(response)
+                raise _failure(error, response) from None
+            globals_.principal = principal
+            exchange.attach_wsgi(environ)
 
         def exchange_of_response(environ: dict[str, Any]) -> Exchange | None:
             exchange: Exchange | None = environ.get("authmw.exchange")
@@ -376,29 +394,6 @@ class AuthMW:
         response = FlaskResponse(json.dumps(service.issuer.jwks()), content_type="application/json")
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
-
-    # ---- request hooks ----
-
-    def _before_request(
-        self, auth: Authenticator, app: Flask, memo: dict[tuple[str | None, str], Policy | None]
-    ) -> None:
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        state = g._get_current_object()
-        environ = req.environ
-        view = WSGIRequestView(environ)
-        exchange = auth.begin(view, self._policy_for(view, auth, app, req, memo))
-        state.authmw_exchange = environ["authmw.exchange"] = exchange  # also for a refusal the app re-renders
-        if exchange.state is not None:
-            environ["authmw.session"] = SessionHandle(exchange.state)
-        try:
-            auth.authenticate(exchange)
-        except AuthError as error:
-            state.principal = None
-            response = auth.error_response(error, view, exchange.policy)
-            response.headers = exchange.error_headers(response)
-            raise _failure(error, response) from None
-        state.principal = exchange.principal
-        exchange.attach_wsgi(environ)
 
 
 class _ResponseFinisher:

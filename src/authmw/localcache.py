@@ -69,28 +69,42 @@ class LocalCache:
         self._silence_limit = 2 * ping_interval + 0.5
         self._fork_generation = -1
         self._thread: threading.Thread | None = None
+        #: True from the listener's start until it ends (in this process: a child of a fork has no thread)
+        self._listening = False
         self._stopped = threading.Event()
 
     # ---- the listener ----
 
     def ensure_listening(self) -> None:
         """Start the listener thread in this process (again after a fork: threads do not survive it)."""
-        # The fork generation instead of os.getpid(): a system call on every request is not free.
-        if self._fork_generation == _forks and self._thread is not None and self._thread.is_alive():
+        # The fork generation instead of os.getpid(), and a flag the thread clears as it ends instead of
+        # Thread.is_alive() (which takes a lock): this runs on every request.
+        if self._fork_generation == _forks and self._listening:
             return
         with self._lock:
-            if self._fork_generation == _forks and self._thread is not None and self._thread.is_alive():
+            if self._fork_generation == _forks and self._listening:
                 return
             self._fork_generation = _forks
             self.healthy = False
             self._clear()
             self._stopped.clear()
-            self._thread = threading.Thread(target=self._listen, name="authmw-invalidation", daemon=True)
-            self._thread.start()
+            self._listening = True
+            self._thread = threading.Thread(target=self._listen_until_stopped, name="authmw-invalidation", daemon=True)
+            try:
+                self._thread.start()
+            except BaseException:
+                self._listening = False
+                raise
 
     def close(self) -> None:
         self._stopped.set()
         self.healthy = False
+
+    def _listen_until_stopped(self) -> None:
+        try:
+            self._listen()
+        finally:  # however the thread ends, the next request starts another
+            self._listening = False
 
     def _listen(self) -> None:
         backoff = 0.05

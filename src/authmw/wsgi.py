@@ -93,12 +93,14 @@ def serve(
         exchange = exchange_of()
         if exchange is None:
             return start_response(status, headers, exc_info)
-        try:
-            run_sync(exchange.finish())
-        except ServiceUnavailable as error:
-            failed.append(auth.error_response(error, exchange.view, None))
-            start_response(status_line(503), failed[0].headers, exc_info)
-            return _discard
+        state = exchange.state
+        if state is not None and state.data_changed():
+            try:
+                run_sync(exchange.finish())
+            except ServiceUnavailable as error:
+                failed.append(auth.error_response(error, exchange.view, None))
+                start_response(status_line(503), failed[0].headers, exc_info)
+                return _discard
         changed = exchange.response_headers(headers, "")
         return start_response(status, headers if changed is None else changed, exc_info)
 
