@@ -56,29 +56,33 @@ class RequestView:
 
 
 class ASGIRequestView(RequestView):
-    __slots__ = ("_headers", "_scope")
+    # No reference to the scope itself: the scope holds the session handle, which holds this view (a cycle
+    # would leave every session request's objects to the garbage collector instead of reference counting).
+    __slots__ = ("_client", "_headers", "_query_string", "_scheme")
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
-        self._scope = scope
         self.is_websocket = websocket = scope["type"] == "websocket"
         self.method_as_sent = method = "GET" if websocket else scope["method"]
         self.method = method if method == "GET" or method == "POST" else method.upper()
         self.path = route_path(scope)
         self._headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self._scheme: str = scope.get("scheme") or ("wss" if websocket else "http")
+        self._query_string: bytes = scope.get("query_string", b"")
+        self._client: Any = scope.get("client")
 
     @property
     def scheme(self) -> str:
-        return self._scope.get("scheme") or ("wss" if self.is_websocket else "http")
+        return self._scheme
 
     @property
     def query_string(self) -> bytes:
-        value: bytes = self._scope.get("query_string", b"")
-        return value
+        return self._query_string
 
     @property
     def client(self) -> str | None:
-        client = self._scope.get("client")
-        return client[0] if client else None
+        client = self._client
+        host: str | None = client[0] if client else None
+        return host
 
     def header_values(self, name: str) -> list[str]:
         key = _ASGI_KEYS.get(name)
