@@ -128,7 +128,10 @@ def render(
         "checked), Flask-Login on Flask's signed-cookie session, and Flask-Login + Flask-Session on Redis.",
         "- **Redis** on 127.0.0.1:6379 (its own db and key prefix, deleted afterwards). Redis commands per request "
         "are counted on the clients, outside the timed rounds.",
-        f"- **Over HTTP**: each app in its own uvicorn (1 worker, `--no-access-log`, loopback), loaded by "
+        "- **Over HTTP**: each app in its own uvicorn (1 worker, `--no-access-log`, loopback), on the setup "
+        "`pip install uvicorn` gives (`--http h11 --loop asyncio`: the targets) and, for the bare app and authmw's "
+        "two cases, also on uvicorn[standard]'s (`--http httptools --loop uvloop`), each compared with the bare app "
+        "on the same setup; loaded by "
         f"**{loadgen}** with {overhttp.CONNECTIONS} keep-alive connections for {settings.http_seconds:g} s per case "
         f"per round, {settings.http_rounds} rounds, interleaved and shuffled like the in-process cases. Before "
         "every load the case proves it authenticates; any non-2xx answer fails the run.",

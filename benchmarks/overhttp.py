@@ -41,6 +41,8 @@ class HTTPCase:
     factory: str
     headers: list[str] = field(default_factory=list)
     group: str = "authmw"
+    #: the uvicorn protocol/loop pair: "h11" (what `pip install uvicorn` gives) or "httptools" (uvicorn[standard])
+    server: str = "h11"
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -72,6 +74,12 @@ def _start(case: HTTPCase, env: dict[str, str]) -> None:
         "--no-access-log",
         "--log-level",
         "warning",
+        # Named, never left to what happens to be installed: the two setups cost differently per request.
+        *(
+            ("--http", "httptools", "--loop", "uvloop")
+            if case.server == "httptools"
+            else ("--http", "h11", "--loop", "asyncio")
+        ),
     ]
     case.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: S603
 
@@ -179,6 +187,8 @@ def build_cases(url: str, prefix: str) -> list[HTTPCase]:
     assert config.sessions is not None
     config.sessions.store.client.close()
     bearer = f"Authorization: Bearer {token}"
+    cookie = f"Cookie: {name}={value}"
+    fast = "uvicorn[standard]: httptools + uvloop"
     return [
         HTTPCase("h-bare", "bare Starlette", "benchmarks.asgi_apps:http_bare", group="bare"),
         HTTPCase(
@@ -193,9 +203,32 @@ def build_cases(url: str, prefix: str) -> list[HTTPCase]:
             "h-authmw-session-local",
             "authmw session, Redis + local cache",
             "benchmarks.asgi_apps:http_authmw_session_local",
-            [f"Cookie: {name}={value}"],
+            [cookie],
+        ),
+        # The same three with uvicorn's fast protocol and loop: a cheaper server leaves authmw a larger share.
+        HTTPCase(
+            "hs-bare", f"bare Starlette ({fast})", "benchmarks.asgi_apps:http_bare", group="bare", server="httptools"
+        ),
+        HTTPCase(
+            "hs-authmw-jwt",
+            f"authmw JWT repeated token (cache) ({fast})",
+            "benchmarks.asgi_apps:http_authmw_jwt",
+            [bearer],
+            server="httptools",
+        ),
+        HTTPCase(
+            "hs-authmw-session-local",
+            f"authmw session, Redis + local cache ({fast})",
+            "benchmarks.asgi_apps:http_authmw_session_local",
+            [cookie],
+            server="httptools",
         ),
     ]
+
+
+def bare_key(case: HTTPCase) -> str:
+    """The bare app measured on the same server setup as `case`."""
+    return "hs-bare" if case.server == "httptools" else "h-bare"
 
 
 @contextlib.contextmanager

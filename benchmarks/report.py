@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from benchmarks.common import DASH, TIMES, Spread
 from benchmarks.inprocess import FLASK, STARLETTE, Case, InProcessResults
-from benchmarks.overhttp import HTTPResults
+from benchmarks.overhttp import HTTPResults, bare_key
 from benchmarks.profiling import Profile
 from benchmarks.revocation import Propagation
 
@@ -70,15 +70,21 @@ def inprocess_table(results: InProcessResults, framework: str) -> str:
 
 
 def http_table(results: HTTPResults) -> str:
-    bare = results.rps["h-bare"]
     rows = []
     for case in results.cases:
         rps = results.rps[case.key]
+        bare = results.rps[bare_key(case)]
         spread = Spread.of(rps)
         us = Spread.of([1e6 / r for r in rps])
         ratio = "—" if case.group == "bare" else Spread.of([a / b for a, b in zip(rps, bare, strict=True)]).fmt(3)
         rows.append([case.label, spread.fmt(0), us.fmt(1), ratio])
-    return table(["case (uvicorn, 1 worker)", "requests/s", "µs/request", f"{TIMES} bare app's requests/s"], rows)
+    header = [
+        "case (uvicorn, 1 worker)",
+        "requests/s",
+        "µs/request",
+        f"{TIMES} the same server's bare app's requests/s",
+    ]
+    return table(header, rows)
 
 
 def revocation_table(results: Sequence[Propagation]) -> str:
