@@ -602,3 +602,18 @@ def test_engine_uses_stale_keys_when_server_down(km: KeyMaterial, jwks_server: J
     jwks_server.stop()
     principal = authenticate(auth, token(km.rsa, "k1", now=now, sub="carol"))
     assert principal is not None and principal.id == "carol"
+
+
+def test_a_key_set_that_can_refresh_says_so_so_requests_ask_it() -> None:
+    """`_verify_jwt` skips `refresh_due()` for sets that never refresh: any subclass overriding it is asked."""
+    from authmw.keys import KeySet, RemoteKeySet
+
+    class Custom(KeySet):
+        def refresh_due(self) -> bool:
+            return True
+
+    class Plain(KeySet):
+        pass
+
+    assert not KeySet.refreshes and not Plain.refreshes
+    assert RemoteKeySet.refreshes and Custom.refreshes

@@ -124,12 +124,13 @@ class AuthMiddleware:
             await self._refuse(error, exchange, scope, receive, send)
             return
         principal = exchange.principal
-        scope["authmw"] = AuthState(exchange.policy, principal)
+        # AuthState(policy, principal) without the Python-level __new__ a NamedTuple has: every call counts here.
+        scope["authmw"] = tuple.__new__(AuthState, (exchange.policy, principal))
         scope["user"] = principal if principal is not None else ANONYMOUS
         scope["auth"] = AuthScopes.for_principal(principal)
         if self._checks_endpoints:
             send = self._guarded(scope, exchange, send)
-        if kind == "websocket" or exchange.passthrough:
+        if kind == "websocket" or (exchange.public and exchange.state is None):  # nothing to add to the response
             await self.app(scope, receive, send)
             return
 

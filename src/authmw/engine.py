@@ -36,7 +36,7 @@ from authmw.keys import UnknownKeyId
 from authmw.policy import AMBIGUOUS_PATH, WEBSOCKET, Policy, Route, RouteTable
 from authmw.principal import Principal
 from authmw.request import RequestView, bearer_token, with_identity_headers
-from authmw.sessions import SessionManager, SessionState
+from authmw.sessions import SAFE_METHODS, SessionManager, SessionState
 from authmw.tokens import JWTVerifier
 
 __all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
@@ -174,7 +174,7 @@ class Authenticator:
         """Start a request: its policy (from the route table unless given) and, with sessions on, its state."""
         if policy is None:
             policy = self.policy_for(view)
-        public = policy.is_public or self.is_cors_preflight(view)
+        public = not policy.accept or (view.method_as_sent == "OPTIONS" and self.is_cors_preflight(view))
         # Session state where a session can be read or started (public routes: a login form posts there).
         wants_session = public or "session" in policy.accept
         state = SessionState(self.sessions, view) if self.sessions is not None and wants_session else None
@@ -229,9 +229,11 @@ class Authenticator:
                 principal = self._verify_jwt(token, io)
         if principal is None and session is not None and "session" in accept:
             principal = session.manager.lookup(session, io)
-            if principal is not None and policy.csrf:
-                session.manager.check_cross_site(session, websocket=view.is_websocket)
-        self.decide(policy, principal)
+            websocket = view.is_websocket
+            if principal is not None and policy.csrf and (websocket or view.method not in SAFE_METHODS):
+                session.manager.check_cross_site(session, websocket=websocket)
+        if principal is None or policy.scopes or policy.max_auth_age is not None:  # else `decide` has nothing to do
+            self.decide(policy, principal)
         return principal
 
     def _verify_jwt(self, token: str, io: IO) -> Principal:
@@ -239,7 +241,7 @@ class Authenticator:
         if verifier is None:
             raise InvalidToken("bearer tokens are not accepted by this service", reason="jwt_disabled")
         keyset = verifier.keyset
-        if keyset.refresh_due():
+        if keyset.refreshes and keyset.refresh_due():
             io_blocking(io, "jwks", keyset.ensure_fresh)
         try:
             principal = verifier.verify(token)

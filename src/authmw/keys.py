@@ -284,6 +284,13 @@ class KeySet:
         """Fetch newer keys if this set has a source that may have them; True if the keys changed."""
         return False
 
+    #: whether `refresh_due` can ever be True (a subclass overrides it): checked first, per request, to skip the call
+    refreshes = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.refreshes = cls.refresh_due is not KeySet.refresh_due
+
     def refresh_due(self) -> bool:
         """True when `ensure_fresh` would fetch now (remote sets past their refresh interval)."""
         return False

@@ -56,33 +56,21 @@ class RequestView:
 
 
 class ASGIRequestView(RequestView):
-    # No reference to the scope itself: the scope holds the session handle, which holds this view (a cycle
-    # would leave every session request's objects to the garbage collector instead of reference counting).
-    __slots__ = ("_client", "_headers", "_query_string", "_scheme")
+    # Plain attributes (read once, at no cost worth a property call) and no reference to the scope itself: the
+    # scope holds the session handle, which holds this view (a cycle would leave every session request's objects
+    # to the garbage collector instead of reference counting).
+    __slots__ = ("_headers", "client", "query_string", "scheme")
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self.is_websocket = websocket = scope["type"] == "websocket"
         self.method_as_sent = method = "GET" if websocket else scope["method"]
         self.method = method if method == "GET" or method == "POST" else method.upper()
-        self.path = route_path(scope)
+        self.path = route_path(scope) if scope.get("root_path") else scope["path"]
         self._headers: list[tuple[bytes, bytes]] = scope["headers"]
-        self._scheme: str = scope.get("scheme") or ("wss" if websocket else "http")
-        self._query_string: bytes = scope.get("query_string", b"")
-        self._client: Any = scope.get("client")
-
-    @property
-    def scheme(self) -> str:
-        return self._scheme
-
-    @property
-    def query_string(self) -> bytes:
-        return self._query_string
-
-    @property
-    def client(self) -> str | None:
-        client = self._client
-        host: str | None = client[0] if client else None
-        return host
+        self.scheme = scope.get("scheme") or ("wss" if websocket else "http")  # type: ignore[misc]
+        self.query_string = scope.get("query_string", b"")  # type: ignore[misc]
+        client = scope.get("client")
+        self.client = client[0] if client else None  # type: ignore[misc]
 
     def header_values(self, name: str) -> list[str]:
         key = _ASGI_KEYS.get(name)
@@ -155,7 +143,7 @@ _WSGI_KEYS: dict[str, str] = {}
 
 
 def _has_query_token(query_string: bytes) -> bool:
-    if not query_string or (b"access" not in query_string and b"%" not in query_string):
+    if b"access" not in query_string and b"%" not in query_string:
         return False
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     return any(name == "access_token" for name, _ in pairs)
@@ -178,7 +166,8 @@ def bearer_token(view: RequestView, *, max_bytes: int, known: Container[str] = (
         if value.startswith("Bearer ") and len(value) - 7 <= max_bytes:
             token = value[7:]
             if token in known or _TOKEN68.fullmatch(token) is not None:
-                if _has_query_token(view.query_string):
+                query = view.query_string
+                if query and _has_query_token(query):
                     raise InvalidRequest("more than one credential method", reason="multiple_methods")
                 return token
     if len(values) > 1:
@@ -203,7 +192,8 @@ def bearer_token(view: RequestView, *, max_bytes: int, known: Container[str] = (
         raise InvalidToken("the token is too large", reason="token_too_large")
     if _TOKEN68.fullmatch(token) is None:
         raise InvalidRequest("malformed Authorization header", reason="malformed_authorization")
-    if _has_query_token(view.query_string):
+    query = view.query_string
+    if query and _has_query_token(query):
         raise InvalidRequest("more than one credential method", reason="multiple_methods")
     return token
 

@@ -47,7 +47,8 @@ log = logging.getLogger("authmw")
 
 _SID = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9._-]+")
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: methods that change nothing: no cross-site checks for them (websocket handshakes aside)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MIN_KEY_BYTES = 32
 
 
@@ -358,7 +359,7 @@ class SessionManager:
         reason = cross_site_reason(view, self.settings.trusted_origins, websocket=websocket)
         if reason is not None:
             raise CSRFError(reason, reason="csrf_" + reason.split()[0].lower().replace("-", "_"))
-        if self.settings.csrf_require_token and not websocket and view.method not in _SAFE_METHODS:
+        if self.settings.csrf_require_token and not websocket and view.method not in SAFE_METHODS:
             presented = view.header(self.settings.csrf_header)
             record = state.record
             expected = self.csrf_token(record.sid) if record is not None else ""
@@ -525,7 +526,7 @@ def cross_site_reason(view: RequestView, trusted: Sequence[str] = (), *, websock
     Fetch Metadata first (`Sec-Fetch-Site`), then `Origin`, then `Referer`; requests with none of these
     come from non-browser clients and pass (CSRF needs a browser's ambient cookies).
     """
-    if view.method in _SAFE_METHODS and not websocket:
+    if view.method in SAFE_METHODS and not websocket:
         return None
     site = view.header_values("sec-fetch-site")
     if site and site[0].strip().lower() in ("cross-site", "same-site"):
