@@ -857,3 +857,64 @@ def test_a_request_leaves_no_reference_cycle_for_the_garbage_collector() -> None
         loop.close()
     assert statuses == [200] * 100
     assert found == 0, f"{found} objects were only freed by the cycle collector"
+
+
+def test_request_auth_is_shared_read_only_so_one_request_cannot_change_anothers() -> None:
+    """`scope["auth"]` is one object per set of scopes (built once): it refuses changes instead of passing them on."""
+    from authmw.principal import AuthScopes
+
+    alice = Principal(id="alice", source="jwt", scopes=frozenset({"read"}))
+    bob = Principal(id="bob", source="jwt", scopes=frozenset({"read"}))
+    shared = AuthScopes.for_principal(alice)
+    assert AuthScopes.for_principal(bob) is shared and shared.scopes == ("authenticated", "read")
+    with pytest.raises(AttributeError):
+        shared.scopes = (*shared.scopes, "admin")  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        shared.scopes.append("admin")  # type: ignore[attr-defined]
+    assert AuthScopes.for_principal(bob).scopes == ("authenticated", "read")
+
+
+def test_a_bearer_request_that_needs_the_store_is_verified_once(redis_url: str) -> None:
+    """The ASGI shell tries without I/O first, then goes on from the I/O point it reached: the token is verified
+    (and `to_principal` called) once per request, not once per attempt, even with the verified-token cache off."""
+    from authmw.stores import RedisStore
+    from authmw.testing import mint_token
+    from authmw.tokens import default_principal
+
+    calls: list[str] = []
+
+    def to_principal(claims: dict[str, Any]) -> Principal:
+        calls.append(claims["sub"])
+        return default_principal(claims)
+
+    prefix = f"authmw-test-once-{uuid.uuid4().hex[:8]}:"
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        jwt_settings = JWTSettings(
+            algorithms=["HS256"], keys=SECRET, to_principal=to_principal, cache_size=0, revocation_store=store
+        )
+        config = AuthConfig(jwt=jwt_settings, routes=[Route("/", Policy.jwt())])
+        app = AuthMiddleware(_plain_app, config)
+        token = mint_token(config, "alice")
+        statuses: list[int] = []
+
+        async def run() -> None:
+            async def receive() -> Message:
+                return {"type": "http.request", "body": b""}
+
+            async def send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+
+            headers = [(b"authorization", f"Bearer {token}".encode())]
+            for _ in range(3):
+                await app({"type": "http", "method": "GET", "path": "/", "headers": headers}, receive, send)
+            await store.async_client.aclose()
+
+        asyncio.run(run())
+        assert statuses == [200, 200, 200]
+        assert calls == ["alice"] * 3
+    finally:
+        for key in store.client.scan_iter(match=prefix + "*"):
+            store.client.delete(key)
+        store.client.close()

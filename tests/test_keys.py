@@ -615,5 +615,8 @@ def test_a_key_set_that_can_refresh_says_so_so_requests_ask_it() -> None:
     class Plain(KeySet):
         pass
 
+    class Delegating(KeySet):  # refreshes through something else: says so itself
+        refreshes = True
+
     assert not KeySet.refreshes and not Plain.refreshes
-    assert RemoteKeySet.refreshes and Custom.refreshes
+    assert RemoteKeySet.refreshes and Custom.refreshes and Delegating.refreshes

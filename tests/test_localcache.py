@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -288,3 +289,37 @@ def test_a_forked_child_starts_its_own_listener(redis_url: str, prefix: str) -> 
     child.start()
     child.join(10)
     assert child.exitcode == 0
+
+
+def test_after_a_fork_no_request_reads_the_parents_cache_while_the_listener_restarts(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a forked child the listener flag is still set (inherited): until the child's own listener has started
+    and the inherited entries are gone, every request must take the locked path, never the parent's stale cache."""
+    import authmw.localcache as localcache
+
+    store = _cached_store(redis_url, prefix)
+    cache = store.local_cache
+    assert cache is not None
+    try:
+        _wait_healthy(store)
+        seen: list[bool] = []  # at each step of the restart: would an unlocked request go straight to the cache?
+        clear, start = cache._clear, threading.Thread.start
+
+        def watched_clear() -> None:
+            seen.append(cache._fork_generation == localcache._forks and cache._listening)
+            clear()
+
+        def watched_start(thread: threading.Thread) -> None:
+            seen.append(cache._fork_generation == localcache._forks and cache._listening)
+            start(thread)
+
+        monkeypatch.setattr(cache, "_clear", watched_clear)
+        monkeypatch.setattr(threading.Thread, "start", watched_start)
+        monkeypatch.setattr(localcache, "_forks", localcache._forks + 1)  # as os.fork() does in the child
+        cache.ensure_listening()
+        assert seen == [False, False]
+        assert cache._fork_generation == localcache._forks and cache._listening
+    finally:
+        cache.close()
+        store.client.close()

@@ -1697,3 +1697,41 @@ def test_p29_websocket_without_a_session_is_refused_before_accept(asgi_lab: Lab)
     forged = signer().sign(f"{user_tag('alice')}.{secrets.token_urlsafe(32)}").decode()
     sent = asgi_lab.run(_ws(app.app, [(b"cookie", f"{NAME}={forged}".encode())]))
     assert [m["type"] for m in sent] == ["websocket.close"]
+
+
+def test_p27_after_our_503_nothing_more_of_the_apps_response_goes_out_nor_is_saved() -> None:
+    """An app that starts its response twice (an ASGI bug, but not ours to pass on): once the unsaved data turned
+    the first start into our 503, the second start and its body are dropped and the data is not saved after all."""
+    store = SaveFails()
+    config = make_config(store)
+    from authmw.testing import session_cookie
+
+    name, value = session_cookie(config, "alice")
+
+    async def twice(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        scope["authmw.session"].data["colour"] = "red"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        store.failing = False  # the store is back for the second start: it must not be asked again
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"saved"})
+
+    app = authmw.asgi.AuthMiddleware(twice, config)
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def run() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(b"cookie", f"{name}={value}".encode())]
+        await app({"type": "http", "method": "GET", "path": "/account", "headers": headers}, receive, send)
+
+    store.failing = True
+    asyncio.run(run())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 503 and b"saved" not in sent[1]["body"]
+    (sid,) = list(store._sessions)  # the record in the store is unchanged
+    record = store.load(sid, 60)
+    assert record is not None and record.data == {}

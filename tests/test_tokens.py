@@ -1429,3 +1429,28 @@ def test_flask_refresh_works_after_a_hook_read_the_body_and_refuses_large_ones_u
     assert refreshed.status_code == 200, refreshed.get_data()
     big = client.post("/api/token/refresh", data=b" " * 100_000, headers={"Content-Type": "application/json"})
     assert big.status_code == 400
+
+
+def test_an_overridden_decide_is_asked_on_every_route() -> None:
+    """`resolve` skips `decide` where the stock one has nothing to check (no scopes, no max_auth_age) — never a
+    subclass's own, which may check more."""
+    asked: list[str] = []
+
+    class Stricter(Authenticator):
+        @staticmethod
+        def decide(policy: Policy, principal: Principal | None) -> None:
+            asked.append(principal.id if principal is not None else "-")
+            if principal is not None and principal.id == "mallory":
+                raise InvalidToken("not this one", reason="custom")
+
+    auth = Stricter(AuthConfig(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET)))
+    for sub in ("alice", "mallory"):
+        now = int(time.time())
+        token = pyjwt.encode({"sub": sub, "iat": now, "exp": now + 60}, SECRET, algorithm="HS256")
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_AUTHORIZATION": f"Bearer {token}"}
+        if sub == "mallory":
+            with pytest.raises(InvalidToken):
+                auth.resolve(WSGIRequestView(environ), Policy.jwt())
+        else:
+            assert auth.resolve(WSGIRequestView(environ), Policy.jwt()) is not None
+    assert asked == ["alice", "mallory"]

@@ -15,7 +15,7 @@ from typing import Any
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, PolicyNotApplied, ServiceUnavailable, render_error
-from authmw.flows import NeedsIO, run_async
+from authmw.flows import IOResults, NeedsIO, restartable, run_async
 from authmw.principal import ANONYMOUS, AuthScopes
 from authmw.request import ASGIRequestView
 from authmw.sessions import AsyncSessionHandle
@@ -116,10 +116,13 @@ class AuthMiddleware:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:
             if not exchange.public:
+                view, policy, state = exchange.view, exchange.policy, exchange.state
+                io: IOResults = {}
                 try:  # most requests need no I/O (a cached token, a local session): no flow, no coroutine
-                    exchange.principal = auth.resolve(exchange.view, exchange.policy, exchange.state, None)
-                except NeedsIO:
-                    exchange.principal = await run_async(auth.flow(exchange.view, exchange.policy, exchange.state))
+                    exchange.principal = auth.resolve(view, policy, state, io)
+                except NeedsIO as need:  # go on from there: perform the I/O, then run the step again
+                    flow = restartable(lambda io: auth.resolve(view, policy, state, io), io, need)
+                    exchange.principal = await run_async(flow)
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
             return
@@ -140,11 +143,12 @@ class AuthMiddleware:
         replaced: list[bool] = []  # set when our 503 replaced the app's response: its body must not follow
 
         async def send_with_auth_headers(message: Message) -> None:
+            if replaced:  # our 503 replaced the app's response: nothing more of the app's goes out
+                return
             if held:
                 held.append(message)
             elif message["type"] != "http.response.start":
-                if not replaced:
-                    await send(message)
+                await send(message)
             elif message.get("status") == 500:
                 held.append(message)
             elif exchange.state is None or not exchange.state.data_changed():  # nothing to save (most responses)
@@ -169,9 +173,11 @@ class AuthMiddleware:
 
         async def release_held() -> None:
             for message in held:
+                if replaced:
+                    return
                 if message["type"] == "http.response.start":
                     await start_response(message)
-                elif not replaced:
+                else:
                     await send(message)
 
         try:

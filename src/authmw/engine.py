@@ -116,6 +116,7 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
         self.table = RouteTable(config.routes, config.default)
+        self._own_decide = type(self).decide is not Authenticator.decide  # a subclass's decide() is always called
         self.verifier = JWTVerifier(config.jwt) if config.jwt is not None else None
         first = config.sessions.secret_keys[0] if config.sessions is not None else secrets.token_bytes(32)
         salt = first.encode() if isinstance(first, str) else bytes(first)
@@ -232,7 +233,8 @@ class Authenticator:
             websocket = view.is_websocket
             if principal is not None and policy.csrf and (websocket or view.method not in SAFE_METHODS):
                 session.manager.check_cross_site(session, websocket=websocket)
-        if principal is None or policy.scopes or policy.max_auth_age is not None:  # else `decide` has nothing to do
+        # `decide` has nothing to do for a caller on a route without scopes or max_auth_age (unless overridden).
+        if principal is None or policy.scopes or policy.max_auth_age is not None or self._own_decide:
             self.decide(policy, principal)
         return principal
 
@@ -240,16 +242,22 @@ class Authenticator:
         verifier = self.verifier
         if verifier is None:
             raise InvalidToken("bearer tokens are not accepted by this service", reason="jwt_disabled")
-        keyset = verifier.keyset
-        if keyset.refreshes and keyset.refresh_due():
-            io_blocking(io, "jwks", keyset.ensure_fresh)
-        try:
-            principal = verifier.verify(token)
-        except UnknownKeyId:
-            # The issuer may have rotated keys: look once (rate-limited by the key set), then decide.
-            if not io_blocking(io, "jwks-unknown-kid", lambda: keyset.ensure_fresh(force=True)):
-                raise
-            principal = verifier.verify(token)
+        kept = io.get("verified-token") if isinstance(io, dict) else None
+        if kept is not None:  # a run after I/O (the revocation lookup): verified already, hooks called already
+            principal: Principal = kept[1]
+        else:
+            keyset = verifier.keyset
+            if keyset.refreshes and keyset.refresh_due():
+                io_blocking(io, "jwks", keyset.ensure_fresh)
+            try:
+                principal = verifier.verify(token)
+            except UnknownKeyId:
+                # The issuer may have rotated keys: look once (rate-limited by the key set), then decide.
+                if not io_blocking(io, "jwks-unknown-kid", lambda: keyset.ensure_fresh(force=True)):
+                    raise
+                principal = verifier.verify(token)
+            if isinstance(io, dict):
+                io["verified-token"] = (True, principal)
         store = self.token_store
         if store is not None:
             # After the signature and after the cache: a revoked token is refused even when cached.

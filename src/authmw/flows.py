@@ -137,7 +137,8 @@ class _Inline:
 INLINE = _Inline()
 #: outcomes of the effects a restartable step asked for, by I/O point: (True, result) or (False, exception)
 IOResults = dict[str, tuple[bool, Any]]
-#: what a restartable step is given: `INLINE`, the outcomes so far, or None (no I/O may be done: raise `NeedsIO`)
+#: what a restartable step is given: `INLINE`, the outcomes so far (a step may also keep there what a run after
+#: the I/O must not redo), or None (no I/O may be done: raise `NeedsIO`)
 IO = _Inline | IOResults | None
 
 
@@ -183,19 +184,26 @@ def io_blocking(io: IO, key: str, call: Callable[[], T]) -> T:
     return result
 
 
-def restartable(step: Callable[[IO], T]) -> Flow[T]:
+def restartable(step: Callable[[IO], T], done: IOResults | None = None, first: NeedsIO | None = None) -> Flow[T]:
     """A restartable step as a flow: run it; when it needs I/O, yield the effect and run it again with the outcome.
 
-    Bounded: each run either returns, raises, or asks for an I/O point whose outcome it did not have yet.
+    `done` and `first` continue an attempt already made (``step(done)`` raised `first`): its effect is performed
+    before the step runs again, and what the step kept in `done` is kept. Bounded: each run either returns,
+    raises, or asks for an I/O point whose outcome it did not have yet.
     """
-    done: IOResults = {}
+    if done is None:
+        done = {}
+    need = first
     while True:
-        try:
-            return step(done)
-        except NeedsIO as need:
-            if need.key in done:  # a step asking twice for one point would loop forever: a bug, say so
-                raise RuntimeError(f"restartable step asked again for I/O point {need.key!r}") from None
+        if need is None:
             try:
-                done[need.key] = (True, (yield need.effect))
-            except Exception as exc:
-                done[need.key] = (False, exc)
+                return step(done)
+            except NeedsIO as raised:
+                need = raised
+        if need.key in done:  # a step asking twice for one point would loop forever: a bug, say so
+            raise RuntimeError(f"restartable step asked again for I/O point {need.key!r}")
+        try:
+            done[need.key] = (True, (yield need.effect))
+        except Exception as exc:
+            done[need.key] = (False, exc)
+        need = None

@@ -289,7 +289,8 @@ class KeySet:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.refreshes = cls.refresh_due is not KeySet.refresh_due
+        if "refreshes" not in cls.__dict__:  # a subclass may say so itself (e.g. one that refreshes by delegating)
+            cls.refreshes = cls.refresh_due is not KeySet.refresh_due
 
     def refresh_due(self) -> bool:
         """True when `ensure_fresh` would fetch now (remote sets past their refresh interval)."""

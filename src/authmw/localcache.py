@@ -84,7 +84,6 @@ class LocalCache:
         with self._lock:
             if self._fork_generation == _forks and self._listening:
                 return
-            self._fork_generation = _forks
             self.healthy = False
             self._clear()
             self._stopped.clear()
@@ -95,6 +94,9 @@ class LocalCache:
             except BaseException:
                 self._listening = False
                 raise
+            # Last: in a forked child `_listening` is still True from the parent, so until this line the check
+            # above sends every request here (to wait for the lock) instead of to the parent's stale cache.
+            self._fork_generation = _forks
 
     def close(self) -> None:
         self._stopped.set()

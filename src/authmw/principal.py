@@ -84,9 +84,14 @@ class AuthScopes:
     """
 
     __slots__ = ("scopes",)
+    scopes: tuple[str, ...]
 
     def __init__(self, scopes: Iterable[str] = ()) -> None:
-        self.scopes = tuple(scopes)
+        object.__setattr__(self, "scopes", tuple(scopes))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Shared by every request with the same scopes: a change made in one request must not reach another's.
+        raise AttributeError(f"AuthScopes is read-only (shared between requests); cannot set {name!r}")
 
     @classmethod
     def for_principal(cls, principal: Principal | None) -> AuthScopes:
