@@ -918,3 +918,165 @@ def test_a_bearer_request_that_needs_the_store_is_verified_once(redis_url: str) 
         for key in store.client.scan_iter(match=prefix + "*"):
             store.client.delete(key)
         store.client.close()
+
+
+# ---- decisions remembered for repeated bearer requests ----
+
+_MEMO_TOKENS: dict[str, str] = {}
+
+
+def _memo_pair() -> tuple[AuthMiddleware, AuthMiddleware, Any]:
+    """Two middlewares on one config and one store: one remembers decisions, the other decides every request."""
+    from authmw.stores import MemoryStore
+
+    store = MemoryStore()
+    config = make_config(
+        jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store),
+        routes=[
+            *make_config().routes,
+            Route("/api/admin", Policy.jwt(scopes={"admin"})),
+            Route("/either", Policy.either()),
+        ],
+    )
+    remembering = AuthMiddleware(_echo_app, config)
+    deciding = AuthMiddleware(_echo_app, config)
+    deciding.remember_decisions = False
+    return remembering, deciding, store
+
+
+async def _echo_app(scope: Message, receive: Any, send: Any) -> None:
+    user = scope["user"]
+    body = (user.id if user.is_authenticated else "-").encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _answer(app: AuthMiddleware, method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes) -> str:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers, "query_string": query}
+    await app(scope, receive, send)
+    start = sent[0]
+    names = sorted(k for k, _ in start["headers"] if k in (b"vary", b"cache-control", b"www-authenticate"))
+    return f"{start['status']} {sent[-1]['body'][:60]!r} {names}"
+
+
+# Small alphabets, so that the few requests of an example often share method, path and Authorization value and
+# differ in what else the decision reads (the query, a second field, a preflight's headers).
+_METHODS = st.sampled_from(["GET", "OPTIONS", "get"])
+_PATHS = st.sampled_from(["/api/jwt", "/api/admin", "/api/sensitive", "/either", "/api/./jwt"])
+_AUTH = st.sampled_from(["alice", "bob", "alice-spaces", "two", "none"])
+_QUERIES = st.sampled_from([b"", b"access_token=x", b"a=b"])
+_REQUESTS = st.tuples(_METHODS, _PATHS, _AUTH, _QUERIES, st.booleans())
+
+
+def _headers(auth: str, tokens: dict[str, str], preflight: bool) -> list[tuple[bytes, bytes]]:
+    value = {
+        "alice": f"Bearer {tokens['alice']}",
+        "bob": f"Bearer {tokens['bob']}",
+        "alice-lower": f"bearer {tokens['alice']}",
+        "alice-spaces": f"Bearer  {tokens['alice']}",
+        "garbage": "Bearer not.a.token",
+    }.get(auth)
+    headers = [] if value is None else [(b"authorization", value.encode())]
+    if auth == "two":
+        headers = [(b"authorization", f"Bearer {tokens['alice']}".encode())] * 2
+    if preflight:
+        headers += [(b"origin", ORIGIN.encode()), (b"access-control-request-method", b"GET")]
+    return headers
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.lists(_REQUESTS, min_size=1, max_size=4),
+    order=st.lists(st.integers(-1, 3), min_size=1, max_size=16),
+)
+def test_remembered_decisions_answer_exactly_as_deciding_every_request(requests: list[Any], order: list[int]) -> None:
+    """Whatever the sequence of requests (methods, paths, token spellings, duplicates, query tokens, preflights,
+    each sent again and again in any order) and revocations between them, a middleware that reuses decisions
+    answers each request as one that decides every request afresh: same status, same caller, same headers."""
+    from authmw.issuer import jti_key
+
+    remembering, deciding, store = _memo_pair()
+    tokens = {"alice": make_token("alice", "items:read admin"), "bob": make_token("bob", "items:read")}
+
+    async def run() -> None:
+        for index in order:
+            if index < 0:  # revoke alice's token
+                claims = jwt.decode(tokens["alice"], SECRET, algorithms=["HS256"])
+                store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+                continue
+            method, path, auth, query, preflight = requests[index % len(requests)]
+            headers = _headers(auth, tokens, preflight)
+            expected = await _answer(deciding, method, path, list(headers), query)
+            assert await _answer(remembering, method, path, list(headers), query) == expected
+
+    asyncio.run(run())
+
+
+def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations() -> None:
+    from authmw.issuer import jti_key
+
+    remembering, _, store = _memo_pair()
+    token = make_token("alice")
+    decided: list[int] = []
+    resolve = remembering.authenticator.resolve
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        decided.append(1)
+        return resolve(*args, **kwargs)
+
+    remembering.authenticator.resolve = counting  # type: ignore[method-assign]
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+
+    async def run() -> list[str]:
+        answers = [await _answer(remembering, "GET", "/api/jwt", list(headers), b"") for _ in range(3)]
+        claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+        store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+        answers.append(await _answer(remembering, "GET", "/api/jwt", list(headers), b""))
+        return answers
+
+    answers = asyncio.run(run())
+    assert [a.split()[0] for a in answers] == ["200", "200", "200", "401"]
+    assert len(decided) == 2  # the first request, and the one after the revocation (refused afresh)
+
+
+def test_a_remembered_decision_is_not_reused_when_the_request_differs_in_what_else_it_reads() -> None:
+    """Same method, path and Authorization value as a remembered request, but a query access_token or a second
+    Authorization field (both refused, P25), new route rules, a test override, or rotated keys: decided afresh."""
+    from authmw.testing import override_principal
+
+    remembering, _, _ = _memo_pair()
+    token = make_token("alice")
+    header = (b"authorization", f"Bearer {token}".encode())
+
+    async def run() -> list[str]:
+        answers = [await _answer(remembering, "GET", "/api/jwt", [header], b"")]
+        answers.append(await _answer(remembering, "GET", "/api/jwt", [header], b"access_token=x"))
+        answers.append(await _answer(remembering, "GET", "/api/jwt", [header, header], b""))
+        remembering.authenticator.add_routes([Route("/api/jwt", Policy.jwt(scopes={"admin"}))])
+        answers.append(await _answer(remembering, "GET", "/api/jwt", [header], b""))
+        remembering.authenticator.add_routes([])
+        answers.append(await _answer(remembering, "GET", "/api/jwt", [header], b""))
+        with override_principal(Principal(id="test-user", source="jwt")):
+            answers.append(await _answer(remembering, "GET", "/api/jwt", [header], b""))
+        keyset = remembering.authenticator.verifier.keyset  # type: ignore[union-attr]
+        keyset.version += 1  # as a key rotation does: every verdict made with the old keys is dropped
+        answers.append(await _answer(remembering, "GET", "/api/jwt", [header], b""))
+        return [a.split()[0] + (" " + a.split()[1] if a.startswith("200") else "") for a in answers]
+
+    assert asyncio.run(run()) == [
+        "200 b'alice'",
+        "400",
+        "400",
+        "403",
+        "200 b'alice'",
+        "200 b'test-user'",
+        "200 b'alice'",
+    ]

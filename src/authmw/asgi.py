@@ -16,8 +16,9 @@ from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, PolicyNotApplied, ServiceUnavailable, render_error
 from authmw.flows import IOResults, NeedsIO, restartable, run_async
-from authmw.principal import ANONYMOUS, AuthScopes
-from authmw.request import ASGIRequestView
+from authmw.policy import Policy, RouteTable
+from authmw.principal import ANONYMOUS, AuthScopes, Principal
+from authmw.request import ASGIRequestView, has_query_token
 from authmw.sessions import AsyncSessionHandle
 
 __all__ = ["AuthMiddleware", "get_session"]
@@ -60,6 +61,12 @@ class AuthMiddleware:
         self.app = app
         self.config = config if config is not None else AuthConfig.from_env()
         self.authenticator = Authenticator(self.config)
+        # Decisions for repeated bearer requests: (method, path, root path, Authorization value) -> the policy,
+        # principal and token decided, and the route table they were decided with (see `_remembered`).
+        self._decisions: dict[tuple[Any, Any, Any, bytes], tuple[Policy, Principal, str, RouteTable]] = {}
+
+    #: reuse decisions for repeated bearer requests (tests compare with it off)
+    remember_decisions = True
 
     #: set by a subclass that must look at its first request before deciding (see `_prepare`)
     _needs_prepare = False
@@ -110,12 +117,17 @@ class AuthMiddleware:
             self._prepare(scope)
             self._needs_prepare = False
         auth = self.authenticator
-        exchange = auth.begin(ASGIRequestView(scope))
+        known = self._remembered(scope) if kind == "http" and self._decisions else None
+        if known is not None:
+            exchange = Exchange(ASGIRequestView(scope), known[0], False, None)
+            exchange.principal = known[1]
+        else:
+            exchange = auth.begin(ASGIRequestView(scope))
         scope["authmw.authenticator"] = auth
         if exchange.state is not None:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:
-            if not exchange.public:
+            if known is None and not exchange.public:
                 view, policy, state = exchange.view, exchange.policy, exchange.state
                 io: IOResults = {}
                 try:  # most requests need no I/O (a cached token, a local session): no flow, no coroutine
@@ -123,6 +135,8 @@ class AuthMiddleware:
                 except NeedsIO as need:  # go on from there: perform the I/O, then run the step again
                     flow = restartable(lambda io: auth.resolve(view, policy, state, io), io, need)
                     exchange.principal = await run_async(flow)
+                if kind == "http" and self.remember_decisions and auth.rememberable(exchange):
+                    self._remember(scope, exchange)
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
             return
@@ -195,6 +209,53 @@ class AuthMiddleware:
             raise
         if held:
             await release_held()
+
+    # ---- repeated bearer requests ----
+    # A client sends the same token to the same paths again and again. What `Authenticator.begin` and `resolve`
+    # decided for one (method, path, Authorization value) holds for the next request with the same three, as long
+    # as `Authenticator.still_holds` says so (the verified token still cached as the same principal, no key
+    # refresh due, not revoked) and the request adds nothing they read: a second Authorization field, an
+    # access_token in the query (refused as a second credential), a host rule, a CORS preflight, session state,
+    # a step-up policy — requests with those are never remembered or never served from here. Everything else
+    # they decide from (the route table, the policy's scopes, `decide`) is the same objects as then.
+
+    def _remembered(self, scope: Scope) -> tuple[Policy, Principal] | None:
+        """The policy and principal decided earlier for this request's method, path and Authorization value, if
+        that decision still holds; None: decide afresh."""
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is not None:
+                    return None  # two fields: the full path refuses it (P25)
+                authorization = value
+        if authorization is None:
+            return None
+        entry = self._decisions.get((scope["method"], scope["path"], scope.get("root_path", ""), authorization))
+        if entry is None:
+            return None
+        policy, principal, token, table = entry
+        auth = self.authenticator
+        query = scope.get("query_string")
+        if table is not auth.table or (query and has_query_token(query)) or not auth.still_holds(principal, token):
+            return None
+        return policy, principal
+
+    def _remember(self, scope: Scope, exchange: Exchange) -> None:
+        method = scope["method"]
+        if method == "OPTIONS":  # a preflight is decided by more than method, path and Authorization
+            return
+        values = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(values) != 1 or not values[0].startswith(b"Bearer "):
+            return
+        token = values[0][7:].decode("latin-1")
+        principal = exchange.principal
+        assert principal is not None
+        if not self.authenticator.still_holds(principal, token):  # e.g. a token the verifier does not cache
+            return
+        if len(self._decisions) >= 4096:  # tokens x paths: never let requests grow it without bound
+            self._decisions.clear()
+        key = (method, scope["path"], scope.get("root_path", ""), values[0])
+        self._decisions[key] = (exchange.policy, principal, token, self.authenticator.table)
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)

@@ -261,9 +261,7 @@ class Authenticator:
         store = self.token_store
         if store is not None:
             # After the signature and after the cache: a revoked token is refused even when cached.
-            key = principal.revocation_key
-            if key is None and principal.token_id is not None:
-                key = jti_key(principal.issuer, principal.token_id)
+            key = _revocation_key(principal)
             # The grace argument only when one is configured: a store written to the two-argument form still works.
             if self._token_state_now is not None:
                 state = self._token_state_now(principal.id, key)
@@ -271,12 +269,43 @@ class Authenticator:
                 state = io_store(io, "token_state", store, "token_state", principal.id, key, self._grace)
             else:
                 state = io_store(io, "token_state", store, "token_state", principal.id, key)
-            not_before, denied = state
-            if denied:
-                raise InvalidToken("the token has been revoked", reason="revoked")
-            if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):
-                raise InvalidToken("the token was issued before the user's sessions were revoked", reason="revoked")
+            why = _revoked(principal, state)
+            if why is not None:
+                raise InvalidToken(why, reason="revoked")
         return principal
+
+    # ---- decisions a shell may remember (see authmw.asgi: repeated bearer requests) ----
+
+    def rememberable(self, exchange: Exchange) -> bool:
+        """Can this request's decision be reused for the same method, path and Authorization value? Only an
+        authenticated bearer token on a route without session state, step-up or host rules, decided by the stock
+        `decide`, with revocations in an in-process store (so `still_holds` can check them without I/O)."""
+        principal, policy = exchange.principal, exchange.policy
+        return (
+            principal is not None
+            and principal.source == "jwt"
+            and exchange.state is None
+            and not exchange.public
+            and policy.max_auth_age is None
+            and not self._own_decide
+            and self._token_state_now is not None
+            and not self.table.uses_host
+            and Authenticator.principal_override is None
+        )
+
+    def still_holds(self, principal: Principal, token: str) -> bool:
+        """Does a decision made for `token` (authenticating `principal`) hold now? The verified token is still
+        cached as this very principal (not past `exp`, keys unchanged), no key refresh is due, no test override is
+        set, and the token is not revoked. False: decide afresh."""
+        verifier = self.verifier
+        if verifier is None or self._token_state_now is None or Authenticator.principal_override is not None:
+            return False
+        keyset = verifier.keyset
+        if keyset.refreshes and keyset.refresh_due():
+            return False
+        if verifier.cached(token) is not principal:
+            return False
+        return _revoked(principal, self._token_state_now(principal.id, _revocation_key(principal))) is None
 
     @staticmethod
     def decide(policy: Policy, principal: Principal | None) -> None:
@@ -331,6 +360,23 @@ class Authenticator:
         separator = "&" if "?" in login_url else "?"
         location = f"{login_url}{separator}next={quote(view.path, safe='/')}"
         return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")
+
+
+def _revocation_key(principal: Principal) -> str | None:
+    key = principal.revocation_key
+    if key is None and principal.token_id is not None:
+        key = jti_key(principal.issuer, principal.token_id)
+    return key
+
+
+def _revoked(principal: Principal, state: tuple[float | None, bool]) -> str | None:
+    """Why the revocation state `(not_before, denied)` refuses `principal`'s token, or None."""
+    not_before, denied = state
+    if denied:
+        return "the token has been revoked"
+    if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):
+        return "the token was issued before the user's sessions were revoked"
+    return None
 
 
 def _takes_grace(store: Any) -> bool:

@@ -142,7 +142,8 @@ class WSGIRequestView(RequestView):
 _WSGI_KEYS: dict[str, str] = {}
 
 
-def _has_query_token(query_string: bytes) -> bool:
+def has_query_token(query_string: bytes) -> bool:
+    """Does the query string carry an ``access_token`` parameter (a second credential method, P25)?"""
     if b"access" not in query_string and b"%" not in query_string:
         return False
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
@@ -167,7 +168,7 @@ def bearer_token(view: RequestView, *, max_bytes: int, known: Container[str] = (
             token = value[7:]
             if token in known or _TOKEN68.fullmatch(token) is not None:
                 query = view.query_string
-                if query and _has_query_token(query):
+                if query and has_query_token(query):
                     raise InvalidRequest("more than one credential method", reason="multiple_methods")
                 return token
     if len(values) > 1:
@@ -193,7 +194,7 @@ def bearer_token(view: RequestView, *, max_bytes: int, known: Container[str] = (
     if _TOKEN68.fullmatch(token) is None:
         raise InvalidRequest("malformed Authorization header", reason="malformed_authorization")
     query = view.query_string
-    if query and _has_query_token(query):
+    if query and has_query_token(query):
         raise InvalidRequest("more than one credential method", reason="multiple_methods")
     return token
 

@@ -273,15 +273,9 @@ class JWTVerifier:
         """The principal for `token`, or `InvalidToken`/`ServiceUnavailable`. Never anything else (P1)."""
         if now is None:
             now = time.time()
-        if self._cache_version != self.keyset.version:
-            # Keys changed: a cached verdict may rest on a key that is gone.
-            self._cache.clear()
-            self._cache_version = self.keyset.version
-        hit = self._cache.get(token)
+        hit = self.cached(token, now)
         if hit is not None:
-            if now < hit[1]:
-                return hit[0]
-            self._cache.pop(token, None)
+            return hit
         try:
             principal, expires = self._verify(token, now)
         except (InvalidToken, ServiceUnavailable):
@@ -295,6 +289,22 @@ class JWTVerifier:
                 self._evict()
             self._cache[token] = (principal, expires)
         return principal
+
+    def cached(self, token: str, now: float | None = None) -> Principal | None:
+        """The principal `token` was verified as, if that verdict is still cached (not past `exp`, keys unchanged);
+        None otherwise. Never verifies anything itself."""
+        if self._cache_version != self.keyset.version:
+            # Keys changed: a cached verdict may rest on a key that is gone.
+            self._cache.clear()
+            self._cache_version = self.keyset.version
+            return None
+        hit = self._cache.get(token)
+        if hit is None:
+            return None
+        if (time.time() if now is None else now) < hit[1]:
+            return hit[0]
+        self._cache.pop(token, None)
+        return None
 
     def _evict(self) -> None:
         # Drop the oldest quarter: insertion order approximates age; cheap and bounded.
