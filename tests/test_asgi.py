@@ -1080,3 +1080,57 @@ def test_a_remembered_decision_is_not_reused_when_the_request_differs_in_what_el
         "200 b'test-user'",
         "200 b'alice'",
     ]
+
+
+def test_remembered_decisions_on_a_redis_local_cache_still_see_a_revocation_made_elsewhere(redis_url: str) -> None:
+    """With revocations in Redis behind the local cache, a remembered decision is reused only on a local-cache
+    hit; a revocation made by another process reaches the cache over pub/sub and the next request is refused."""
+    from authmw.issuer import jti_key
+    from authmw.stores import RedisStore
+
+    prefix = f"authmw-test-memo-{uuid.uuid4().hex[:8]}:"
+    local = RedisStore.from_url(redis_url, prefix=prefix, local_cache=True)
+    elsewhere = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=local))
+        app = AuthMiddleware(_echo_app, config)
+        token = make_token("alice")
+        header = (b"authorization", f"Bearer {token}".encode())
+        decided: list[int] = []
+        resolve = app.authenticator.resolve
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            decided.append(1)
+            return resolve(*args, **kwargs)
+
+        app.authenticator.resolve = counting  # type: ignore[method-assign]
+
+        async def run() -> list[str]:
+            answers = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # until the local cache serves (its channel is up)
+                answers.append(await _answer(app, "GET", "/api/jwt", [header], b""))
+                if len(decided) < len(answers):
+                    break
+                await asyncio.sleep(0.05)
+            claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+            elsewhere.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+            while time.monotonic() < deadline:
+                answer = await _answer(app, "GET", "/api/jwt", [header], b"")
+                answers.append(answer)
+                if answer.startswith("401"):
+                    break
+                await asyncio.sleep(0.01)
+            await local.async_client.aclose()
+            return answers
+
+        answers = asyncio.run(run())
+        assert len(decided) < len(answers)  # some requests were answered from what was remembered
+        assert all(a.startswith("200") for a in answers[:-1]) and answers[-1].startswith("401")
+    finally:
+        if local.local_cache is not None:
+            local.local_cache.close()
+        for key in elsewhere.client.scan_iter(match=prefix + "*"):
+            elsewhere.client.delete(key)
+        elsewhere.client.close()
+        local.client.close()

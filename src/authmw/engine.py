@@ -139,8 +139,12 @@ class Authenticator:
         # An in-process store's token_state, called straight from `_verify_jwt` (it cannot need I/O, so no I/O
         # point is needed for it); None for a store that does I/O, or when a grace argument must be passed.
         self._token_state_now: Any = None
+        # A store's answer without I/O when it has one (a local-cache hit), for `still_holds`; None: it never has.
+        self._token_state_peek: Any = None
         if getattr(self.token_store, "nonblocking", False) and not self._grace:
             self._token_state_now = self.token_store.token_state
+        elif self.token_store is not None and not self._grace:
+            self._token_state_peek = getattr(self.token_store, "peek_token_state", None)
         if self.sessions is not None and config.jwt is not None:
             self.sessions.token_store = self.token_store
             # A not-before must outlive every access token issued before it.
@@ -288,7 +292,7 @@ class Authenticator:
             and not exchange.public
             and policy.max_auth_age is None
             and not self._own_decide
-            and self._token_state_now is not None
+            and (self._token_state_now is not None or self._token_state_peek is not None)
             and not self.table.uses_host
             and Authenticator.principal_override is None
         )
@@ -298,14 +302,23 @@ class Authenticator:
         cached as this very principal (not past `exp`, keys unchanged), no key refresh is due, no test override is
         set, and the token is not revoked. False: decide afresh."""
         verifier = self.verifier
-        if verifier is None or self._token_state_now is None or Authenticator.principal_override is not None:
+        if verifier is None or Authenticator.principal_override is not None:
             return False
         keyset = verifier.keyset
         if keyset.refreshes and keyset.refresh_due():
             return False
         if verifier.cached(token) is not principal:
             return False
-        return _revoked(principal, self._token_state_now(principal.id, _revocation_key(principal))) is None
+        key = _revocation_key(principal)
+        if self._token_state_now is not None:
+            state = self._token_state_now(principal.id, key)
+        elif self._token_state_peek is not None:
+            state = self._token_state_peek(principal.id, key)
+            if state is None:  # not in the local cache (or it is not serving): ask the store, the full way
+                return False
+        else:
+            return False
+        return _revoked(principal, state) is None
 
     @staticmethod
     def decide(policy: Policy, principal: Principal | None) -> None:
