@@ -1025,14 +1025,16 @@ def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations() -
 
     remembering, _, store = _memo_pair()
     token = make_token("alice")
-    decided: list[int] = []
-    resolve = remembering.authenticator.resolve
+    decided: list[int] = []  # full decisions: each verifies the token (a verifier-cache hit after the first)
+    verifier = remembering.authenticator.verifier
+    assert verifier is not None
+    verify = verifier.verify
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         decided.append(1)
-        return resolve(*args, **kwargs)
+        return verify(*args, **kwargs)
 
-    remembering.authenticator.resolve = counting  # type: ignore[method-assign]
+    verifier.verify = counting  # type: ignore[method-assign]
     headers = [(b"authorization", f"Bearer {token}".encode())]
 
     async def run() -> list[str]:
@@ -1096,14 +1098,16 @@ def test_remembered_decisions_on_a_redis_local_cache_still_see_a_revocation_made
         app = AuthMiddleware(_echo_app, config)
         token = make_token("alice")
         header = (b"authorization", f"Bearer {token}".encode())
-        decided: list[int] = []
-        resolve = app.authenticator.resolve
+        decided: list[int] = []  # full decisions: each goes through the verifier
+        verifier = app.authenticator.verifier
+        assert verifier is not None
+        verify = verifier.verify
 
         def counting(*args: Any, **kwargs: Any) -> Any:
             decided.append(1)
-            return resolve(*args, **kwargs)
+            return verify(*args, **kwargs)
 
-        app.authenticator.resolve = counting  # type: ignore[method-assign]
+        verifier.verify = counting  # type: ignore[method-assign]
 
         async def run() -> list[str]:
             answers = []
@@ -1134,3 +1138,91 @@ def test_remembered_decisions_on_a_redis_local_cache_still_see_a_revocation_made
             elsewhere.client.delete(key)
         elsewhere.client.close()
         local.client.close()
+
+
+def test_decisions_are_not_remembered_past_a_patched_step_a_store_error_or_switching_it_off() -> None:
+    """A decision step overridden or patched (it may check more than authmw's own), a store that fails while a
+    remembered decision is confirmed (503 as deciding afresh, never a 500), the switch turned off: decided afresh."""
+    from authmw.engine import Authenticator
+    from authmw.stores import StoreUnavailable
+
+    remembering, deciding, store = _memo_pair()
+    token = make_token("alice")
+    header = (b"authorization", f"Bearer {token}".encode())
+
+    async def twice(app: AuthMiddleware) -> list[str]:
+        return [(await _answer(app, "GET", "/api/jwt", [header], b"")).split()[0] for _ in range(2)]
+
+    # a store that fails once the decision is remembered
+    assert asyncio.run(twice(remembering)) == ["200", "200"]
+    real = store.token_state
+
+    def failing(*args: Any) -> Any:
+        raise StoreUnavailable("the store went away", retry_after=1)
+
+    store.token_state = failing  # type: ignore[method-assign]
+    remembering.authenticator._token_state_now = failing
+    deciding.authenticator._token_state_now = failing
+    assert asyncio.run(twice(remembering)) == asyncio.run(twice(deciding)) == ["503", "503"]
+    store.token_state = real  # type: ignore[method-assign]
+    remembering.authenticator._token_state_now = real
+
+    # switched off at run time
+    assert asyncio.run(twice(remembering)) == ["200", "200"]
+    remembering.remember_decisions = False
+    tenant: list[str] = []
+    original = remembering.authenticator.resolve
+
+    def checking(*args: Any, **kwargs: Any) -> Any:
+        tenant.append("checked")
+        return original(*args, **kwargs)
+
+    remembering.authenticator.resolve = checking  # type: ignore[method-assign]
+    assert asyncio.run(twice(remembering)) == ["200", "200"] and len(tenant) == 2
+
+    # a subclass overriding a step, and a step patched on the object: every request decided
+    class Tenanted(Authenticator):
+        def resolve(self, *args: Any, **kwargs: Any) -> Any:
+            tenant.append("subclass")
+            return super().resolve(*args, **kwargs)
+
+    assert not Tenanted(remembering.config).rememberable.__self__._stock  # type: ignore[attr-defined]
+    fresh, _, _ = _memo_pair()
+    fresh.authenticator.decide = lambda policy, principal: tenant.append("patched")  # type: ignore[method-assign]
+    tenant.clear()
+    assert asyncio.run(twice(fresh)) == ["200", "200"] and tenant == ["patched", "patched"]
+
+
+def test_a_decision_is_remembered_with_the_route_table_it_was_made_with() -> None:
+    """Route rules replaced while a request awaits I/O (a key-set refresh in a worker thread): that request's
+    decision belongs to the old rules and must not be reused under the new ones."""
+    from authmw.keys import KeySet
+    from authmw.stores import MemoryStore
+
+    class SlowToRefresh(KeySet):
+        due = True
+
+        def refresh_due(self) -> bool:
+            return self.due
+
+        def ensure_fresh(self, *, force: bool = False) -> bool:
+            time.sleep(0.2)  # the fetch, in a worker thread
+            self.due = False
+            return False  # the same keys
+
+    keys = SlowToRefresh(KeySet.from_key(SECRET).keys)
+    jwt_settings = JWTSettings(algorithms=["HS256"], keys=keys, revocation_store=MemoryStore())
+    config = AuthConfig(jwt=jwt_settings, routes=[Route("/api/x", Policy.jwt())], default=Policy.optional())
+    app = AuthMiddleware(_echo_app, config)
+    header = (b"authorization", f"Bearer {make_token('alice', 'items:read')}".encode())
+
+    async def run() -> list[str]:
+        async def tighten() -> None:
+            await asyncio.sleep(0.05)  # while the first request awaits the refresh
+            app.authenticator.add_routes([Route("/api/x", Policy.jwt(scopes={"admin"}))])
+
+        first, _ = await asyncio.gather(_answer(app, "GET", "/api/x", [header], b""), tighten())
+        later = [await _answer(app, "GET", "/api/x", [header], b"") for _ in range(2)]
+        return [a.split()[0] for a in (first, *later)]
+
+    assert asyncio.run(run()) == ["200", "403", "403"]

@@ -117,7 +117,8 @@ class AuthMiddleware:
             self._prepare(scope)
             self._needs_prepare = False
         auth = self.authenticator
-        known = self._remembered(scope) if kind == "http" and self._decisions else None
+        known = self._remembered(scope) if kind == "http" and self._decisions and self.remember_decisions else None
+        table = auth.table  # the one this request is decided with (routes may be added while it awaits I/O)
         if known is not None:
             exchange = Exchange(ASGIRequestView(scope), known[0], False, None)
             exchange.principal = known[1]
@@ -135,8 +136,8 @@ class AuthMiddleware:
                 except NeedsIO as need:  # go on from there: perform the I/O, then run the step again
                     flow = restartable(lambda io: auth.resolve(view, policy, state, io), io, need)
                     exchange.principal = await run_async(flow)
-                if kind == "http" and self.remember_decisions and auth.rememberable(exchange):
-                    self._remember(scope, exchange)
+                if kind == "http" and self.remember_decisions and auth.rememberable(exchange, table):
+                    self._remember(scope, exchange, table)
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
             return
@@ -230,17 +231,25 @@ class AuthMiddleware:
                 authorization = value
         if authorization is None:
             return None
-        entry = self._decisions.get((scope["method"], scope["path"], scope.get("root_path", ""), authorization))
+        key = (scope["method"], scope["path"], scope.get("root_path", ""), authorization)
+        entry = self._decisions.get(key)
         if entry is None:
             return None
         policy, principal, token, table = entry
         auth = self.authenticator
         query = scope.get("query_string")
-        if table is not auth.table or (query and has_query_token(query)) or not auth.still_holds(principal, token):
+        if query and has_query_token(query):
+            return None  # refused by the full path as a second credential (P25)
+        try:
+            holds = table is auth.table and auth.still_holds(principal, token)
+        except AuthError:  # the store cannot say now: the full path answers (503)
+            holds = False
+        if not holds:
+            self._decisions.pop(key, None)
             return None
         return policy, principal
 
-    def _remember(self, scope: Scope, exchange: Exchange) -> None:
+    def _remember(self, scope: Scope, exchange: Exchange, table: RouteTable) -> None:
         method = scope["method"]
         if method == "OPTIONS":  # a preflight is decided by more than method, path and Authorization
             return
@@ -249,13 +258,13 @@ class AuthMiddleware:
             return
         token = values[0][7:].decode("latin-1")
         principal = exchange.principal
-        assert principal is not None
-        if not self.authenticator.still_holds(principal, token):  # e.g. a token the verifier does not cache
-            return
+        verifier = self.authenticator.verifier
+        if principal is None or verifier is None or verifier.cached(token) is not principal:
+            return  # e.g. a token the verifier does not cache (no exp, cache off): nothing to confirm it with
         if len(self._decisions) >= 4096:  # tokens x paths: never let requests grow it without bound
             self._decisions.clear()
         key = (method, scope["path"], scope.get("root_path", ""), values[0])
-        self._decisions[key] = (exchange.policy, principal, token, self.authenticator.table)
+        self._decisions[key] = (exchange.policy, principal, token, table)
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)

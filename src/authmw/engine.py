@@ -117,6 +117,10 @@ class Authenticator:
         self.config = config
         self.table = RouteTable(config.routes, config.default)
         self._own_decide = type(self).decide is not Authenticator.decide  # a subclass's decide() is always called
+        # Whether the decision methods are authmw's own: decisions are only remembered (see `rememberable`) when
+        # nothing overrides or patches a step they would skip.
+        cls = type(self)
+        self._stock = all(getattr(cls, name) is getattr(Authenticator, name) for name in _DECISION_STEPS)
         self.verifier = JWTVerifier(config.jwt) if config.jwt is not None else None
         first = config.sessions.secret_keys[0] if config.sessions is not None else secrets.token_bytes(32)
         salt = first.encode() if isinstance(first, str) else bytes(first)
@@ -149,6 +153,13 @@ class Authenticator:
             self.sessions.token_store = self.token_store
             # A not-before must outlive every access token issued before it.
             self.sessions.not_before_ttl = config.jwt.max_lifetime + config.jwt.leeway
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _DECISION_STEPS:  # a decision step patched on this object: stop remembering decisions
+            object.__setattr__(self, "_stock", False)
+            if name == "decide":
+                object.__setattr__(self, "_own_decide", True)
+        object.__setattr__(self, name, value)
 
     @staticmethod
     def host_of(header: str | None) -> str:
@@ -280,10 +291,11 @@ class Authenticator:
 
     # ---- decisions a shell may remember (see authmw.asgi: repeated bearer requests) ----
 
-    def rememberable(self, exchange: Exchange) -> bool:
-        """Can this request's decision be reused for the same method, path and Authorization value? Only an
-        authenticated bearer token on a route without session state, step-up or host rules, decided by the stock
-        `decide`, with revocations in an in-process store (so `still_holds` can check them without I/O)."""
+    def rememberable(self, exchange: Exchange, table: RouteTable) -> bool:
+        """Can this request's decision (made with route table `table`) be reused for the same method, path and
+        Authorization value? Only an authenticated bearer token on a route without session state, step-up or host
+        rules, decided by authmw's own steps (none overridden or patched), with revocations the store can answer
+        without I/O (in-process, or a local-cache hit) so that `still_holds` can check them on every reuse."""
         principal, policy = exchange.principal, exchange.policy
         return (
             principal is not None
@@ -291,9 +303,9 @@ class Authenticator:
             and exchange.state is None
             and not exchange.public
             and policy.max_auth_age is None
-            and not self._own_decide
+            and self._stock
             and (self._token_state_now is not None or self._token_state_peek is not None)
-            and not self.table.uses_host
+            and not table.uses_host
             and Authenticator.principal_override is None
         )
 
@@ -302,7 +314,7 @@ class Authenticator:
         cached as this very principal (not past `exp`, keys unchanged), no key refresh is due, no test override is
         set, and the token is not revoked. False: decide afresh."""
         verifier = self.verifier
-        if verifier is None or Authenticator.principal_override is not None:
+        if verifier is None or Authenticator.principal_override is not None or not self._stock:
             return False
         keyset = verifier.keyset
         if keyset.refreshes and keyset.refresh_due():
@@ -373,6 +385,10 @@ class Authenticator:
         separator = "&" if "?" in login_url else "?"
         location = f"{login_url}{separator}next={quote(view.path, safe='/')}"
         return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")
+
+
+#: the steps a remembered decision skips (begin → policy_for/is_cors_preflight → resolve → _verify_jwt, decide)
+_DECISION_STEPS = frozenset(("begin", "policy_for", "is_cors_preflight", "resolve", "_verify_jwt", "decide", "flow"))
 
 
 def _revocation_key(principal: Principal) -> str | None:
