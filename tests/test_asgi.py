@@ -34,6 +34,7 @@ from starlette.websockets import WebSocket
 
 from authmw import AuthConfig, AuthState, JWTSettings, Policy, Principal, Route
 from authmw.asgi import AuthMiddleware, get_session
+from authmw.errors import InvalidToken
 from authmw.sessions import SessionSettings
 
 SECRET = "authmw-asgi-test-secret-" + "0123456789abcdef" * 2
@@ -1025,16 +1026,15 @@ def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations() -
 
     remembering, _, store = _memo_pair()
     token = make_token("alice")
-    decided: list[int] = []  # full decisions: each verifies the token (a verifier-cache hit after the first)
-    verifier = remembering.authenticator.verifier
-    assert verifier is not None
-    verify = verifier.verify
+    reused: list[int] = []  # requests answered from a remembered decision
+    recall = remembering._remembered
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        decided.append(1)
-        return verify(*args, **kwargs)
+    def counting(scope: Any) -> Any:
+        found = recall(scope)
+        reused.extend([1] if found is not None else [])
+        return found
 
-    verifier.verify = counting  # type: ignore[method-assign]
+    remembering._remembered = counting  # type: ignore[method-assign]
     headers = [(b"authorization", f"Bearer {token}".encode())]
 
     async def run() -> list[str]:
@@ -1046,7 +1046,7 @@ def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations() -
 
     answers = asyncio.run(run())
     assert [a.split()[0] for a in answers] == ["200", "200", "200", "401"]
-    assert len(decided) == 2  # the first request, and the one after the revocation (refused afresh)
+    assert len(reused) == 2  # the second and third; the one after the revocation was refused afresh
 
 
 def test_a_remembered_decision_is_not_reused_when_the_request_differs_in_what_else_it_reads() -> None:
@@ -1098,23 +1098,22 @@ def test_remembered_decisions_on_a_redis_local_cache_still_see_a_revocation_made
         app = AuthMiddleware(_echo_app, config)
         token = make_token("alice")
         header = (b"authorization", f"Bearer {token}".encode())
-        decided: list[int] = []  # full decisions: each goes through the verifier
-        verifier = app.authenticator.verifier
-        assert verifier is not None
-        verify = verifier.verify
+        reused: list[int] = []  # requests answered from a remembered decision
+        recall = app._remembered
 
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            decided.append(1)
-            return verify(*args, **kwargs)
+        def counting(scope: Any) -> Any:
+            found = recall(scope)
+            reused.extend([1] if found is not None else [])
+            return found
 
-        verifier.verify = counting  # type: ignore[method-assign]
+        app._remembered = counting  # type: ignore[method-assign]
 
         async def run() -> list[str]:
             answers = []
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:  # until the local cache serves (its channel is up)
                 answers.append(await _answer(app, "GET", "/api/jwt", [header], b""))
-                if len(decided) < len(answers):
+                if reused:
                     break
                 await asyncio.sleep(0.05)
             claims = jwt.decode(token, SECRET, algorithms=["HS256"])
@@ -1129,7 +1128,7 @@ def test_remembered_decisions_on_a_redis_local_cache_still_see_a_revocation_made
             return answers
 
         answers = asyncio.run(run())
-        assert len(decided) < len(answers)  # some requests were answered from what was remembered
+        assert reused  # some requests were answered from what was remembered
         assert all(a.startswith("200") for a in answers[:-1]) and answers[-1].startswith("401")
     finally:
         if local.local_cache is not None:
@@ -1226,3 +1225,65 @@ def test_a_decision_is_remembered_with_the_route_table_it_was_made_with() -> Non
         return [a.split()[0] for a in (first, *later)]
 
     assert asyncio.run(run()) == ["200", "403", "403"]
+
+
+def test_a_patched_class_step_or_verifier_stops_reuse_even_after_decisions_were_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tests patch classes: a decision step patched on `Authenticator` (before or after the app was built), or a
+    `verify` of the verifier's own, must be called on every request, as when deciding afresh."""
+    from authmw.engine import Authenticator
+
+    token = make_token("alice")
+    header = (b"authorization", f"Bearer {token}".encode())
+    suspended: list[str] = []
+
+    async def twice(app: AuthMiddleware) -> list[str]:
+        return [(await _answer(app, "GET", "/api/jwt", [header], b"")).split()[0] for _ in range(2)]
+
+    original = Authenticator._verify_jwt
+
+    def suspending(self: Authenticator, token: str, io: Any) -> Principal:
+        principal = original(self, token, io)
+        if principal.id in suspended:
+            raise InvalidToken("suspended", reason="suspended")
+        return principal
+
+    app, _, _ = _memo_pair()
+    assert asyncio.run(twice(app)) == ["200", "200"]  # remembered
+    monkeypatch.setattr(Authenticator, "_verify_jwt", suspending)  # after the app was built
+    suspended.append("alice")
+    assert asyncio.run(twice(app)) == ["401", "401"]
+    built_after, _, _ = _memo_pair()  # built while patched
+    suspended.clear()
+    assert asyncio.run(twice(built_after)) == ["200", "200"]
+    suspended.append("alice")
+    assert asyncio.run(twice(built_after)) == ["401", "401"]
+    monkeypatch.undo()
+
+    fresh, _, _ = _memo_pair()
+    assert asyncio.run(twice(fresh)) == ["200", "200"]
+    verifier = fresh.authenticator.verifier
+    assert verifier is not None
+    verify = verifier.verify
+
+    def strict(token: str, now: float | None = None) -> Principal:
+        raise InvalidToken("not today", reason="strict")
+
+    verifier.verify = strict  # type: ignore[method-assign]
+    assert asyncio.run(twice(fresh)) == ["401", "401"]
+    verifier.verify = verify  # type: ignore[method-assign]
+
+
+def test_revocations_in_redis_without_a_local_cache_are_never_confirmed_from_memory(redis_url: str) -> None:
+    """Without a local cache every revocation lookup is a round trip: nothing is remembered (it could never be
+    confirmed without I/O, so remembering would only cost)."""
+    from authmw.engine import Authenticator
+    from authmw.stores import RedisStore
+
+    store = RedisStore.from_url(redis_url, prefix=f"authmw-test-nocache-{uuid.uuid4().hex[:8]}:")
+    try:
+        auth = Authenticator(make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store)))
+        assert auth._token_state_now is None and auth._token_state_peek is None
+    finally:
+        store.client.close()

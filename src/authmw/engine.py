@@ -107,7 +107,28 @@ class Exchange:
         return headers
 
 
-class Authenticator:
+#: the steps a remembered decision skips (begin → policy_for/is_cors_preflight → resolve → _verify_jwt, decide)
+_DECISION_STEPS = frozenset(("begin", "policy_for", "is_cors_preflight", "resolve", "_verify_jwt", "decide", "flow"))
+#: how many times a decision step was set or deleted on an Authenticator class (tests monkeypatch them)
+_step_patches = [0]
+
+
+class _WatchesSteps(type):
+    """Counts changes to decision steps on the class, so that decisions remembered before a patch are not reused
+    after it (see `Authenticator.rememberable`)."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        if name in _DECISION_STEPS:
+            _step_patches[0] += 1
+        super().__setattr__(name, value)
+
+    def __delattr__(cls, name: str) -> None:
+        if name in _DECISION_STEPS:
+            _step_patches[0] += 1
+        super().__delattr__(name)
+
+
+class Authenticator(metaclass=_WatchesSteps):
     """Decides, for one request, which principal (if any) is attached or which error is answered."""
 
     #: tests only (`authmw.testing.override_principal`): every non-public request is this caller
@@ -120,7 +141,8 @@ class Authenticator:
         # Whether the decision methods are authmw's own: decisions are only remembered (see `rememberable`) when
         # nothing overrides or patches a step they would skip.
         cls = type(self)
-        self._stock = all(getattr(cls, name) is getattr(Authenticator, name) for name in _DECISION_STEPS)
+        self._stock = all(getattr(cls, name) is _STOCK_STEPS[name] for name in _DECISION_STEPS)
+        self._patches_seen = _step_patches[0]
         self.verifier = JWTVerifier(config.jwt) if config.jwt is not None else None
         first = config.sessions.secret_keys[0] if config.sessions is not None else secrets.token_bytes(32)
         salt = first.encode() if isinstance(first, str) else bytes(first)
@@ -147,7 +169,7 @@ class Authenticator:
         self._token_state_peek: Any = None
         if getattr(self.token_store, "nonblocking", False) and not self._grace:
             self._token_state_now = self.token_store.token_state
-        elif self.token_store is not None and not self._grace:
+        elif getattr(self.token_store, "local_cache", None) is not None and not self._grace:
             self._token_state_peek = getattr(self.token_store, "peek_token_state", None)
         if self.sessions is not None and config.jwt is not None:
             self.sessions.token_store = self.token_store
@@ -303,19 +325,25 @@ class Authenticator:
             and exchange.state is None
             and not exchange.public
             and policy.max_auth_age is None
-            and self._stock
+            and self._unpatched()
             and (self._token_state_now is not None or self._token_state_peek is not None)
             and not table.uses_host
             and Authenticator.principal_override is None
         )
+
+    def _unpatched(self) -> bool:
+        """No decision step overridden or patched, on this object or (since it was built) on its class."""
+        return self._stock and self._patches_seen == _step_patches[0]
 
     def still_holds(self, principal: Principal, token: str) -> bool:
         """Does a decision made for `token` (authenticating `principal`) hold now? The verified token is still
         cached as this very principal (not past `exp`, keys unchanged), no key refresh is due, no test override is
         set, and the token is not revoked. False: decide afresh."""
         verifier = self.verifier
-        if verifier is None or Authenticator.principal_override is not None or not self._stock:
+        if verifier is None or Authenticator.principal_override is not None or not self._unpatched():
             return False
+        if type(verifier).verify is not _STOCK_VERIFY or "verify" in vars(verifier):
+            return False  # a verify() of its own may check more than the cache says
         keyset = verifier.keyset
         if keyset.refreshes and keyset.refresh_due():
             return False
@@ -387,8 +415,9 @@ class Authenticator:
         return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")
 
 
-#: the steps a remembered decision skips (begin → policy_for/is_cors_preflight → resolve → _verify_jwt, decide)
-_DECISION_STEPS = frozenset(("begin", "policy_for", "is_cors_preflight", "resolve", "_verify_jwt", "decide", "flow"))
+#: authmw's own decision steps and verifier, as defined: what `_unpatched` compares with
+_STOCK_STEPS = {name: getattr(Authenticator, name) for name in _DECISION_STEPS}
+_STOCK_VERIFY = JWTVerifier.verify
 
 
 def _revocation_key(principal: Principal) -> str | None:
