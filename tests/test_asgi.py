@@ -1021,20 +1021,26 @@ def test_remembered_decisions_answer_exactly_as_deciding_every_request(requests:
     asyncio.run(run())
 
 
-def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations() -> None:
-    from authmw.issuer import jti_key
-
-    remembering, _, store = _memo_pair()
-    token = make_token("alice")
-    reused: list[int] = []  # requests answered from a remembered decision
-    recall = remembering._remembered
+def _count_reuse(app: AuthMiddleware) -> list[int]:
+    """A list that gets one entry per request `app` answers from a remembered decision."""
+    reused: list[int] = []
+    recall = app._remembered
 
     def counting(scope: Any) -> Any:
         found = recall(scope)
         reused.extend([1] if found is not None else [])
         return found
 
-    remembering._remembered = counting  # type: ignore[method-assign]
+    app._remembered = counting  # type: ignore[method-assign]
+    return reused
+
+
+def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations() -> None:
+    from authmw.issuer import jti_key
+
+    remembering, _, store = _memo_pair()
+    token = make_token("alice")
+    reused = _count_reuse(remembering)
     headers = [(b"authorization", f"Bearer {token}".encode())]
 
     async def run() -> list[str]:
@@ -1098,15 +1104,7 @@ def test_remembered_decisions_on_a_redis_local_cache_still_see_a_revocation_made
         app = AuthMiddleware(_echo_app, config)
         token = make_token("alice")
         header = (b"authorization", f"Bearer {token}".encode())
-        reused: list[int] = []  # requests answered from a remembered decision
-        recall = app._remembered
-
-        def counting(scope: Any) -> Any:
-            found = recall(scope)
-            reused.extend([1] if found is not None else [])
-            return found
-
-        app._remembered = counting  # type: ignore[method-assign]
+        reused = _count_reuse(app)
 
         async def run() -> list[str]:
             answers = []
