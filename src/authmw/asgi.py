@@ -166,15 +166,14 @@ class AuthMiddleware:
                 await send(message)
             elif message.get("status") == 500:
                 held.append(message)
-            elif exchange.state is None or not exchange.state.data_changed():  # nothing to save (most responses)
+            elif exchange.unsaved():
+                await save_then_start(message)
+            else:  # nothing to save (most responses)
                 await send(_started(exchange, message))
-            else:
-                await start_response(message)
 
-        async def start_response(message: Message) -> None:
+        async def save_then_start(message: Message) -> None:
             try:
-                if exchange.state is not None and exchange.state.data_changed():
-                    await run_async(exchange.finish())
+                await run_async(exchange.finish())
             except ServiceUnavailable as error:
                 # The session data could not be saved: say so rather than pretend (fail closed), with a
                 # body of our own (the app's may say the change was made).
@@ -190,10 +189,12 @@ class AuthMiddleware:
             for message in held:
                 if replaced:
                     return
-                if message["type"] == "http.response.start":
-                    await start_response(message)
-                else:
+                if message["type"] != "http.response.start":
                     await send(message)
+                elif exchange.unsaved():
+                    await save_then_start(message)
+                else:
+                    await send(_started(exchange, message))
 
         try:
             await self.app(scope, receive, send_with_auth_headers)

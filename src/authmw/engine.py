@@ -80,11 +80,17 @@ class Exchange:
         if self.principal is not None:
             environ["REMOTE_USER"] = self.principal.id
 
-    def finish(self) -> Flow[None]:
-        """Save the session's data bag if the app changed it (raises `ServiceUnavailable` if it cannot)."""
+    def unsaved(self) -> bool:
+        """The app changed the session's data bag: `finish` must run before the response starts."""
         state = self.state
-        if state is not None and state.data_changed():
-            yield from state.manager.save_data(state)
+        return state is not None and state.data_changed()
+
+    def finish(self) -> Flow[None]:
+        """Save the session's data bag if the app changed it (raises `ServiceUnavailable` if it cannot). Shells
+        ask `unsaved()` first, so that most responses drive no flow at all."""
+        state = self.state
+        if state is not None:
+            yield from state.manager.save_data(state)  # which saves only a changed bag
 
     def response_headers(
         self, headers: Iterable[tuple[AnyStr, AnyStr]], sample: AnyStr

@@ -93,8 +93,7 @@ def serve(
         exchange = exchange_of()
         if exchange is None:
             return start_response(status, headers, exc_info)
-        state = exchange.state
-        if state is not None and state.data_changed():
+        if exchange.unsaved():
             try:
                 run_sync(exchange.finish())
             except ServiceUnavailable as error:
