@@ -143,7 +143,6 @@ class Authenticator(metaclass=_WatchesSteps):
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
         self.table = RouteTable(config.routes, config.default)
-        self._own_decide = type(self).decide is not Authenticator.decide  # a subclass's decide() is always called
         # Whether the decision methods are authmw's own: decisions are only remembered (see `rememberable`) when
         # nothing overrides or patches a step they would skip.
         cls = type(self)
@@ -185,8 +184,6 @@ class Authenticator(metaclass=_WatchesSteps):
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _DECISION_STEPS:  # a decision step patched on this object: stop remembering decisions
             object.__setattr__(self, "_stock", False)
-            if name == "decide":
-                object.__setattr__(self, "_own_decide", True)
         object.__setattr__(self, name, value)
 
     @staticmethod
@@ -276,8 +273,9 @@ class Authenticator(metaclass=_WatchesSteps):
             websocket = view.is_websocket
             if principal is not None and policy.csrf and (websocket or view.method not in SAFE_METHODS):
                 session.manager.check_cross_site(session, websocket=websocket)
-        # `decide` has nothing to do for a caller on a route without scopes or max_auth_age (unless overridden).
-        if principal is None or policy.scopes or policy.max_auth_age is not None or self._own_decide:
+        # The stock `decide` has nothing to do for a caller on a route without scopes or max_auth_age; an
+        # overridden or patched one (see `_unpatched`) is always asked.
+        if principal is None or policy.scopes or policy.max_auth_age is not None or not self._unpatched():
             self.decide(policy, principal)
         return principal
 
