@@ -1285,3 +1285,114 @@ def test_revocations_in_redis_without_a_local_cache_are_never_confirmed_from_mem
         assert auth._token_state_now is None and auth._token_state_peek is None
     finally:
         store.client.close()
+
+
+# ---- the response of a bearer request (no session state): identity headers, and a store outage as 503 ----
+
+
+def _bearer_app_doing(behaviour: str) -> AuthMiddleware:
+    """A middleware (remembering decisions) around an app that answers a bearer request per `behaviour`."""
+    from authmw.stores import MemoryStore, StoreUnavailable
+
+    async def app(scope: Message, receive: Any, send: Any) -> None:
+        if behaviour == "ok":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"cache-control", b"max-age=60")]})
+            await send({"type": "http.response.body", "body": scope["user"].id.encode()})
+            return
+        if behaviour == "500 then outage":  # what Starlette's ServerErrorMiddleware does with an error: 500, re-raise
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"Internal Server Error"})
+        if behaviour == "500 then other error":
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"Internal Server Error"})
+            raise KeyError("the app's own bug")
+        if behaviour == "plain 500":
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"oops"})
+            return
+        if behaviour == "started then outage":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise StoreUnavailable("the revocation store went away", retry_after=2)
+
+    store = MemoryStore()
+    config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store))
+    return AuthMiddleware(app, config)
+
+
+async def _exchange(app: AuthMiddleware, headers: list[tuple[bytes, bytes]]) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": "/api/jwt", "headers": headers}, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("behaviour", ["500 then outage", "outage"])
+def test_a_store_outage_raised_by_the_app_on_a_bearer_request_is_503_first_time_and_remembered(behaviour: str) -> None:
+    """The app's 500 (its error middleware's) is held back and replaced by our 503 + Retry-After, on a request
+    decided afresh and on one answered from a remembered decision alike; nothing of the app's 500 goes out."""
+    app = _bearer_app_doing(behaviour)
+    reused = _count_reuse(app)
+    headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+    for _ in range(2):
+        sent = asyncio.run(_exchange(app, list(headers)))
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        start = sent[0]
+        assert start["status"] == 503
+        assert dict(start["headers"])[b"retry-after"] == b"2"
+        assert b"Internal Server Error" not in sent[1]["body"]
+    assert len(reused) == 1
+
+
+@pytest.mark.parametrize("behaviour", ["ok", "plain 500"])
+def test_a_bearer_response_gets_the_identity_headers_first_time_and_remembered(behaviour: str) -> None:
+    """P31 on both paths: Vary: Cookie, Authorization and Cache-Control: no-store (replacing the app's own), a
+    500 the app ends with included."""
+    app = _bearer_app_doing(behaviour)
+    reused = _count_reuse(app)
+    headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+    for _ in range(2):
+        sent = asyncio.run(_exchange(app, list(headers)))
+        start = sent[0]
+        assert start["status"] == (200 if behaviour == "ok" else 500)
+        assert [v for k, v in start["headers"] if k == b"cache-control"] == [b"no-store"]
+        assert (b"vary", b"Cookie, Authorization") in start["headers"]
+        assert sent[-1]["body"] == (b"alice" if behaviour == "ok" else b"oops")
+    assert len(reused) == 1
+
+
+def test_a_bearer_apps_own_error_after_its_500_goes_out_as_its_500_and_is_raised() -> None:
+    app = _bearer_app_doing("500 then other error")
+    headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+    for _ in range(2):
+        sent: list[Message] = []
+
+        async def run() -> None:
+            async def receive() -> Message:
+                return {"type": "http.request", "body": b""}
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            await app({"type": "http", "method": "GET", "path": "/api/jwt", "headers": list(headers)}, receive, send)
+
+        with pytest.raises(KeyError):
+            asyncio.run(run())
+        assert sent[0]["status"] == 500 and (b"cache-control", b"no-store") in sent[0]["headers"]
+        assert sent[1]["body"] == b"Internal Server Error"
+
+
+def test_a_store_outage_after_a_bearer_response_started_is_raised_not_answered() -> None:
+    """Once the app's response is on its way, there is no 503 to give: the error goes to the server."""
+    from authmw.stores import StoreUnavailable
+
+    app = _bearer_app_doing("started then outage")
+    headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(_exchange(app, list(headers)))

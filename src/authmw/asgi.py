@@ -16,9 +16,9 @@ from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, PolicyNotApplied, ServiceUnavailable, render_error
 from authmw.flows import IOResults, NeedsIO, restartable, run_async
-from authmw.policy import Policy, RouteTable
+from authmw.policy import RouteTable
 from authmw.principal import ANONYMOUS, AuthScopes, Principal
-from authmw.request import ASGIRequestView, has_query_token
+from authmw.request import ASGIRequestView, has_query_token, with_identity_headers
 from authmw.sessions import AsyncSessionHandle
 
 __all__ = ["AuthMiddleware", "get_session"]
@@ -30,6 +30,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+#: what a request's scope gets: `scope["authmw"]`, `scope["user"]`, `scope["auth"]`
+_Attached = tuple[AuthState, Principal, AuthScopes]
 
 
 def get_session(scope: Scope) -> AsyncSessionHandle:
@@ -63,7 +67,8 @@ class AuthMiddleware:
         self.authenticator = Authenticator(self.config)
         # Decisions for repeated bearer requests: (method, path, root path, Authorization value) -> the policy,
         # principal and token decided, and the route table they were decided with (see `_remembered`).
-        self._decisions: dict[tuple[Any, Any, Any, bytes], tuple[Policy, Principal, str, RouteTable]] = {}
+        # What is kept: the principal and token to confirm it with `still_holds`, and what was attached to the scope.
+        self._decisions: dict[tuple[Any, Any, Any, bytes], tuple[Principal, str, RouteTable, _Attached]] = {}
 
     #: reuse decisions for repeated bearer requests (tests compare with it off)
     remember_decisions = True
@@ -117,18 +122,20 @@ class AuthMiddleware:
             self._prepare(scope)
             self._needs_prepare = False
         auth = self.authenticator
-        known = self._remembered(scope) if kind == "http" and self._decisions and self.remember_decisions else None
+        if kind == "http" and self._decisions and self.remember_decisions:
+            known = self._remembered(scope)
+            if known is not None:  # a repeated bearer request whose decision still holds: attach it, call the app
+                scope["authmw.authenticator"] = auth
+                scope["authmw"], scope["user"], scope["auth"] = known
+                await self._call_without_session(scope, receive, send, True)
+                return
         table = auth.table  # the one this request is decided with (routes may be added while it awaits I/O)
-        if known is not None:
-            exchange = Exchange(ASGIRequestView(scope), known[0], False, None)
-            exchange.principal = known[1]
-        else:
-            exchange = auth.begin(ASGIRequestView(scope))
+        exchange = auth.begin(ASGIRequestView(scope))
         scope["authmw.authenticator"] = auth
         if exchange.state is not None:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:
-            if known is None and not exchange.public:
+            if not exchange.public:
                 view, policy, state = exchange.view, exchange.policy, exchange.state
                 io: IOResults = {}
                 try:  # most requests need no I/O (a cached token, a local session): no flow, no coroutine
@@ -148,7 +155,13 @@ class AuthMiddleware:
         scope["auth"] = AuthScopes.for_principal(principal)
         if self._checks_endpoints:
             send = self._guarded(scope, exchange, send)
-        if kind == "websocket" or (exchange.public and exchange.state is None):  # nothing to add to the response
+        if exchange.state is None:
+            if kind == "websocket" or exchange.public:  # nothing to add to the response
+                await self.app(scope, receive, send)
+            else:
+                await self._call_without_session(scope, receive, send, principal is not None)
+            return
+        if kind == "websocket":
             await self.app(scope, receive, send)
             return
 
@@ -212,6 +225,41 @@ class AuthMiddleware:
         if held:
             await release_held()
 
+    async def _call_without_session(self, scope: Scope, receive: Receive, send: Send, identified: bool) -> None:
+        """The app, for an HTTP request on a non-public route without session state (a bearer request): all its
+        response needs is the identity headers (P31). The lean twin of the session case above: no data to save,
+        no cookie to set; a 500 is held back the same way, in case the app then raises `ServiceUnavailable`."""
+        held: list[Message] = []
+        started: list[bool] = []
+
+        async def send_with_identity_headers(message: Message) -> None:
+            if held:
+                held.append(message)
+            elif message["type"] != "http.response.start":
+                await send(message)
+            elif message.get("status") == 500:
+                held.append(message)
+            else:
+                started.append(True)
+                message["headers"] = with_identity_headers(message.get("headers", ()), identified, b"")
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_identity_headers)
+        except ServiceUnavailable as error:
+            if started:
+                raise
+            held.clear()  # our 503 replaces the app's 500
+            failed = self.authenticator.error_response(error, ASGIRequestView(scope), None)
+            await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
+            await send({"type": "http.response.body", "body": failed.body})
+            return
+        finally:
+            for message in held:  # the app returned or raised something else: its held 500 goes out after all
+                if message["type"] == "http.response.start":
+                    message["headers"] = with_identity_headers(message.get("headers", ()), identified, b"")
+                await send(message)
+
     # ---- repeated bearer requests ----
     # A client sends the same token to the same paths again and again. What `Authenticator.begin` and `resolve`
     # decided for one (method, path, Authorization value) holds for the next request with the same three, as long
@@ -221,9 +269,9 @@ class AuthMiddleware:
     # a step-up policy — requests with those are never remembered or never served from here. Everything else
     # they decide from (the route table, the policy's scopes, `decide`) is the same objects as then.
 
-    def _remembered(self, scope: Scope) -> tuple[Policy, Principal] | None:
-        """The policy and principal decided earlier for this request's method, path and Authorization value, if
-        that decision still holds; None: decide afresh."""
+    def _remembered(self, scope: Scope) -> _Attached | None:
+        """What was attached earlier for this request's method, path and Authorization value (`scope["authmw"]`,
+        `["user"]` and `["auth"]`), if that decision still holds; None: decide afresh."""
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -236,7 +284,7 @@ class AuthMiddleware:
         entry = self._decisions.get(key)
         if entry is None:
             return None
-        policy, principal, token, table = entry
+        principal, token, table, attached = entry
         auth = self.authenticator
         query = scope.get("query_string")
         if query and has_query_token(query):
@@ -248,12 +296,12 @@ class AuthMiddleware:
         if not holds:
             self._decisions.pop(key, None)
             return None
-        return policy, principal
+        return attached
 
     def _remember(self, scope: Scope, exchange: Exchange, table: RouteTable) -> None:
         method = scope["method"]
-        if method == "OPTIONS":  # a preflight is decided by more than method, path and Authorization
-            return
+        if method == "OPTIONS" or self._checks_endpoints:  # a preflight is decided by more than method, path and
+            return  # Authorization; a checked endpoint needs the whole exchange
         values = [value for name, value in scope["headers"] if name == b"authorization"]
         if len(values) != 1 or not values[0].startswith(b"Bearer "):
             return
@@ -265,7 +313,12 @@ class AuthMiddleware:
         if len(self._decisions) >= 4096:  # tokens x paths: never let requests grow it without bound
             self._decisions.clear()
         key = (method, scope["path"], scope.get("root_path", ""), values[0])
-        self._decisions[key] = (exchange.policy, principal, token, table)
+        attached = (
+            tuple.__new__(AuthState, (exchange.policy, principal)),
+            principal,
+            AuthScopes.for_principal(principal),
+        )
+        self._decisions[key] = (principal, token, table, attached)
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)
