@@ -236,6 +236,7 @@ class SessionManager:
             attributes.append("Secure")
         self._attributes = "; ".join(attributes)
         self._verified: dict[str, tuple[str, float]] = {}  # cookie value -> (session id, signed at)
+        self._headers: dict[str, tuple[str, float]] = {}  # a whole Cookie header -> the same, for that value
         # session id -> (the record's scopes, its principal): a Principal is immutable, and building one is
         # a good part of a session request's cost. Reused only while the record still says the same.
         self._principals: dict[str, tuple[tuple[str, ...], Principal]] = {}
@@ -243,12 +244,29 @@ class SessionManager:
         self.token_store: Any = None
         self.not_before_ttl = 2 * 24 * 3600.0
 
+    @property
+    def store(self) -> SessionStore:
+        """Where session records live (`SessionSettings.store`)."""
+        return self._store
+
+    @store.setter
+    def store(self, store: SessionStore) -> None:
+        self._store = store
+        # An in-process store's load, called straight from `lookup` (it needs no I/O point); None otherwise.
+        self._load_now: Any = store.load if getattr(store, "nonblocking", False) else None
+
     # ---- cookies ----
 
     def read_cookie(self, state: SessionState) -> str | None:
         values = state.view.header_values("cookie")
         if not values:
             return None
+        now = time.time()
+        if len(values) == 1:
+            # A browser sends the same Cookie header again and again: its whole value, once read, names the id.
+            known = self._headers.get(values[0])
+            if known is not None and now - known[1] <= self._max_age:
+                return known[0]
         name = self.cookie_name
         found: list[str] = []
         for header in values:
@@ -265,9 +283,9 @@ class SessionManager:
         if len(found) > 1:
             state.bad_cookie = True
             return None
-        now = time.time()
         verified = self._verified.get(value)  # only values that passed every check below are remembered
         if verified is not None and now - verified[1] <= self._max_age:
+            self._remember_header(values, verified)
             return verified[0]
         too_large = len(name) + 1 + len(value) > self._max_cookie  # P13: name and value together
         if too_large or _COOKIE_VALUE.fullmatch(value) is None:
@@ -288,8 +306,16 @@ class SessionManager:
         # A remembered value only ever names its id; the store still decides whether that session lives.
         if len(self._verified) >= 10_000:
             self._verified.clear()
-        self._verified[value] = (sid, signed_at.timestamp())
+        self._verified[value] = verified = (sid, signed_at.timestamp())
+        self._remember_header(values, verified)
         return sid
+
+    def _remember_header(self, values: list[str], verified: tuple[str, float]) -> None:
+        """Remember a lone Cookie header that names a verified id (bounded: entries and their length)."""
+        if len(values) == 1 and len(values[0]) <= 1024:
+            if len(self._headers) >= 4096:
+                self._headers.clear()
+            self._headers[values[0]] = verified
 
     def cookie_for(self, sid: str, remember: bool) -> str:
         value = self._signer.sign(sid).decode("ascii")
@@ -313,7 +339,11 @@ class SessionManager:
         sid = state.cookie_sid()
         if sid is None:
             return None
-        record: SessionRecord | None = io_store(io, "load", self.store, "load", sid, self.touch_interval)
+        load_now = self._load_now
+        if load_now is not None:
+            record: SessionRecord | None = load_now(sid, self.touch_interval)
+        else:
+            record = io_store(io, "load", self.store, "load", sid, self.touch_interval)
         if record is None or record.absolute_expiry <= time.time():
             state.bad_cookie = True
             return None
