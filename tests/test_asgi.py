@@ -1369,18 +1369,19 @@ def test_a_bearer_response_gets_the_identity_headers_first_time_and_remembered(b
 def test_a_bearer_apps_own_error_after_its_500_goes_out_as_its_500_and_is_raised() -> None:
     app = _bearer_app_doing("500 then other error")
     headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+    sent: list[Message] = []
+
+    async def run() -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": "GET", "path": "/api/jwt", "headers": list(headers)}, receive, send)
+
     for _ in range(2):
-        sent: list[Message] = []
-
-        async def run() -> None:
-            async def receive() -> Message:
-                return {"type": "http.request", "body": b""}
-
-            async def send(message: Message) -> None:
-                sent.append(message)
-
-            await app({"type": "http", "method": "GET", "path": "/api/jwt", "headers": list(headers)}, receive, send)
-
+        sent.clear()
         with pytest.raises(KeyError):
             asyncio.run(run())
         assert sent[0]["status"] == 500 and (b"cache-control", b"no-store") in sent[0]["headers"]

@@ -34,7 +34,7 @@ import httpx
 import jwt
 import pytest
 import redis
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from itsdangerous import BadSignature, TimestampSigner
 from redis.crc import key_slot
@@ -1048,6 +1048,40 @@ def test_p22_arbitrary_cookie_headers_never_raise_and_never_forge_a_principal(he
             assert principal.id == "alice@example.com"
             assert _PAIR in view.header_values("cookie")[0]
         state.response_cookies()
+
+
+def _read(manager: SessionManager, headers: list[str]) -> tuple[str | None, bool]:
+    view = ASGIRequestView(
+        {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", h.encode("latin-1")) for h in headers]}
+    )
+    state = SessionState(manager, view)
+    return state.cookie_sid(), state.bad_cookie
+
+
+@settings(max_examples=200, deadline=None)
+@example(requests=[[f"a=b; {_PAIR}"], [_PAIR], [_PAIR, _PAIR], [f"{_PAIR}; {_PAIR}"], [_PAIR[:-1]]])
+@given(requests=st.lists(st.lists(_HEADERS.map(lambda h: h.encode("utf-8").decode("latin-1")), max_size=2), max_size=6))
+def test_p22_a_remembered_cookie_header_reads_exactly_as_a_first_reading(requests: list[list[str]]) -> None:
+    """The manager remembers lone Cookie headers that named a verified id; whatever came before, each request's
+    reading (the id, or a rejected cookie) is what a manager that never saw a cookie reads."""
+
+    def cold() -> SessionManager:  # the keys `_VALID` was signed with, nothing remembered yet
+        return SessionManager(SessionSettings(secret_keys=[SECRET], store=MemoryStore(), cookie_secure=False))
+
+    warm = cold()
+    for headers in requests + requests:
+        assert _read(warm, headers) == _read(cold(), headers)
+
+
+def test_p19_a_remembered_cookie_header_is_refused_once_its_signature_is_too_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    header = f"other=1; {_PAIR}"
+    sid, bad = _read(_MANAGER, [header])
+    assert sid is not None and not bad and header in _MANAGER._headers
+    later = time.time() + _MANAGER._max_age + 60
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert _read(_MANAGER, [header]) == (None, True)
 
 
 # --- P23: CSRF on unsafe cookie-authenticated requests -------------------------------------------------------------
