@@ -143,7 +143,12 @@ class AuthMiddleware:
                 except NeedsIO as need:  # go on from there: perform the I/O, then run the step again
                     flow = restartable(lambda io: auth.resolve(view, policy, state, io), io, need)
                     exchange.principal = await run_async(flow)
-                if kind == "http" and self.remember_decisions and auth.rememberable(exchange, table):
+                if (
+                    exchange.state is None
+                    and kind == "http"
+                    and self.remember_decisions
+                    and auth.rememberable(exchange, table)
+                ):
                     self._remember(scope, exchange, table)
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
@@ -180,34 +185,9 @@ class AuthMiddleware:
             elif message.get("status") == 500:
                 held.append(message)
             elif exchange.unsaved():
-                await save_then_start(message)
+                await self._save_then_start(exchange, message, send, replaced)
             else:  # nothing to save (most responses)
                 await send(_started(exchange, message))
-
-        async def save_then_start(message: Message) -> None:
-            try:
-                await run_async(exchange.finish())
-            except ServiceUnavailable as error:
-                # The session data could not be saved: say so rather than pretend (fail closed), with a
-                # body of our own (the app's may say the change was made).
-                exchange.response_started = True
-                replaced.append(True)
-                failed = auth.error_response(error, exchange.view, None)
-                await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
-                await send({"type": "http.response.body", "body": failed.body})
-                return
-            await send(_started(exchange, message))
-
-        async def release_held() -> None:
-            for message in held:
-                if replaced:
-                    return
-                if message["type"] != "http.response.start":
-                    await send(message)
-                elif exchange.unsaved():
-                    await save_then_start(message)
-                else:
-                    await send(_started(exchange, message))
 
         try:
             await self.app(scope, receive, send_with_auth_headers)
@@ -220,10 +200,39 @@ class AuthMiddleware:
             await send({"type": "http.response.body", "body": failed.body})
             return
         except BaseException:
-            await release_held()
+            await self._release_held(exchange, held, send, replaced)
             raise
         if held:
-            await release_held()
+            await self._release_held(exchange, held, send, replaced)
+
+    # The session case's helpers: methods, not closures, so that a request that needs them creates none.
+
+    async def _save_then_start(self, exchange: Exchange, message: Message, send: Send, replaced: list[bool]) -> None:
+        """Save the session data the app changed, then start the response; our 503 instead if it cannot be saved."""
+        try:
+            await run_async(exchange.finish())
+        except ServiceUnavailable as error:
+            # The session data could not be saved: say so rather than pretend (fail closed), with a
+            # body of our own (the app's may say the change was made).
+            exchange.response_started = True
+            replaced.append(True)
+            failed = self.authenticator.error_response(error, exchange.view, None)
+            await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
+            await send({"type": "http.response.body", "body": failed.body})
+            return
+        await send(_started(exchange, message))
+
+    async def _release_held(self, exchange: Exchange, held: list[Message], send: Send, replaced: list[bool]) -> None:
+        """The app returned (or raised something else) after a 500: that 500 goes out after all."""
+        for message in held:
+            if replaced:
+                return
+            if message["type"] != "http.response.start":
+                await send(message)
+            elif exchange.unsaved():
+                await self._save_then_start(exchange, message, send, replaced)
+            else:
+                await send(_started(exchange, message))
 
     async def _call_without_session(self, scope: Scope, receive: Receive, send: Send, identified: bool) -> None:
         """The app, for an HTTP request on a non-public route without session state (a bearer request): all its

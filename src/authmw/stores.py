@@ -331,6 +331,10 @@ class MemoryStore:
 
     def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
         now = self._clock()
+        entry = self._sessions.get(sid)
+        if entry is not None and now - entry[2] < touch_interval and now < entry[1] and now < entry[0].absolute_expiry:
+            # Live and no slide due: nothing to change, so no lock (entries are replaced whole, never changed).
+            return entry[0].clone(entry[2])
         with self._lock:
             entry = self._live(sid, now)
             if entry is None:
