@@ -83,7 +83,7 @@ class Exchange:
     def unsaved(self) -> bool:
         """The app changed the session's data bag: `finish` must run before the response starts."""
         state = self.state
-        return state is not None and state.data_changed()
+        return state is not None and state.data_snapshot is not None and state.data_changed()
 
     def finish(self) -> Flow[None]:
         """Save the session's data bag if the app changed it (raises `ServiceUnavailable` if it cannot). Shells
@@ -96,7 +96,10 @@ class Exchange:
         self, headers: Iterable[tuple[AnyStr, AnyStr]], sample: AnyStr
     ) -> list[tuple[AnyStr, AnyStr]] | None:
         """The response headers with identity headers (P31) and session cookies added; None when unchanged."""
-        cookies = self.state.response_cookies() if self.state is not None else []
+        state = self.state
+        cookies = []
+        if state is not None and (state.set_cookie is not None or state.clear_cookie or state.bad_cookie):
+            cookies = state.response_cookies()  # asked only when one is due: most responses set no cookie
         if self.public and not cookies:
             return None
         out = with_identity_headers(headers, self.principal is not None or bool(cookies), sample)
@@ -275,7 +278,12 @@ class Authenticator(metaclass=_WatchesSteps):
                 session.manager.check_cross_site(session, websocket=websocket)
         # The stock `decide` has nothing to do for a caller on a route without scopes or max_auth_age; an
         # overridden or patched one (see `_unpatched`) is always asked.
-        if principal is None or policy.scopes or policy.max_auth_age is not None or not self._unpatched():
+        if (
+            principal is None
+            or policy.scopes
+            or policy.max_auth_age is not None
+            or not (self._stock and self._patches_seen == _step_patches[0])  # `_unpatched()`, inline: every request
+        ):
             self.decide(policy, principal)
         return principal
 

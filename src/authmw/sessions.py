@@ -161,10 +161,10 @@ class SessionState:
 
     __slots__ = (
         "_cookie_read",
-        "_data_snapshot",
         "_sid",
         "bad_cookie",
         "clear_cookie",
+        "data_snapshot",
         "manager",
         "record",
         "set_cookie",
@@ -180,7 +180,8 @@ class SessionState:
         self.clear_cookie = False
         self._cookie_read = False
         self._sid: str | None = None
-        self._data_snapshot: str | None = None
+        #: the data bag as JSON when the app first read it (None: it never did, so it cannot have changed it)
+        self.data_snapshot: str | None = None
 
     def cookie_sid(self) -> str | None:
         """The session id from a correctly signed cookie, or None (`bad_cookie` says if one was rejected)."""
@@ -198,15 +199,15 @@ class SessionState:
         return []
 
     def data_changed(self) -> bool:
-        if self._data_snapshot is None or self.record is None:
+        if self.data_snapshot is None or self.record is None:
             return False
-        return _dump(self.record.data) != self._data_snapshot
+        return _dump(self.record.data) != self.data_snapshot
 
     def watch_data(self) -> dict[str, Any]:
         if self.record is None:
             raise LookupError("no session: log in first")
-        if self._data_snapshot is None:
-            self._data_snapshot = _dump(self.record.data)
+        if self.data_snapshot is None:
+            self.data_snapshot = _dump(self.record.data)
         return self.record.data
 
 
@@ -442,7 +443,7 @@ class SessionManager:
             record.data = dict(data)
         yield StoreCall(self.store, "create", (record,))
         state.record = record
-        state._data_snapshot = None
+        state.data_snapshot = None
         state.set_cookie = self.cookie_for(record.sid, remember)
         if old is not None:
             self.auditor.emit("logout", user_id=old.user_id, session=session_handle(old.sid), reason="replaced")
@@ -531,7 +532,7 @@ class SessionManager:
             log.warning("authmw: session data over %d bytes not saved", self.settings.max_data_bytes)
             return False
         saved = bool((yield StoreCall(self.store, "save", (record,))))
-        state._data_snapshot = _dump(record.data)
+        state.data_snapshot = _dump(record.data)
         return saved
 
 
