@@ -1397,3 +1397,38 @@ def test_a_store_outage_after_a_bearer_response_started_is_raised_not_answered()
     for _ in range(2):
         with pytest.raises(StoreUnavailable):
             asyncio.run(_exchange(app, list(headers)))
+
+
+def test_a_store_outage_under_a_mount_is_reported_with_the_path_as_it_arrived() -> None:
+    """The audit event and the `on_error` hook of the 503 see the request's path, not the one a Mount rewrote the
+    scope to while routing (first request and remembered alike)."""
+    from authmw.stores import MemoryStore, StoreUnavailable
+
+    seen: list[tuple[str, str]] = []
+
+    async def endpoint(request: Request) -> Response:
+        raise StoreUnavailable("the store went away", retry_after=2)
+
+    def on_error(error: Any, view: Any, response: Any) -> Any:
+        seen.append(("on_error", view.path))
+        return response
+
+    def audit(event: Any) -> None:
+        if event.kind == "store_unavailable":
+            seen.append(("audit", event.path))
+
+    inner = Starlette(routes=[Mount("/api", routes=[StarletteRoute("/jwt", endpoint)])])
+    config = make_config(
+        jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=MemoryStore()),
+        routes=[Route("/api/jwt", Policy.jwt())],
+        on_error=on_error,
+        audit=audit,
+    )
+    app = AuthMiddleware(inner, config)
+    reused = _count_reuse(app)
+    headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+    for _ in range(2):
+        sent = asyncio.run(_exchange(app, list(headers)))
+        assert sent[0]["status"] == 503
+    assert len(reused) == 1
+    assert seen == [("audit", "/api/jwt"), ("on_error", "/api/jwt")] * 2

@@ -240,6 +240,8 @@ class AuthMiddleware:
         no cookie to set; a 500 is held back the same way, in case the app then raises `ServiceUnavailable`."""
         held: list[Message] = []
         started: list[bool] = []
+        # What the request view is built from, as it arrived: routers rewrite the scope (a Mount its root_path).
+        arrived = scope["path"], scope.get("root_path", "")
 
         async def send_with_identity_headers(message: Message) -> None:
             if held:
@@ -259,7 +261,8 @@ class AuthMiddleware:
             if started:
                 raise
             held.clear()  # our 503 replaces the app's 500
-            failed = self.authenticator.error_response(error, ASGIRequestView(scope), None)
+            view = ASGIRequestView({**scope, "path": arrived[0], "root_path": arrived[1]})
+            failed = self.authenticator.error_response(error, view, None)
             await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
             await send({"type": "http.response.body", "body": failed.body})
             return
