@@ -1060,7 +1060,11 @@ def _read(manager: SessionManager, headers: list[str]) -> tuple[str | None, bool
 
 @settings(max_examples=200, deadline=None)
 @example(requests=[[f"a=b; {_PAIR}"], [_PAIR], [_PAIR, _PAIR], [f"{_PAIR}; {_PAIR}"], [_PAIR[:-1]]])
-@given(requests=st.lists(st.lists(_HEADERS.map(lambda h: h.encode("utf-8").decode("latin-1")), max_size=2), max_size=6))
+@given(
+    requests=st.lists(
+        st.lists(_HEADERS.map(lambda h: h.encode("utf-8", "surrogatepass").decode("latin-1")), max_size=2), max_size=6
+    )
+)
 def test_p22_a_remembered_cookie_header_reads_exactly_as_a_first_reading(requests: list[list[str]]) -> None:
     """The manager remembers lone Cookie headers that named a verified id; whatever came before, each request's
     reading (the id, or a rejected cookie) is what a manager that never saw a cookie reads."""
