@@ -996,7 +996,7 @@ def _headers(auth: str, tokens: dict[str, str], preflight: bool) -> list[tuple[b
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     requests=st.lists(_REQUESTS, min_size=1, max_size=4),
-    order=st.lists(st.integers(-1, 3), min_size=1, max_size=16),
+    order=st.lists(st.integers(-2, 3), min_size=1, max_size=16),
 )
 def test_remembered_decisions_answer_exactly_as_deciding_every_request(requests: list[Any], order: list[int]) -> None:
     """Whatever the sequence of requests (methods, paths, token spellings, duplicates, query tokens, preflights,
@@ -1009,9 +1009,12 @@ def test_remembered_decisions_answer_exactly_as_deciding_every_request(requests:
 
     async def run() -> None:
         for index in order:
-            if index < 0:  # revoke alice's token
+            if index == -1:  # revoke alice's token
                 claims = jwt.decode(tokens["alice"], SECRET, algorithms=["HS256"])
                 store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+                continue
+            if index == -2:  # revoke every token issued to bob so far
+                store.revoke_tokens("bob", time.time() + 1, 3600)
                 continue
             method, path, auth, query, preflight = requests[index % len(requests)]
             headers = _headers(auth, tokens, preflight)
@@ -1150,7 +1153,8 @@ def test_decisions_are_not_remembered_past_a_patched_step_a_store_error_or_switc
     async def twice(app: AuthMiddleware) -> list[str]:
         return [(await _answer(app, "GET", "/api/jwt", [header], b"")).split()[0] for _ in range(2)]
 
-    # a store that fails once the decision is remembered
+    # a store that fails once the decision is remembered (one without a revocation count, which is looked up)
+    remembering.authenticator.revocation_counter = None
     assert asyncio.run(twice(remembering)) == ["200", "200"]
     real = store.token_state
 
@@ -1432,3 +1436,83 @@ def test_a_store_outage_under_a_mount_is_reported_with_the_path_as_it_arrived() 
         assert sent[0]["status"] == 503
     assert len(reused) == 1
     assert seen == [("audit", "/api/jwt"), ("on_error", "/api/jwt")] * 2
+
+
+def test_a_revocation_landing_while_a_decision_is_made_is_seen_by_the_next_request() -> None:
+    """The store's revocation count is read before the decision's own revocation lookup: a revocation written
+    after that lookup (but before the decision is remembered) changes the count, so the next request with the
+    same token is decided afresh and refused."""
+    from authmw.issuer import jti_key
+
+    remembering, _, store = _memo_pair()
+    token = make_token("alice")
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    auth = remembering.authenticator
+    assert auth.revocation_counter is store
+    looked_up = auth._token_state_now
+
+    def revoked_right_after(user_id: str, key: str | None) -> Any:
+        answer = looked_up(user_id, key)  # not revoked yet...
+        store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])  # ...and now it is
+        auth._token_state_now = looked_up
+        return answer
+
+    auth._token_state_now = revoked_right_after
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+
+    async def run() -> list[str]:
+        return [(await _answer(remembering, "GET", "/api/jwt", list(headers), b"")).split()[0] for _ in range(2)]
+
+    assert asyncio.run(run()) == ["200", "401"]
+
+
+def test_an_unchanged_revocation_count_spares_the_lookup_and_a_changed_one_decides_afresh() -> None:
+    remembering, _, store = _memo_pair()
+    auth = remembering.authenticator
+    lookups: list[str] = []
+    looked_up = auth._token_state_now
+
+    def counted(user_id: str, key: str | None) -> Any:
+        lookups.append(user_id)
+        return looked_up(user_id, key)
+
+    auth._token_state_now = counted
+    reused = _count_reuse(remembering)
+    headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+
+    async def run(times: int) -> list[str]:
+        return [(await _answer(remembering, "GET", "/api/jwt", list(headers), b"")).split()[0] for _ in range(times)]
+
+    assert asyncio.run(run(3)) == ["200"] * 3
+    assert lookups == ["alice"] and len(reused) == 2  # decided once, then reused without a lookup
+    store.revoke_tokens("bob", time.time(), 3600)  # someone else's revocation: the count changes
+    assert asyncio.run(run(2)) == ["200"] * 2
+    assert lookups == ["alice", "alice"] and len(reused) == 3  # decided afresh once, then reused again
+
+
+def test_a_store_whose_token_state_reads_more_than_it_counts_is_looked_up_on_every_reuse() -> None:
+    """A MemoryStore subclass with a token_state of its own (say, one that also asks an external denylist): its
+    revocation count does not cover what that reads, so remembered decisions keep looking the token up."""
+    from authmw.stores import MemoryStore
+
+    external: set[str] = set()
+
+    class AlsoExternal(MemoryStore):
+        def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
+            not_before, denied = super().token_state(user_id, jti_key, grace)
+            return not_before, denied or user_id in external
+
+    store = AlsoExternal()
+    config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store))
+    app = AuthMiddleware(_echo_app, config)
+    assert app.authenticator.revocation_counter is None
+    reused = _count_reuse(app)
+    headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
+
+    async def run() -> list[str]:
+        return [(await _answer(app, "GET", "/api/jwt", list(headers), b"")).split()[0] for _ in range(2)]
+
+    assert asyncio.run(run()) == ["200", "200"]
+    external.add("alice")
+    assert asyncio.run(run()) == ["401", "401"]
+    assert len(reused) == 1

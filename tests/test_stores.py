@@ -767,3 +767,16 @@ _FULL = SessionRecord(
     remember=True,
     data={"k": [1, 2]},
 )
+
+
+def test_the_memory_store_counts_its_revocation_writes_after_making_them() -> None:
+    store = MemoryStore()
+    assert store.revocations == 0
+    store.revoke_jti("alice", "k1", time.time() + 60)
+    assert store.revocations == 1 and store.token_state("alice", "k1") == (None, True)
+    store.revoke_tokens("alice", time.time(), 60)
+    assert store.revocations == 2
+    store.revoke_user("bob", time.time(), 60)
+    assert store.revocations == 3
+    store.token_state("alice", "k2")
+    assert store.revocations == 3  # reads change nothing

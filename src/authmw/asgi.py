@@ -34,6 +34,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: what a request's scope gets: `scope["authmw"]`, `scope["user"]`, `scope["auth"]`
 _Attached = tuple[AuthState, Principal, AuthScopes]
+#: a remembered decision: principal and token, route table, what was attached, the store's revocation count
+_Decision = tuple[Principal, str, RouteTable, _Attached, int | None]
 
 
 def get_session(scope: Scope) -> AsyncSessionHandle:
@@ -65,10 +67,10 @@ class AuthMiddleware:
         self.app = app
         self.config = config if config is not None else AuthConfig.from_env()
         self.authenticator = Authenticator(self.config)
-        # Decisions for repeated bearer requests: (method, path, root path, Authorization value) -> the policy,
-        # principal and token decided, and the route table they were decided with (see `_remembered`).
-        # What is kept: the principal and token to confirm it with `still_holds`, and what was attached to the scope.
-        self._decisions: dict[tuple[Any, Any, Any, bytes], tuple[Principal, str, RouteTable, _Attached]] = {}
+        # Decisions for repeated bearer requests (see `_remembered`): (method, path, root path, Authorization value)
+        # -> the principal and token decided, the route table they were decided with, what was attached to the
+        # scope, and the store's revocation count read before deciding (see `Authenticator.still_holds`).
+        self._decisions: dict[tuple[Any, Any, Any, bytes], _Decision] = {}
 
     #: reuse decisions for repeated bearer requests (tests compare with it off)
     remember_decisions = True
@@ -130,6 +132,8 @@ class AuthMiddleware:
                 await self._call_without_session(scope, receive, send, True)
                 return
         table = auth.table  # the one this request is decided with (routes may be added while it awaits I/O)
+        counter = auth.revocation_counter
+        revocations = counter.revocations if counter is not None else None  # read before its revocation lookup
         exchange = auth.begin(ASGIRequestView(scope))
         scope["authmw.authenticator"] = auth
         if exchange.state is not None:
@@ -149,7 +153,7 @@ class AuthMiddleware:
                     and self.remember_decisions
                     and auth.rememberable(exchange, table)
                 ):
-                    self._remember(scope, exchange, table)
+                    self._remember(scope, exchange, table, revocations)
         except AuthError as error:
             await self._refuse(error, exchange, scope, receive, send)
             return
@@ -296,13 +300,13 @@ class AuthMiddleware:
         entry = self._decisions.get(key)
         if entry is None:
             return None
-        principal, token, table, attached = entry
+        principal, token, table, attached, revocations = entry
         auth = self.authenticator
         query = scope.get("query_string")
         if query and has_query_token(query):
             return None  # refused by the full path as a second credential (P25)
         try:
-            holds = table is auth.table and auth.still_holds(principal, token)
+            holds = table is auth.table and auth.still_holds(principal, token, revocations)
         except AuthError:  # the store cannot say now: the full path answers (503)
             holds = False
         if not holds:
@@ -310,7 +314,7 @@ class AuthMiddleware:
             return None
         return attached
 
-    def _remember(self, scope: Scope, exchange: Exchange, table: RouteTable) -> None:
+    def _remember(self, scope: Scope, exchange: Exchange, table: RouteTable, revocations: int | None) -> None:
         method = scope["method"]
         if method == "OPTIONS" or self._checks_endpoints:  # a preflight is decided by more than method, path and
             return  # Authorization; a checked endpoint needs the whole exchange
@@ -330,7 +334,7 @@ class AuthMiddleware:
             principal,
             AuthScopes.for_principal(principal),
         )
-        self._decisions[key] = (principal, token, table, attached)
+        self._decisions[key] = (principal, token, table, attached, revocations)
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)

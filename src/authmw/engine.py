@@ -37,6 +37,7 @@ from authmw.policy import AMBIGUOUS_PATH, WEBSOCKET, Policy, Route, RouteTable
 from authmw.principal import Principal
 from authmw.request import RequestView, bearer_token, with_identity_headers
 from authmw.sessions import SAFE_METHODS, SessionManager, SessionState
+from authmw.stores import MemoryStore
 from authmw.tokens import JWTVerifier
 
 __all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
@@ -175,8 +176,15 @@ class Authenticator(metaclass=_WatchesSteps):
         self._token_state_now: Any = None
         # A store's answer without I/O when it has one (a local-cache hit), for `still_holds`; None: it never has.
         self._token_state_peek: Any = None
+        #: an in-process store that counts its revocation writes (`MemoryStore.revocations`), or None: a decision
+        #: made after reading count N holds, as far as revocations go, while the count is N (see `still_holds`)
+        self.revocation_counter: Any = None
         if getattr(self.token_store, "nonblocking", False) and not self._grace:
             self._token_state_now = self.token_store.token_state
+            store = self.token_store
+            # Only where the count covers everything token_state reads: a subclass's own token_state may read more.
+            if type(store).token_state is MemoryStore.token_state and "token_state" not in vars(store):
+                self.revocation_counter = store
         elif getattr(self.token_store, "local_cache", None) is not None and not self._grace:
             self._token_state_peek = getattr(self.token_store, "peek_token_state", None)
         if self.sessions is not None and config.jwt is not None:
@@ -347,10 +355,14 @@ class Authenticator(metaclass=_WatchesSteps):
         """No decision step overridden or patched, on this object or (since it was built) on its class."""
         return self._stock and self._patches_seen == _step_patches[0]
 
-    def still_holds(self, principal: Principal, token: str) -> bool:
+    def still_holds(self, principal: Principal, token: str, revocations: int | None = None) -> bool:
         """Does a decision made for `token` (authenticating `principal`) hold now? The verified token is still
         cached as this very principal (not past `exp`, keys unchanged), no key refresh is due, no test override is
-        set, and the token is not revoked. False: decide afresh."""
+        set, and the token is not revoked. False: decide afresh.
+
+        `revocations`: the store's `revocation_counter` count, read before that decision looked the token up. While
+        it is unchanged nothing was revoked since, so no lookup is needed; once it changed, False (decide afresh,
+        which reads the new count)."""
         verifier = self.verifier
         if verifier is None or Authenticator.principal_override is not None or not self._unpatched():
             return False
@@ -361,6 +373,9 @@ class Authenticator(metaclass=_WatchesSteps):
             return False
         if verifier.cached(token) is not principal:
             return False
+        if revocations is not None:
+            counter = self.revocation_counter
+            return counter is not None and counter.revocations == revocations
         key = _revocation_key(principal)
         if self._token_state_now is not None:
             state = self._token_state_now(principal.id, key)

@@ -296,6 +296,9 @@ class MemoryStore:
         self._not_before: dict[str, tuple[float, float]] = {}  # user -> (not before, kept until)
         self._refresh: dict[str, RefreshRecord] = {}  # token hash -> record
         self._families: dict[str, tuple[str, float]] = {}  # family -> (user, expiry)
+        #: how many revocation writes (jti denials, per-user not-befores) this store has taken; counted after each
+        #: write, so a token found unrevoked after reading count N is still unrevoked while the count is N
+        self.revocations = 0
 
     def _live(self, sid: str, now: float) -> tuple[SessionRecord, float, float] | None:
         entry = self._sessions.get(sid)
@@ -403,6 +406,7 @@ class MemoryStore:
             if len(self._denied) >= self.max_sessions:
                 self._denied = {k: v for k, v in self._denied.items() if v > now}
             self._denied[(user_id, jti_key)] = expires_at
+            self.revocations += 1
 
     def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
         with self._lock:
@@ -430,6 +434,7 @@ class MemoryStore:
                 del self._families[family]
         previous = self._not_before.get(user_id, (0.0, 0.0))[0]
         self._not_before[user_id] = (max(previous, not_before), self._clock() + not_before_ttl)
+        self.revocations += 1
 
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         now = self._clock()
