@@ -18,6 +18,8 @@ from examples.common import Items
 from examples.flask_app import app as flask_example
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.views import MethodView
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from authmw import AuthConfig, JWTSettings, Policy, Principal, Route
 from authmw.flask import (
@@ -1312,3 +1314,160 @@ def test_a_refusal_carries_one_clearing_cookie_and_the_identity_headers(config: 
     assert response.headers.getlist("Vary") == ["Cookie, Authorization"]
     assert response.headers.getlist("Cache-Control") == ["no-store"]
     assert seen == [401]
+
+
+# ---- decisions remembered for repeated bearer requests ----
+
+
+def _memo_apps() -> tuple[Flask, Flask, Any]:
+    """Two Flask apps on one config and one revocation store: one remembers decisions, the other decides every
+    request afresh."""
+    from authmw.stores import MemoryStore
+
+    store = MemoryStore()
+    config = AuthConfig(
+        jwt=JWTSettings(algorithms=["HS256"], keys=JWT_KEY, revocation_store=store),
+        routes=[Route("/ruled/plain", Policy.jwt(scopes={"items:read"}))],
+        default=Policy.optional(),
+    )
+    apps = []
+    for remember in (True, False):
+        app = Flask(__name__)
+        auth = AuthMW(app, config)
+        auth.remember_decisions = remember
+
+        @app.route("/api/jwt", methods=["GET", "POST"])
+        @auth.jwt_required
+        def jwt_view() -> Any:
+            return who()
+
+        @app.get("/api/admin")
+        @auth.jwt_required(scopes={"admin"})
+        def admin_view() -> Any:
+            return who()
+
+        @app.get("/either")
+        @auth.login_required
+        def either_view() -> Any:
+            return who()
+
+        @app.get("/ruled/plain")
+        def ruled_view() -> Any:
+            return who()
+
+        @app.get("/open")
+        def open_view() -> Any:
+            return who()
+
+        apps.append(app)
+    return apps[0], apps[1], store
+
+
+def _flask_answer(app: Flask, method: str, path: str, headers: dict[str, str], query: str) -> str:
+    response = app.test_client().open(path, method=method, headers=headers, query_string=query)
+    wanted = ("vary", "cache-control", "www-authenticate")
+    names = sorted((k.lower(), v) for k, v in response.headers.items() if k.lower() in wanted)
+    return f"{response.status_code} {response.get_data()[:120]!r} {names}"
+
+
+_F_METHODS = st.sampled_from(["GET", "POST", "OPTIONS", "HEAD"])
+_F_PATHS = st.sampled_from(["/api/jwt", "/api/admin", "/either", "/ruled/plain", "/open", "/nowhere"])
+_F_AUTH = st.sampled_from(["alice", "bob", "alice-spaces", "joined", "none"])
+_F_QUERIES = st.sampled_from(["", "access_token=x", "a=b"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.lists(st.tuples(_F_METHODS, _F_PATHS, _F_AUTH, _F_QUERIES, st.booleans()), min_size=1, max_size=4),
+    order=st.lists(st.integers(-2, 3), min_size=1, max_size=14),
+)
+def test_remembered_decisions_answer_exactly_as_deciding_every_request(requests: list[Any], order: list[int]) -> None:
+    """Whatever the sequence of requests (methods, paths, token spellings, fields a server joined, query tokens,
+    preflights, each sent again and again) and revocations between them, the app that reuses decisions answers
+    each request as the one that decides every request afresh."""
+    import jwt as pyjwt
+
+    from authmw.issuer import jti_key
+
+    remembering, deciding, store = _memo_apps()
+    config = remembering.extensions["authmw.authenticator"].config
+    tokens = {"alice": mint_token(config, "alice", {"items:read", "admin"}), "bob": mint_token(config, "bob")}
+    for index in order:
+        if index == -1:
+            claims = pyjwt.decode(tokens["alice"], options={"verify_signature": False})
+            store.revoke_jti("alice", jti_key(claims.get("iss"), claims["jti"]), claims["exp"])
+            continue
+        if index == -2:
+            store.revoke_tokens("bob", time.time() + 1, 3600)
+            continue
+        method, path, who_, query, preflight = requests[index % len(requests)]
+        headers = {
+            "alice": {"Authorization": f"Bearer {tokens['alice']}"},
+            "bob": {"Authorization": f"Bearer {tokens['bob']}"},
+            "alice-spaces": {"Authorization": f"Bearer  {tokens['alice']}"},
+            "joined": {"Authorization": f"Bearer {tokens['alice']}, Bearer {tokens['bob']}"},
+            "none": {},
+        }[who_]
+        if preflight:
+            headers = {**headers, "Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+        expected = _flask_answer(deciding, method, path, headers, query)
+        assert _flask_answer(remembering, method, path, headers, query) == expected
+
+
+def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations(monkeypatch: pytest.MonkeyPatch) -> None:
+    import authmw.flask as adapter
+
+    remembering, _, store = _memo_apps()
+    reused: list[bool] = []
+    recall = adapter._remembered
+
+    def counting(*args: Any) -> Any:
+        found = recall(*args)
+        reused.append(found is not None)
+        return found
+
+    monkeypatch.setattr(adapter, "_remembered", counting)
+    config = remembering.extensions["authmw.authenticator"].config
+    headers = bearer(config)
+    client = remembering.test_client()
+    answers = [client.get("/api/jwt", headers=headers) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200] * 3
+    assert (
+        answers[2].json is not None and answers[2].json["id"] == "alice" and answers[2].json["remote_user"] == "alice"
+    )
+    assert answers[2].headers["Cache-Control"] == "no-store" and "Authorization" in answers[2].headers["Vary"]
+    store.revoke_tokens("alice", time.time() + 1, 3600)
+    assert client.get("/api/jwt", headers=headers).status_code == 401
+    assert reused == [True, True, False]  # the first request found nothing to recall; the revoked one was refused
+
+
+def test_a_remembered_decision_is_not_reused_when_the_request_also_carries_a_query_token() -> None:
+    """Same endpoint, method, path and Authorization value as a remembered request, plus an access_token in the
+    query: a second credential method (P25), refused as when deciding afresh."""
+    remembering, deciding, _ = _memo_apps()
+    config = remembering.extensions["authmw.authenticator"].config
+    headers = bearer(config)
+    for app in (remembering, deciding):
+        client = app.test_client()
+        assert [client.get("/api/jwt", headers=headers).status_code for _ in range(2)] == [200, 200]
+        assert client.get("/api/jwt?access_token=x", headers=headers).status_code == 400
+        assert client.get("/api/jwt?a=b", headers=headers).status_code == 200
+
+
+def test_a_remembered_decision_gives_way_to_a_new_blueprint_policy() -> None:
+    app = Flask(__name__)
+    config = make_config()
+    auth = AuthMW(app, config)
+    reports = Blueprint("reports", __name__)
+
+    @reports.get("/reports")
+    def report_view() -> Any:
+        return who()
+
+    app.register_blueprint(reports)
+    auth.blueprint_policy(reports, Policy.jwt())
+    client = app.test_client()
+    headers = bearer(config)
+    assert [client.get("/reports", headers=headers).status_code for _ in range(2)] == [200, 200]
+    auth.blueprint_policy(reports, Policy.jwt(scopes={"admin"}))
+    assert client.get("/reports", headers=headers).status_code == 403

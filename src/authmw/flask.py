@@ -32,13 +32,13 @@ from werkzeug.exceptions import ServiceUnavailable as WerkzeugServiceUnavailable
 from werkzeug.local import LocalProxy
 
 from authmw.config import AuthConfig
-from authmw.engine import Authenticator, Exchange
+from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
 from authmw.flows import Flow, run_sync
 from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, TokenService
 from authmw.policy import Policy
 from authmw.principal import ANONYMOUS, Anonymous, Principal
-from authmw.request import WSGIRequestView
+from authmw.request import WSGIRequestView, has_query_token
 from authmw.sessions import SessionHandle, SessionInfo
 from authmw.wsgi import serve
 
@@ -200,8 +200,13 @@ class AuthMW:
         self._last_authenticator: Authenticator | None = None
         # Per app: (endpoint, method) -> the decorator's or blueprint's policy (None: the path rules decide).
         self._policy_memos: list[dict[tuple[str | None, str], Policy | None]] = []
+        # Per app: remembered decisions for repeated bearer requests (cleared with the policy memos).
+        self._decision_memos: list[dict[tuple[Any, ...], Any]] = []
         if app is not None:
             self.init_app(app, config)
+
+    #: reuse decisions for repeated bearer requests (tests compare with it off)
+    remember_decisions = True
 
     def init_app(self, app: Flask, config: AuthConfig | None = None) -> None:
         config = config or app.config.get("AUTHMW_CONFIG") or AuthConfig.from_env()
@@ -212,14 +217,36 @@ class AuthMW:
         policies: dict[tuple[str | None, str], Policy | None] = {}
         self._policy_memos.append(policies)
 
+        # Decisions for repeated bearer requests, as in the ASGI shell (see `authmw.asgi.AuthMiddleware._remembered`):
+        # (endpoint, method, path, script name, Authorization value) -> what was decided, the route table it was
+        # decided with, what was attached, and the store's revocation count read before deciding.
+        decisions: dict[tuple[Any, ...], tuple[Policy, Principal, str, Any, AuthState, int | None]] = {}
+        self._decision_memos.append(decisions)
+
         def before_request() -> None:
             # Flask's proxies resolved once; the view's policy from the per-app memo (see `_policy_for`).
             req = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
+            globals_ = g._get_current_object()
+            authorization = environ.get("HTTP_AUTHORIZATION")
+            if authorization is not None and decisions and self.remember_decisions:
+                known = _remembered(auth, decisions, req, environ, authorization)
+                if known is not None:  # a repeated bearer request whose decision still holds: attach it
+                    policy, caller, attached = known
+                    exchange = Exchange(WSGIRequestView(environ), policy, False, None)
+                    exchange.principal = caller
+                    environ["authmw.exchange"] = globals_.authmw_exchange = exchange
+                    globals_.principal = caller
+                    environ["authmw"] = attached
+                    environ["authmw.principal"] = caller
+                    environ["REMOTE_USER"] = caller.id
+                    return
+            table = auth.table  # the one this request is decided with
+            counter = auth.revocation_counter
+            revocations = counter.revocations if counter is not None else None  # read before its revocation lookup
             view = WSGIRequestView(environ)
             exchange = auth.begin(view, self._policy_for(view, auth, app, req, policies))
             environ["authmw.exchange"] = exchange  # also for a refusal the app re-renders
-            globals_ = g._get_current_object()
             globals_.authmw_exchange = exchange
             if exchange.state is not None:
                 environ["authmw.session"] = SessionHandle(exchange.state)
@@ -232,6 +259,13 @@ class AuthMW:
                 raise _failure(error, response) from None
             globals_.principal = principal
             exchange.attach_wsgi(environ)
+            if (
+                principal is not None
+                and authorization is not None
+                and self.remember_decisions
+                and auth.rememberable(exchange, table)
+            ):
+                _remember(auth, decisions, req, environ, authorization, exchange, table, revocations)
 
         def exchange_of_response(environ: dict[str, Any]) -> Exchange | None:
             exchange: Exchange | None = environ.get("authmw.exchange")
@@ -307,6 +341,8 @@ class AuthMW:
         self._blueprints[name] = value
         for memo in self._policy_memos:
             memo.clear()
+        for decided in self._decision_memos:
+            decided.clear()
 
     def _policy_for(
         self,
@@ -406,6 +442,60 @@ class _ResponseFinisher:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return serve(self.app, environ, start_response, self.auth, lambda: self.exchange_of(environ))
+
+
+# ---- repeated bearer requests (see `authmw.asgi.AuthMiddleware._remembered` for what may be reused, and why) ----
+
+_Decisions = dict[tuple[Any, ...], tuple[Policy, Principal, str, Any, AuthState, "int | None"]]
+
+
+def _remembered(
+    auth: Authenticator, decisions: _Decisions, req: Any, environ: dict[str, Any], authorization: str
+) -> tuple[Policy, Principal, AuthState] | None:
+    """The policy, principal and `environ["authmw"]` decided earlier for this request's endpoint, method, path and
+    Authorization value, if that decision still holds; None: decide afresh."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    key = (req.endpoint, method, environ.get("PATH_INFO"), environ.get("SCRIPT_NAME"), authorization)
+    entry = decisions.get(key)
+    if entry is None:
+        return None
+    query = environ.get("QUERY_STRING")
+    if query and has_query_token(query.encode("latin-1")):
+        return None  # refused by the full path as a second credential (P25)
+    policy, principal, token, table, attached, revocations = entry
+    try:
+        holds = table is auth.table and auth.still_holds(principal, token, revocations)
+    except AuthError:  # the store cannot say now: the full path answers (503)
+        holds = False
+    if not holds:
+        decisions.pop(key, None)
+        return None
+    return policy, principal, attached
+
+
+def _remember(
+    auth: Authenticator,
+    decisions: _Decisions,
+    req: Any,
+    environ: dict[str, Any],
+    authorization: str,
+    exchange: Exchange,
+    table: Any,
+    revocations: int | None,
+) -> None:
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method == "OPTIONS" or not authorization.startswith("Bearer "):  # a preflight reads more than these
+        return
+    token = authorization[7:]
+    principal = exchange.principal
+    verifier = auth.verifier
+    if principal is None or verifier is None or verifier.cached(token) is not principal:
+        return  # e.g. a token the verifier does not cache (no exp, cache off): nothing to confirm it with
+    if len(decisions) >= 4096:  # tokens x paths: never let requests grow it without bound
+        decisions.clear()
+    key = (req.endpoint, method, environ.get("PATH_INFO"), environ.get("SCRIPT_NAME"), authorization)
+    attached = AuthState(exchange.policy, principal)
+    decisions[key] = (exchange.policy, principal, token, table, attached, revocations)
 
 
 def _bounded_body() -> bytes:
