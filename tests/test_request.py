@@ -396,3 +396,39 @@ def test_p31_other_headers_pass_through_in_order(as_bytes: bool) -> None:
     out = with_identity_headers(_h(original, as_bytes), True, b"" if as_bytes else "")
     kept = [(k, v) for k, v in out if _values([(k, v)], "vary") == [] and _values([(k, v)], "cache-control") == []]
     assert kept == _h(original, as_bytes)
+
+
+_HEADER_NAMES = st.sampled_from(
+    ["Vary", "vary", "VARY", "Cache-Control", "cache-control", "Set-Cookie", "X-One", "Varyx"]
+)
+_HEADER_VALUES = st.sampled_from(["*", "Cookie", "accept-encoding, Origin", "no-cache", "a=1", "", " authorization "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=6),
+    authenticated=st.booleans(),
+    as_bytes=st.booleans(),
+)
+def test_p31_identity_headers_of_any_response(
+    headers: list[tuple[str, str]], authenticated: bool, as_bytes: bool
+) -> None:
+    """Whatever the app's headers: one Vary that keeps the app's tokens and names Cookie and Authorization (or is
+    *); when identified, one Cache-Control, no-store; every other header kept, in order, with its value."""
+    out = with_identity_headers(_h(headers, as_bytes), authenticated, b"" if as_bytes else "")
+    assert all(isinstance(k, bytes) == as_bytes and isinstance(v, bytes) == as_bytes for k, v in out)
+    text = [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v) for k, v in out]
+    assert len([k for k, _ in text if k.lower() == "vary"]) == 1
+    app_vary = {t.strip().lower() for k, v in headers if k.lower() == "vary" for t in v.split(",")}
+    tokens = set(_vary_tokens(out))
+    if "*" in app_vary:
+        assert tokens == {"*"}
+    else:
+        assert {"cookie", "authorization"} <= tokens and (app_vary - {""}) <= tokens
+    cache_control = [v for k, v in text if k.lower() == "cache-control"]
+    if authenticated:
+        assert cache_control == ["no-store"]
+    else:
+        assert cache_control == [v for k, v in headers if k.lower() == "cache-control"]
+    others = [(k, v) for k, v in headers if k.lower() not in ("vary", "cache-control")]
+    assert [(k, v) for k, v in text if k.lower() not in ("vary", "cache-control")] == others

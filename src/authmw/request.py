@@ -207,6 +207,8 @@ class _HeaderWords:
         self.no_store, self.both = encode("no-store"), encode("Cookie, Authorization")
         self.extra = [(encode(v), encode(v.lower())) for v in ("Cookie", "Authorization")]
         self.join = encode(", ")
+        #: the headers appended as they are, built once
+        self.vary_both, self.no_store_header = (self.vary, self.both), (self.cache_control, self.no_store)
 
 
 _BYTES_WORDS = _HeaderWords(lambda text: text.encode("latin-1"))
@@ -220,18 +222,19 @@ def with_identity_headers(
     identified (P31). Works on ASGI (bytes) and WSGI (str) headers alike; `sample` is ``b""`` or ``""``.
     """
     words = _BYTES_WORDS if isinstance(sample, bytes) else _STR_WORDS
+    vary_name, cache_control = words.vary, words.cache_control
     out: list[tuple[AnyStr, AnyStr]] = []
-    vary: list[AnyStr] = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == words.vary:
-            vary.append(value)
-        elif lowered == words.cache_control and authenticated:
-            continue  # an identified response must never be stored by a shared cache
-        else:
-            out.append((name, value))
-    if not vary:
-        out.append((words.vary, words.both))
+    vary: list[AnyStr] | None = None
+    for pair in headers:  # most responses have neither header: keep the app's own pairs, build nothing
+        lowered = pair[0].lower()
+        if lowered == vary_name:
+            if vary is None:
+                vary = []
+            vary.append(pair[1])
+        elif lowered != cache_control or not authenticated:  # an identified response is never stored by a cache
+            out.append(pair)
+    if vary is None:
+        out.append(words.vary_both)
     else:
         present = {v.strip().lower() for value in vary for v in value.split(words.comma)}
         if words.star in present:
@@ -241,7 +244,7 @@ def with_identity_headers(
             values.extend(name for name, lowered in words.extra if lowered not in present)
             out.append((words.vary, words.join.join(values)))
     if authenticated:
-        out.append((words.cache_control, words.no_store))
+        out.append(words.no_store_header)
     return out
 
 
