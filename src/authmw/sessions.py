@@ -255,6 +255,8 @@ class SessionManager:
         self._store = store
         # An in-process store's load, called straight from `lookup` (it needs no I/O point); None otherwise.
         self._load_now: Any = store.load if getattr(store, "nonblocking", False) else None
+        # A store's answer without I/O when it has one (a local-cache hit), tried first; None: it never has.
+        self._peek_load: Any = getattr(store, "peek_load", None)
 
     # ---- cookies ----
 
@@ -340,9 +342,11 @@ class SessionManager:
         sid = state.cookie_sid()
         if sid is None:
             return None
-        load_now = self._load_now
+        load_now, peek = self._load_now, self._peek_load
         if load_now is not None:
             record: SessionRecord | None = load_now(sid, self.touch_interval)
+        elif peek is not None and (record := peek(sid, self.touch_interval)) is not None:
+            pass  # a local-cache hit
         else:
             record = io_store(io, "load", self.store, "load", sid, self.touch_interval)
         if record is None or record.absolute_expiry <= time.time():
