@@ -1492,7 +1492,24 @@ def test_an_unchanged_revocation_count_spares_the_lookup_and_a_changed_one_decid
 
 def test_a_store_whose_token_state_reads_more_than_it_counts_is_looked_up_on_every_reuse() -> None:
     """A MemoryStore subclass with a token_state of its own (say, one that also asks an external denylist): its
-    revocation count does not cover what that reads, so remembered decisions keep looking the token up."""
+    revocation count does not cover what that reads, so remembered decisions keep looking the token up. The same
+    for a subclass that writes revocations its own way, or methods replaced on the store itself."""
+    from authmw.stores import MemoryStore
+
+    class WritesItsOwnWay(MemoryStore):
+        def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
+            with self._lock:
+                self._denied[(user_id, jti_key)] = expires_at  # and no count
+
+    patched = MemoryStore()
+    patched.revoke_jti = lambda *args: None  # type: ignore[method-assign]
+    for odd in (WritesItsOwnWay(), patched):
+        config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=odd))
+        assert AuthMiddleware(_echo_app, config).authenticator.revocation_counter is None
+    plain = MemoryStore()
+    config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=plain))
+    assert AuthMiddleware(_echo_app, config).authenticator.revocation_counter is plain
+
     from authmw.stores import MemoryStore
 
     external: set[str] = set()

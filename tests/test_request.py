@@ -432,3 +432,13 @@ def test_p31_identity_headers_of_any_response(
         assert cache_control == [v for k, v in headers if k.lower() == "cache-control"]
     others = [(k, v) for k, v in headers if k.lower() not in ("vary", "cache-control")]
     assert [(k, v) for k, v in text if k.lower() not in ("vary", "cache-control")] == others
+
+
+@BYTES_OR_STR
+def test_p31_header_pairs_given_as_lists_come_out_as_tuples(as_bytes: bool) -> None:
+    """PEP 3333 asks for tuples, and wsgiref fails on anything else: pairs an app gave as lists are turned into
+    tuples, as the app's other headers are kept."""
+    headers = [list(pair) for pair in _h([("Content-Type", "text/plain"), ("X-One", "1")], as_bytes)]
+    out = with_identity_headers(headers, True, b"" if as_bytes else "")  # type: ignore[arg-type]
+    assert all(type(pair) is tuple for pair in out)
+    assert [k for k, _ in out][:2] == [pair[0] for pair in headers]

@@ -232,6 +232,9 @@ def with_identity_headers(
                 vary = []
             vary.append(pair[1])
         elif lowered != cache_control or not authenticated:  # an identified response is never stored by a cache
+            if type(pair) is not tuple:  # e.g. a list: servers (wsgiref) want (name, value) tuples
+                name, value = pair
+                pair = (name, value)
             out.append(pair)
     if vary is None:
         out.append(words.vary_both)
