@@ -15,8 +15,10 @@ Each load test prints a small report (requests sent, answered by status, wrongly
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -38,6 +40,7 @@ import pytest
 import redis
 from tests.conftest import APPS, Server, free_port, gunicorn_server
 
+from authmw import stores
 from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
 
 pytestmark = pytest.mark.slow
@@ -779,3 +782,44 @@ def test_p27_local_cache_stops_serving_when_redis_goes_silent(private_redis: Red
         proxy.close()
         reader.client.close()
         writer.client.close()
+
+
+def test_scripts_are_loaded_again_when_the_server_forgets_them(private_redis: RedisProcess) -> None:
+    """authmw sends EVALSHA itself: a server that does not know a script (new, restarted, SCRIPT FLUSH) gets it
+    loaded and the call made again, on the sync and the asyncio client alike; nothing fails."""
+    store = RedisStore.from_url(private_redis.url, prefix=f"flush:{uuid.uuid4().hex}:")
+    now = time.time()
+    record = SessionRecord(
+        sid=f"{user_tag('alice')}.{secrets.token_urlsafe(32)}",
+        user_id="alice",
+        created=now,
+        auth_time=now,
+        absolute_expiry=now + 3600,
+        idle_timeout=1800,
+        last_seen=now,
+    )
+    admin = private_redis.client()
+    sha = hashlib.sha1(stores._LOAD.encode(), usedforsecurity=False).hexdigest()
+
+    async def load_twice_async() -> list[str | None]:
+        users = []
+        try:
+            for _ in range(2):
+                admin.script_flush()
+                loaded = await store.aload(record.sid, 60)
+                users.append(loaded.user_id if loaded is not None else None)
+        finally:
+            await store.async_client.aclose()
+        return users
+
+    try:
+        store.create(record)  # the server had never seen the scripts
+        for _ in range(2):
+            admin.script_flush()
+            loaded = store.load(record.sid, 60)
+            assert loaded is not None and loaded.user_id == "alice"
+        assert asyncio.run(load_twice_async()) == ["alice", "alice"]
+        assert admin.script_exists(sha) == [True]
+    finally:
+        admin.close()
+        store.client.close()
