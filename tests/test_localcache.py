@@ -5,6 +5,7 @@ stops the cache serving until it is back.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import statistics
 import threading
@@ -126,6 +127,16 @@ def test_cached_copies_are_independent(redis_url: str, prefix: str) -> None:
     second.data["theme"] = "light"
     third = store.load(record.sid, 60)
     assert third is not None and third.data == {"theme": "dark"}
+    # The copy a miss returns (read from Redis, then cached) is as independent: a request that changes its data
+    # bag and never saves it (it failed, or the save did) leaves nothing behind for the next request to see.
+    for load in (lambda: store.load(record.sid, 60), lambda: asyncio.run(store.aload(record.sid, 60))):
+        assert store.local_cache is not None
+        store.local_cache.invalidate([f"s:{record.sid}"])  # the next read misses
+        missed = load()
+        assert missed is not None and missed.data == {"theme": "dark"}
+        missed.data["theme"] = "unsaved"
+        hit = store.load(record.sid, 60)
+        assert hit is not None and hit.data == {"theme": "dark"}
 
 
 def test_revocation_state_is_invalidated(redis_url: str, prefix: str) -> None:

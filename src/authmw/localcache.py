@@ -209,7 +209,8 @@ class LocalCache:
             if len(self._sessions) >= self.max_entries:
                 self._sessions.clear()
                 self._user_sessions.clear()
-            self._sessions[record.sid] = record
+            # A copy: the record read is also the one the request gets, and may change its data bag and never save.
+            self._sessions[record.sid] = record.clone(record.last_seen)
             self._user_sessions.setdefault(record.user_id, set()).add(record.sid)
 
     def token_state(self, user_id: str, jti_key: str | None, now: float) -> tuple[float | None, bool] | None:
