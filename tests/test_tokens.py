@@ -1454,3 +1454,19 @@ def test_an_overridden_decide_is_asked_on_every_route() -> None:
         else:
             assert auth.resolve(WSGIRequestView(environ), Policy.jwt()) is not None
     assert asked == ["alice", "mallory"]
+
+
+def test_the_verifier_counts_full_verifications_not_cache_answers() -> None:
+    settings = JWTSettings(algorithms=["HS256"], keys=SECRET)
+    issuer, verifier = TokenIssuer(settings), JWTVerifier(settings)
+    first, _ = issuer.mint("alice")
+    second, _ = issuer.mint("bob")
+    assert verifier.verifications == 0
+    verifier.verify(first)
+    verifier.verify(first)  # from the cache
+    assert verifier.verifications == 1
+    verifier.verify(second)
+    assert verifier.verifications == 2
+    verifier.clear_cache()
+    verifier.verify(first)  # in full again
+    assert verifier.verifications == 3

@@ -132,8 +132,9 @@ class AuthMiddleware:
                 await self._call_without_session(scope, receive, send, True)
                 return
         table = auth.table  # the one this request is decided with (routes may be added while it awaits I/O)
-        counter = auth.revocation_counter
+        counter, verifier = auth.revocation_counter, auth.verifier
         revocations = counter.revocations if counter is not None else None  # read before its revocation lookup
+        verifications = verifier.verifications if verifier is not None else 0
         exchange = auth.begin(ASGIRequestView(scope))
         scope["authmw.authenticator"] = auth
         if exchange.state is not None:
@@ -151,6 +152,10 @@ class AuthMiddleware:
                     exchange.state is None
                     and kind == "http"
                     and self.remember_decisions
+                    # a token verified in full just now may never come back: only a repeated one (from the
+                    # verifier's cache) is worth remembering
+                    and verifier is not None
+                    and verifier.verifications == verifications
                     and auth.rememberable(exchange, table)
                 ):
                     self._remember(scope, exchange, table, revocations)

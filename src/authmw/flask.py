@@ -242,8 +242,9 @@ class AuthMW:
                     environ["REMOTE_USER"] = caller.id
                     return
             table = auth.table  # the one this request is decided with
-            counter = auth.revocation_counter
+            counter, verifier = auth.revocation_counter, auth.verifier
             revocations = counter.revocations if counter is not None else None  # read before its revocation lookup
+            verifications = verifier.verifications if verifier is not None else 0
             view = WSGIRequestView(environ)
             exchange = auth.begin(view, self._policy_for(view, auth, app, req, policies))
             environ["authmw.exchange"] = exchange  # also for a refusal the app re-renders
@@ -263,6 +264,9 @@ class AuthMW:
                 principal is not None
                 and authorization is not None
                 and self.remember_decisions
+                # only a repeated token (answered from the verifier's cache) is worth remembering
+                and verifier is not None
+                and verifier.verifications == verifications
                 and auth.rememberable(exchange, table)
             ):
                 _remember(auth, decisions, req, environ, authorization, exchange, table, revocations)

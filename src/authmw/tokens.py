@@ -268,6 +268,9 @@ class JWTVerifier:
         self._headers: dict[str, dict[str, Any]] = {}  # encoded header -> parsed (read only, never changed)
         self._cache_size = settings.cache_size
         self._cache_version = self.keyset.version
+        #: how many tokens were verified in full (not answered from the cache): a shell that reads it before
+        #: deciding a request and finds it unchanged after knows the token came from the cache, i.e. was repeated
+        self.verifications = 0
 
     def verify(self, token: str, now: float | None = None) -> Principal:
         """The principal for `token`, or `InvalidToken`/`ServiceUnavailable`. Never anything else (P1)."""
@@ -276,6 +279,7 @@ class JWTVerifier:
         hit = self.cached(token, now)
         if hit is not None:
             return hit
+        self.verifications += 1
         try:
             principal, expires = self._verify(token, now)
         except (InvalidToken, ServiceUnavailable):
