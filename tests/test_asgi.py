@@ -1500,24 +1500,7 @@ def test_an_unchanged_revocation_count_spares_the_lookup_and_a_changed_one_decid
 
 def test_a_store_whose_token_state_reads_more_than_it_counts_is_looked_up_on_every_reuse() -> None:
     """A MemoryStore subclass with a token_state of its own (say, one that also asks an external denylist): its
-    revocation count does not cover what that reads, so remembered decisions keep looking the token up. The same
-    for a subclass that writes revocations its own way, or methods replaced on the store itself."""
-    from authmw.stores import MemoryStore
-
-    class WritesItsOwnWay(MemoryStore):
-        def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
-            with self._lock:
-                self._denied[(user_id, jti_key)] = expires_at  # and no count
-
-    patched = MemoryStore()
-    patched.revoke_jti = lambda *args: None  # type: ignore[method-assign]
-    for odd in (WritesItsOwnWay(), patched):
-        config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=odd))
-        assert AuthMiddleware(_echo_app, config).authenticator.revocation_counter is None
-    plain = MemoryStore()
-    config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=plain))
-    assert AuthMiddleware(_echo_app, config).authenticator.revocation_counter is plain
-
+    revocation count does not cover what that reads, so remembered decisions keep looking the token up."""
     from authmw.stores import MemoryStore
 
     external: set[str] = set()
@@ -1560,3 +1543,38 @@ def test_a_token_seen_once_is_not_remembered_a_repeated_one_is() -> None:
         assert len(remembering._decisions) == 1
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("how", ["subclass", "replaced on the object later", "replaced on the class later"])
+def test_revocations_written_by_any_code_end_a_remembered_decision(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count is kept by the store's revocation maps, not by its methods: a subclass's revoke_jti, or one put in
+    place after the middleware was built, that writes the denylist its own way still ends reuse."""
+    from authmw.issuer import jti_key
+    from authmw.stores import MemoryStore
+
+    def own_way(self: MemoryStore, user_id: str, key: str, expires_at: float) -> None:
+        with self._lock:
+            self._denied[(user_id, key)] = expires_at
+
+    class OwnWay(MemoryStore):
+        revoke_jti = own_way  # type: ignore[assignment]
+
+    store = OwnWay() if how == "subclass" else MemoryStore()
+    config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store))
+    app = AuthMiddleware(_echo_app, config)
+    assert app.authenticator.revocation_counter is store
+    if how == "replaced on the object later":
+        store.revoke_jti = own_way.__get__(store)  # type: ignore[method-assign]
+    elif how == "replaced on the class later":
+        monkeypatch.setattr(MemoryStore, "revoke_jti", own_way)
+    reused = _count_reuse(app)
+    token = make_token("alice")
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+
+    async def run() -> list[str]:
+        return [(await _answer(app, "GET", "/api/jwt", list(headers), b"")).split()[0] for _ in range(3)]
+
+    assert asyncio.run(run()) == ["200", "200", "200"] and len(reused) == 1
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+    assert asyncio.run(run()) == ["401", "401", "401"]

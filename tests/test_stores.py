@@ -780,3 +780,19 @@ def test_the_memory_store_counts_its_revocation_writes_after_making_them() -> No
     assert store.revocations == 3
     store.token_state("alice", "k2")
     assert store.revocations == 3  # reads change nothing
+
+
+def test_the_memory_stores_revocation_maps_count_every_kind_of_write() -> None:
+    store = MemoryStore()
+    store._denied[("alice", "k")] = 1.0
+    store._denied.update({("bob", "k"): 1.0})
+    store._not_before.setdefault("carol", (1.0, 2.0))
+    store._not_before |= {"dave": (1.0, 2.0)}
+    assert store.revocations == 4
+    store._denied.pop(("alice", "k"))  # removals let through only what was let through already: not counted
+    assert store.revocations == 4
+    store.revoke_jti("erin", "k", time.time() + 60)  # and the pruning rebuild keeps counting
+    store.max_sessions = 1
+    store.revoke_jti("frank", "k", time.time() + 60)
+    store.revoke_jti("grace", "k", time.time() + 60)
+    assert store.revocations == 7

@@ -182,10 +182,10 @@ class Authenticator(metaclass=_WatchesSteps):
         if getattr(self.token_store, "nonblocking", False) and not self._grace:
             self._token_state_now = self.token_store.token_state
             store = self.token_store
-            # Only where the count covers every revocation token_state can read: MemoryStore itself, its methods
-            # not replaced on the object (a subclass's token_state may read more, its revoke_* may write without
-            # counting).
-            if type(store) is MemoryStore and not _COUNTED_METHODS.intersection(vars(store)):
+            # Only where the count covers everything token_state reads: MemoryStore's own token_state (a
+            # subclass's may read more), not replaced on the object. Writes are counted by the store's maps
+            # themselves, whichever method (a subclass's own revoke_jti, say) makes them.
+            if type(store).token_state is MemoryStore.token_state and "token_state" not in vars(store):
                 self.revocation_counter = store
         elif getattr(self.token_store, "local_cache", None) is not None and not self._grace:
             self._token_state_peek = getattr(self.token_store, "peek_token_state", None)
@@ -447,8 +447,6 @@ class Authenticator(metaclass=_WatchesSteps):
 #: authmw's own decision steps and verifier, as defined: what `_unpatched` compares with
 _STOCK_STEPS = {name: getattr(Authenticator, name) for name in _DECISION_STEPS}
 _STOCK_VERIFY = JWTVerifier.verify
-#: MemoryStore's methods that read or write revocations, which its `revocations` count covers
-_COUNTED_METHODS = frozenset(("token_state", "revoke_jti", "revoke_tokens", "revoke_user", "_revoke_tokens"))
 
 
 def _revocation_key(principal: Principal) -> str | None:

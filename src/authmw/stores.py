@@ -277,6 +277,35 @@ class SessionStore(Protocol):
 # Memory
 
 
+class _Revocations(dict[Any, Any]):
+    """A map of revocation state that counts every write into it on its store (`MemoryStore.revocations`), after
+    making it. Removals are not counted: they only ever let through what a remembered decision already let
+    through."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: MemoryStore, *args: Any) -> None:
+        super().__init__(*args)
+        self._store = store
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._store.revocations += 1
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        found = super().setdefault(key, default)
+        self._store.revocations += 1
+        return found
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._store.revocations += 1
+
+    def __ior__(self, other: Any) -> _Revocations:  # type: ignore[misc]
+        self.update(other)
+        return self
+
+
 class MemoryStore:
     """The embedded default: a dict behind a lock (safe for WSGI threads and asyncio alike), with expiry
     and a bound on the number of sessions (expired ones are purged first, then the oldest).
@@ -292,12 +321,13 @@ class MemoryStore:
         # sid -> (the record, idle deadline, last slide time); records are copied in and out, never shared
         self._sessions: dict[str, tuple[SessionRecord, float, float]] = {}
         self._users: dict[str, set[str]] = {}
-        self._denied: dict[tuple[str, str], float] = {}  # (user, jti key) -> expiry
-        self._not_before: dict[str, tuple[float, float]] = {}  # user -> (not before, kept until)
+        self._denied: dict[tuple[str, str], float] = _Revocations(self)  # (user, jti key) -> expiry
+        self._not_before: dict[str, tuple[float, float]] = _Revocations(self)  # user -> (not before, kept until)
         self._refresh: dict[str, RefreshRecord] = {}  # token hash -> record
         self._families: dict[str, tuple[str, float]] = {}  # family -> (user, expiry)
-        #: how many revocation writes (jti denials, per-user not-befores) this store has taken; counted after each
-        #: write, so a token found unrevoked after reading count N is still unrevoked while the count is N
+        #: how many revocation writes (jti denials, per-user not-befores) this store has taken, counted by the two
+        #: maps themselves after each write (whichever code writes): a token found unrevoked after reading count N is
+        #: still unrevoked while the count is N
         self.revocations = 0
 
     def _live(self, sid: str, now: float) -> tuple[SessionRecord, float, float] | None:
@@ -404,9 +434,8 @@ class MemoryStore:
         now = self._clock()
         with self._lock:
             if len(self._denied) >= self.max_sessions:
-                self._denied = {k: v for k, v in self._denied.items() if v > now}
+                self._denied = _Revocations(self, {k: v for k, v in self._denied.items() if v > now})
             self._denied[(user_id, jti_key)] = expires_at
-            self.revocations += 1
 
     def revoke_user(self, user_id: str, not_before: float, not_before_ttl: float) -> int:
         with self._lock:
@@ -434,7 +463,6 @@ class MemoryStore:
                 del self._families[family]
         previous = self._not_before.get(user_id, (0.0, 0.0))[0]
         self._not_before[user_id] = (max(previous, not_before), self._clock() + not_before_ttl)
-        self.revocations += 1
 
     def refresh_create(self, record: RefreshRecord, family_expires: float, new_family: bool) -> bool:
         now = self._clock()

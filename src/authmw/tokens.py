@@ -269,7 +269,8 @@ class JWTVerifier:
         self._cache_size = settings.cache_size
         self._cache_version = self.keyset.version
         #: how many tokens were verified in full (not answered from the cache): a shell that reads it before
-        #: deciding a request and finds it unchanged after knows the token came from the cache, i.e. was repeated
+        #: deciding a request and finds it unchanged after knows the token came from the cache, i.e. was repeated.
+        #: Shared by all requests: one verified by another meanwhile only delays remembering to a later request.
         self.verifications = 0
 
     def verify(self, token: str, now: float | None = None) -> Principal:
