@@ -32,7 +32,7 @@ PrincipalFactory = Callable[[Mapping[str, Any]], Principal]
 
 MAX_LEEWAY = 120.0
 _CLAIMS_KNOWN = frozenset({"exp", "iat", "nbf", "sub", "iss", "aud", "jti"})
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 _B64_VALUES = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _NOT_ACCESS_TOKEN_CLAIMS = frozenset(("events", "nonce", "at_hash", "c_hash"))  # SETs and ID tokens (P9)
@@ -328,11 +328,12 @@ class JWTVerifier:
     def _verify(self, token: str, now: float) -> tuple[Principal, float | None]:
         if len(token) > self._max_bytes:
             raise InvalidToken("the token is too large", reason="token_too_large")
-        if _COMPACT_JWS.fullmatch(token) is None:
+        parts = _COMPACT_JWS.fullmatch(token)
+        if parts is None:
             if token.count(".") == 4:
                 raise InvalidToken("encrypted tokens (JWE) are not accepted", reason="jwe")
             raise InvalidToken("the token is not a compact JWS", reason="malformed")
-        header_b64, payload_b64, signature_b64 = token.split(".")
+        header_b64, payload_b64, signature_b64 = parts.groups()
         # One issuer signs every token with the same few headers: parse each once (bounded; checks still run).
         header = self._headers.get(header_b64)
         if header is None:
@@ -351,7 +352,7 @@ class JWTVerifier:
         if algorithm not in key.algorithms:
             raise InvalidToken("the token's algorithm does not match its key", reason="alg_key_mismatch")
         signature = _b64url_decode(signature_b64)
-        signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+        signing_input = token[: parts.end(2)].encode("ascii")  # header.payload, as sent
         if not key.verify(algorithm, signing_input, signature):
             raise InvalidToken("the token signature is invalid", reason="bad_signature")
         claims = _json_object(payload_b64, "payload")
