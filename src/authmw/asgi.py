@@ -14,7 +14,7 @@ from typing import Any
 
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
-from authmw.errors import AuthError, PolicyNotApplied, ServiceUnavailable, render_error
+from authmw.errors import AuthError, ErrorResponse, PolicyNotApplied, ServiceUnavailable, render_error
 from authmw.flows import IOResults, NeedsIO, restartable, run_async
 from authmw.policy import RouteTable
 from authmw.principal import ANONYMOUS, AuthScopes, Principal
@@ -49,6 +49,12 @@ def get_session(scope: Scope) -> AsyncSessionHandle:
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+async def _answer(send: Send, response: ErrorResponse) -> None:
+    """Send one of authmw's own answers, in place of the app's response, as the whole response."""
+    await send({"type": "http.response.start", "status": response.status, "headers": _encode(response.headers)})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 def _started(exchange: Exchange, message: Message) -> Message:
@@ -105,9 +111,7 @@ class AuthMiddleware:
                         await send({"type": "websocket.close", "code": 1011})
                         return
                     error = PolicyNotApplied("the endpoint declares a policy that was not applied to this request")
-                    answer = render_error(error, realm=self.config.realm, bearer=False)
-                    await send({"type": "http.response.start", "status": 500, "headers": _encode(answer.headers)})
-                    await send({"type": "http.response.body", "body": answer.body})
+                    await _answer(send, render_error(error, realm=self.config.realm, bearer=False))  # a 500
                     return
             await send(message)
 
@@ -132,8 +136,8 @@ class AuthMiddleware:
                 await self._call_without_session(scope, receive, send, True)
                 return
         table = auth.table  # the one this request is decided with (routes may be added while it awaits I/O)
-        counter, verifier = auth.revocation_counter, auth.verifier
-        revocations = counter.revocations if counter is not None else None  # read before its revocation lookup
+        counter, verifier = auth.revocation_counter, auth.verifier  # their counts read before deciding
+        revocations = counter.revocations if counter is not None else None
         verifications = verifier.verifications if verifier is not None else 0
         exchange = auth.begin(ASGIRequestView(scope))
         scope["authmw.authenticator"] = auth
@@ -152,11 +156,7 @@ class AuthMiddleware:
                     exchange.state is None
                     and kind == "http"
                     and self.remember_decisions
-                    # a token verified in full just now may never come back: only a repeated one (from the
-                    # verifier's cache) is worth remembering
-                    and verifier is not None
-                    and verifier.verifications == verifications
-                    and auth.rememberable(exchange, table)
+                    and auth.rememberable(exchange, table, verifications)
                 ):
                     self._remember(scope, exchange, table, revocations)
         except AuthError as error:
@@ -204,9 +204,7 @@ class AuthMiddleware:
             # The app called login()/logout()… while the store was down: 503, never a 500 (fail closed).
             if exchange.response_started:
                 raise
-            failed = auth.error_response(error, exchange.view, None)
-            await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
-            await send({"type": "http.response.body", "body": failed.body})
+            await _answer(send, auth.error_response(error, exchange.view, None))
             return
         except BaseException:
             await self._release_held(exchange, held, send, replaced)
@@ -225,9 +223,7 @@ class AuthMiddleware:
             # body of our own (the app's may say the change was made).
             exchange.response_started = True
             replaced.append(True)
-            failed = self.authenticator.error_response(error, exchange.view, None)
-            await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
-            await send({"type": "http.response.body", "body": failed.body})
+            await _answer(send, self.authenticator.error_response(error, exchange.view, None))
             return
         await send(_started(exchange, message))
 
@@ -271,9 +267,7 @@ class AuthMiddleware:
                 raise
             held.clear()  # our 503 replaces the app's 500
             view = ASGIRequestView({**scope, "path": arrived[0], "root_path": arrived[1]})
-            failed = self.authenticator.error_response(error, view, None)
-            await send({"type": "http.response.start", "status": 503, "headers": _encode(failed.headers)})
-            await send({"type": "http.response.body", "body": failed.body})
+            await _answer(send, self.authenticator.error_response(error, view, None))
             return
         finally:
             for message in held:  # the app returned or raised something else: its held 500 goes out after all
@@ -306,15 +300,10 @@ class AuthMiddleware:
         if entry is None:
             return None
         principal, token, table, attached, revocations = entry
-        auth = self.authenticator
         query = scope.get("query_string")
         if query and has_query_token(query):
             return None  # refused by the full path as a second credential (P25)
-        try:
-            holds = table is auth.table and auth.still_holds(principal, token, revocations)
-        except AuthError:  # the store cannot say now: the full path answers (503)
-            holds = False
-        if not holds:
+        if not self.authenticator.still_holds(principal, token, table, revocations):
             self._decisions.pop(key, None)
             return None
         return attached

@@ -74,8 +74,9 @@ class Exchange:
         """Nothing to add to the response: the app's own answer goes out untouched."""
         return self.public and self.state is None
 
-    def attach_wsgi(self, environ: MutableMapping[str, Any]) -> None:
-        environ["authmw"] = AuthState(self.policy, self.principal)
+    def attach_wsgi(self, environ: MutableMapping[str, Any], state: AuthState | None = None) -> None:
+        """What a WSGI app reads of the decision; `state` is its `AuthState` when one was built already."""
+        environ["authmw"] = state if state is not None else AuthState(self.policy, self.principal)
         environ["authmw.exchange"] = self
         environ["authmw.principal"] = self.principal
         if self.principal is not None:
@@ -335,14 +336,19 @@ class Authenticator(metaclass=_WatchesSteps):
 
     # ---- decisions a shell may remember (see authmw.asgi: repeated bearer requests) ----
 
-    def rememberable(self, exchange: Exchange, table: RouteTable) -> bool:
+    def rememberable(self, exchange: Exchange, table: RouteTable, verifications: int) -> bool:
         """Can this request's decision (made with route table `table`) be reused for the same method, path and
         Authorization value? Only an authenticated bearer token on a route without session state, step-up or host
         rules, decided by authmw's own steps (none overridden or patched), with revocations the store can answer
-        without I/O (in-process, or a local-cache hit) so that `still_holds` can check them on every reuse."""
-        principal, policy = exchange.principal, exchange.policy
+        without I/O (in-process, or a local-cache hit) so that `still_holds` can check them on every reuse.
+
+        And only a repeated token: `verifications` is the verifier's count of full verifications read before
+        deciding; a token verified in full just now may never come back, and remembering costs."""
+        principal, policy, verifier = exchange.principal, exchange.policy, self.verifier
         return (
             principal is not None
+            and verifier is not None
+            and verifier.verifications == verifications
             and principal.source == "jwt"
             and exchange.state is None
             and not exchange.public
@@ -357,16 +363,22 @@ class Authenticator(metaclass=_WatchesSteps):
         """No decision step overridden or patched, on this object or (since it was built) on its class."""
         return self._stock and self._patches_seen == _step_patches[0]
 
-    def still_holds(self, principal: Principal, token: str, revocations: int | None = None) -> bool:
-        """Does a decision made for `token` (authenticating `principal`) hold now? The verified token is still
-        cached as this very principal (not past `exp`, keys unchanged), no key refresh is due, no test override is
-        set, and the token is not revoked. False: decide afresh.
+    def still_holds(self, principal: Principal, token: str, table: RouteTable, revocations: int | None = None) -> bool:
+        """Does a decision made for `token` (authenticating `principal`) with route table `table` hold now? The
+        table is still the one in use, the verified token is still cached as this very principal (not past `exp`,
+        keys unchanged), no key refresh is due, no test override is set, and the token is not revoked. False:
+        decide afresh (also when the store cannot say now: deciding afresh answers that with a 503).
 
         `revocations`: the store's `revocation_counter` count, read before that decision looked the token up. While
         it is unchanged nothing was revoked since, so no lookup is needed; once it changed, False (decide afresh,
         which reads the new count)."""
         verifier = self.verifier
-        if verifier is None or Authenticator.principal_override is not None or not self._unpatched():
+        if (
+            table is not self.table
+            or verifier is None
+            or Authenticator.principal_override is not None
+            or not self._unpatched()
+        ):
             return False
         if type(verifier).verify is not _STOCK_VERIFY or "verify" in vars(verifier):
             return False  # a verify() of its own may check more than the cache says
@@ -379,13 +391,16 @@ class Authenticator(metaclass=_WatchesSteps):
             counter = self.revocation_counter
             return counter is not None and counter.revocations == revocations
         key = _revocation_key(principal)
-        if self._token_state_now is not None:
-            state = self._token_state_now(principal.id, key)
-        elif self._token_state_peek is not None:
-            state = self._token_state_peek(principal.id, key)
-            if state is None:  # not in the local cache (or it is not serving): ask the store, the full way
+        try:
+            if self._token_state_now is not None:
+                state = self._token_state_now(principal.id, key)
+            elif self._token_state_peek is not None:
+                state = self._token_state_peek(principal.id, key)
+                if state is None:  # not in the local cache (or it is not serving): ask the store, the full way
+                    return False
+            else:
                 return False
-        else:
+        except AuthError:  # the store cannot say now
             return False
         return _revoked(principal, state) is None
 

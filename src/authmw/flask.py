@@ -234,16 +234,13 @@ class AuthMW:
                 if known is not None:  # a repeated bearer request whose decision still holds: attach it
                     policy, caller, attached = known
                     exchange = Exchange(WSGIRequestView(environ), policy, False, None)
-                    exchange.principal = caller
-                    environ["authmw.exchange"] = globals_.authmw_exchange = exchange
-                    globals_.principal = caller
-                    environ["authmw"] = attached
-                    environ["authmw.principal"] = caller
-                    environ["REMOTE_USER"] = caller.id
+                    exchange.principal = globals_.principal = caller
+                    globals_.authmw_exchange = exchange
+                    exchange.attach_wsgi(environ, attached)
                     return
             table = auth.table  # the one this request is decided with
-            counter, verifier = auth.revocation_counter, auth.verifier
-            revocations = counter.revocations if counter is not None else None  # read before its revocation lookup
+            counter, verifier = auth.revocation_counter, auth.verifier  # their counts read before deciding
+            revocations = counter.revocations if counter is not None else None
             verifications = verifier.verifications if verifier is not None else 0
             view = WSGIRequestView(environ)
             exchange = auth.begin(view, self._policy_for(view, auth, app, req, policies))
@@ -264,10 +261,7 @@ class AuthMW:
                 principal is not None
                 and authorization is not None
                 and self.remember_decisions
-                # only a repeated token (answered from the verifier's cache) is worth remembering
-                and verifier is not None
-                and verifier.verifications == verifications
-                and auth.rememberable(exchange, table)
+                and auth.rememberable(exchange, table, verifications)
             ):
                 _remember(auth, decisions, req, environ, authorization, exchange, table, revocations)
 
@@ -453,13 +447,23 @@ class _ResponseFinisher:
 _Decisions = dict[tuple[Any, ...], tuple[Policy, Principal, str, Any, AuthState, "int | None"]]
 
 
+def _decision_key(req: Any, environ: dict[str, Any], authorization: str) -> tuple[Any, ...]:
+    """What a remembered decision is kept under: endpoint, method, path, script name and Authorization value."""
+    return (
+        req.endpoint,
+        environ.get("REQUEST_METHOD", "GET"),
+        environ.get("PATH_INFO"),
+        environ.get("SCRIPT_NAME"),
+        authorization,
+    )
+
+
 def _remembered(
     auth: Authenticator, decisions: _Decisions, req: Any, environ: dict[str, Any], authorization: str
 ) -> tuple[Policy, Principal, AuthState] | None:
     """The policy, principal and `environ["authmw"]` decided earlier for this request's endpoint, method, path and
     Authorization value, if that decision still holds; None: decide afresh."""
-    method = environ.get("REQUEST_METHOD", "GET")
-    key = (req.endpoint, method, environ.get("PATH_INFO"), environ.get("SCRIPT_NAME"), authorization)
+    key = _decision_key(req, environ, authorization)
     entry = decisions.get(key)
     if entry is None:
         return None
@@ -467,11 +471,7 @@ def _remembered(
     if query and has_query_token(query.encode("latin-1")):
         return None  # refused by the full path as a second credential (P25)
     policy, principal, token, table, attached, revocations = entry
-    try:
-        holds = table is auth.table and auth.still_holds(principal, token, revocations)
-    except AuthError:  # the store cannot say now: the full path answers (503)
-        holds = False
-    if not holds:
+    if not auth.still_holds(principal, token, table, revocations):
         decisions.pop(key, None)
         return None
     return policy, principal, attached
@@ -497,7 +497,7 @@ def _remember(
         return  # e.g. a token the verifier does not cache (no exp, cache off): nothing to confirm it with
     if len(decisions) >= 4096:  # tokens x paths: never let requests grow it without bound
         decisions.clear()
-    key = (req.endpoint, method, environ.get("PATH_INFO"), environ.get("SCRIPT_NAME"), authorization)
+    key = _decision_key(req, environ, authorization)
     attached = AuthState(exchange.policy, principal)
     decisions[key] = (exchange.policy, principal, token, table, attached, revocations)
 
