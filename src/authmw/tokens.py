@@ -420,17 +420,14 @@ class JWTVerifier:
                 raise InvalidToken('the token has no "aud" claim', reason="missing_aud")
             return
         aud = claims["aud"]
-        if type(aud) is str:  # the common form, checked without building a list
-            if self._audiences is None:
-                raise InvalidToken("the token is meant for an audience this service does not have", reason="bad_aud")
-            if aud not in self._audiences:
-                raise InvalidToken("the token audience is not accepted", reason="bad_aud")
-            return
-        audiences: Iterable[Any] = aud if type(aud) is list else [None]
-        values = list(audiences)
-        if not values or not all(type(a) is str for a in values):
-            raise InvalidToken('the "aud" claim is malformed', reason="bad_aud")
+        values: Iterable[Any]
+        if type(aud) is str:  # the common form: nothing more to check of its shape
+            values = (aud,)
+        else:
+            values = aud if type(aud) is list else [None]
+            if not values or not all(type(a) is str for a in values):
+                raise InvalidToken('the "aud" claim is malformed', reason="bad_aud")
         if self._audiences is None:
             raise InvalidToken("the token is meant for an audience this service does not have", reason="bad_aud")
-        if not any(a in self._audiences for a in values):
+        if self._audiences.isdisjoint(values):
             raise InvalidToken("the token audience is not accepted", reason="bad_aud")
