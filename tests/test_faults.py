@@ -744,6 +744,20 @@ class BlackholeProxy:
                 sock.close()
 
 
+def _alice_session() -> SessionRecord:
+    """A fresh session record of alice's: an hour to live, idle after 30 minutes."""
+    now = time.time()
+    return SessionRecord(
+        sid=f"{user_tag('alice')}.{secrets.token_urlsafe(32)}",
+        user_id="alice",
+        created=now,
+        auth_time=now,
+        absolute_expiry=now + 3600,
+        idle_timeout=1800,
+        last_seen=now,
+    )
+
+
 def test_p27_local_cache_stops_serving_when_redis_goes_silent(private_redis: RedisProcess) -> None:
     proxy = BlackholeProxy(private_redis.port)
     prefix = f"silent:{uuid.uuid4().hex}:"
@@ -752,16 +766,7 @@ def test_p27_local_cache_stops_serving_when_redis_goes_silent(private_redis: Red
     cache = reader.local_cache
     assert cache is not None
     try:
-        now = time.time()
-        record = SessionRecord(
-            sid=f"{user_tag('alice')}.{secrets.token_urlsafe(32)}",
-            user_id="alice",
-            created=now,
-            auth_time=now,
-            absolute_expiry=now + 3600,
-            idle_timeout=1800,
-            last_seen=now,
-        )
+        record = _alice_session()
         writer.create(record)
         cache.ensure_listening()
         _wait_for(lambda: cache.healthy, timeout=5.0)
@@ -788,16 +793,7 @@ def test_scripts_are_loaded_again_when_the_server_forgets_them(private_redis: Re
     """authmw sends EVALSHA itself: a server that does not know a script (new, restarted, SCRIPT FLUSH) gets it
     loaded and the call made again, on the sync and the asyncio client alike; nothing fails."""
     store = RedisStore.from_url(private_redis.url, prefix=f"flush:{uuid.uuid4().hex}:")
-    now = time.time()
-    record = SessionRecord(
-        sid=f"{user_tag('alice')}.{secrets.token_urlsafe(32)}",
-        user_id="alice",
-        created=now,
-        auth_time=now,
-        absolute_expiry=now + 3600,
-        idle_timeout=1800,
-        last_seen=now,
-    )
+    record = _alice_session()
     admin = private_redis.client()
     sha = hashlib.sha1(stores._LOAD.encode(), usedforsecurity=False).hexdigest()
 
