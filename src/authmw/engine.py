@@ -30,7 +30,7 @@ from authmw.errors import (
     StepUpRequired,
     render_error,
 )
-from authmw.flows import INLINE, IO, Flow, io_blocking, io_store, restartable, run_async, run_sync
+from authmw.flows import INLINE, IO, Flow, io_blocking, io_shortcuts, io_store, restartable, run_async, run_sync
 from authmw.issuer import TokenIssuer, TokenService, jti_key
 from authmw.keys import UnknownKeyId
 from authmw.policy import AMBIGUOUS_PATH, WEBSOCKET, Policy, Route, RouteTable
@@ -174,22 +174,24 @@ class Authenticator(metaclass=_WatchesSteps):
             raise ConfigurationError("revocation_grace needs a store whose token_state() takes a grace argument")
         # An in-process store's token_state, called straight from `_verify_jwt` (it cannot need I/O, so no I/O
         # point is needed for it); None for a store that does I/O, or when a grace argument must be passed.
-        self._token_state_now: Any = None
         # A store's answer without I/O when it has one (a local-cache hit), for `still_holds`; None: it never has.
+        self._token_state_now: Any = None
         self._token_state_peek: Any = None
         #: an in-process store that counts its revocation writes (`MemoryStore.revocations`), or None: a decision
         #: made after reading count N holds, as far as revocations go, while the count is N (see `still_holds`)
         self.revocation_counter: Any = None
-        if getattr(self.token_store, "nonblocking", False) and not self._grace:
-            self._token_state_now = self.token_store.token_state
+        if self.token_store is not None and not self._grace:
+            self._token_state_now, self._token_state_peek = io_shortcuts(self.token_store, "token_state")
             store = self.token_store
             # Only where the count covers everything token_state reads: MemoryStore's own token_state (a
             # subclass's may read more), not replaced on the object. Writes are counted by the store's maps
             # themselves, whichever method (a subclass's own revoke_jti, say) makes them.
-            if type(store).token_state is MemoryStore.token_state and "token_state" not in vars(store):
+            if (
+                self._token_state_now is not None
+                and type(store).token_state is MemoryStore.token_state
+                and "token_state" not in vars(store)
+            ):
                 self.revocation_counter = store
-        elif getattr(self.token_store, "local_cache", None) is not None and not self._grace:
-            self._token_state_peek = getattr(self.token_store, "peek_token_state", None)
         if self.sessions is not None and config.jwt is not None:
             self.sessions.token_store = self.token_store
             # A not-before must outlive every access token issued before it.

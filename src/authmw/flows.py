@@ -163,6 +163,17 @@ def _outcome(io: IO, key: str, make: Callable[[], Effect]) -> Any:
     raise NeedsIO(key, make())
 
 
+def io_shortcuts(store: Any, name: str) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+    """The two ways `io_store` answers ``store.<name>`` without an I/O point, looked up once for a hot path:
+    ``store.<name>`` itself for an in-process store, and ``store.peek_<name>`` (a local-cache hit, None on a miss)
+    for a store with a local cache; None where the store has no such way."""
+    if getattr(store, "nonblocking", False):
+        return getattr(store, name), None
+    if getattr(store, "local_cache", None) is not None:
+        return None, getattr(store, "peek_" + name, None)
+    return None, None
+
+
 def io_store(io: IO, key: str, store: Any, name: str, *args: Any) -> Any:
     """``store.<name>(*args)`` from a restartable step: at once for an in-process store, a local-cache hit
     (``peek_<name>``) or `INLINE`; otherwise the outcome of ``store.a<name>(*args)`` (see `restartable`)."""

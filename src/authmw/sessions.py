@@ -29,7 +29,7 @@ from itsdangerous.encoding import base64_decode, base64_encode
 
 from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
-from authmw.flows import INLINE, IO, Flow, StoreCall, io_store, restartable, run_async, run_sync
+from authmw.flows import INLINE, IO, Flow, StoreCall, io_shortcuts, io_store, restartable, run_async, run_sync
 from authmw.principal import Principal
 from authmw.request import RequestView
 from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
@@ -253,10 +253,8 @@ class SessionManager:
     @store.setter
     def store(self, store: SessionStore) -> None:
         self._store = store
-        # An in-process store's load, called straight from `lookup` (it needs no I/O point); None otherwise.
-        self._load_now: Any = store.load if getattr(store, "nonblocking", False) else None
-        # A store's answer without I/O when it has one (a local-cache hit), tried first; None: it never has.
-        self._peek_load: Any = getattr(store, "peek_load", None)
+        # An in-process store's load, or a local-cache hit, straight from `lookup` (no I/O point is needed).
+        self._load_now, self._peek_load = io_shortcuts(store, "load")
 
     # ---- cookies ----
 
