@@ -77,6 +77,52 @@ def authmw_session(config: AuthConfig) -> Starlette:
     )
 
 
+# ---- the floor: the least any identity middleware of authmw's shape costs (it checks nothing) ----
+
+
+class IdentityFloor:
+    """Not an authenticator: a pure-ASGI middleware that looks the raw Authorization value up in a dict, attaches
+    what it finds as ``scope["user"]`` and adds the two identity headers (``Vary``, ``Cache-Control: no-store``)
+    in a send wrapper. What it costs is the floor under authmw's repeated-token case: no middleware that does
+    those three things can cost less, however little it checks."""
+
+    def __init__(self, app: Any, users: dict[bytes, Any]) -> None:
+        self.app = app
+        self.users = users
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scope["user"] = self.users.get(value)
+                break
+
+        async def send_with_identity_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"vary", b"Cookie, Authorization"),
+                    (b"cache-control", b"no-store"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_identity_headers)
+
+
+def floor(authorization: str) -> Starlette:
+    """The bare app behind `IdentityFloor`, which knows one Authorization value (the case's)."""
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.user.username)
+
+    users = {authorization.encode("latin-1"): SimpleUser(USER)}
+    return Starlette(
+        routes=[Route("/p", endpoint), Route("/health", health)], middleware=[Middleware(IdentityFloor, users=users)]
+    )
+
+
 # ---- peer: Starlette AuthenticationMiddleware + a PyJWT backend (Starlette's authentication docs) ----
 
 

@@ -28,6 +28,8 @@ from benchmarks.common import USER, authmw_config
 
 STARLETTE = "Starlette"
 FLASK = "Flask"
+#: the "floor" cases: an identity middleware of authmw's shape that checks nothing (see `asgi_apps.IdentityFloor`)
+FLOOR_LABEL = "floor: identity middleware checking nothing (dict lookup + identity headers)"
 EXPECTED = USER.encode()
 _REQUEST_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -214,7 +216,7 @@ class Case:
     kind: str  # "asgi" | "wsgi"
     app: Any
     templates: list[dict[str, Any]]
-    group: str  # "bare" | "peer" | "authmw"
+    group: str  # "bare" | "floor" | "peer" | "authmw"
     peer: str | None = None
     #: run before every batch (first-sight JWT cases empty authmw's verified-token cache here)
     before_batch: Callable[[], None] | None = None
@@ -436,6 +438,12 @@ async def build_cases(tokens: int, url: str, prefix: str, only: Collection[str] 
             peer="s-peer-pyjwt-HS256",
         )
 
+    @builder("s-floor")
+    async def _() -> Case:
+        templates = asgi_jwt(tokens_for("HS256")[:1])
+        authorization = dict(templates[0]["headers"])[b"authorization"].decode("latin-1")
+        return Case("s-floor", s, FLOOR_LABEL, "asgi", asgi_apps.floor(authorization), templates, "floor")
+
     # ---- Flask ----
 
     @builder("f-bare")
@@ -513,6 +521,12 @@ async def build_cases(tokens: int, url: str, prefix: str, only: Collection[str] 
             peer="f-peer-jwt-extended",
         )
 
+    @builder("f-floor")
+    async def _() -> Case:
+        templates = wsgi_jwt(tokens_for("HS256")[:1])
+        app = wsgi_apps.floor(templates[0]["HTTP_AUTHORIZATION"])
+        return Case("f-floor", f, FLOOR_LABEL, "wsgi", app, templates, "floor")
+
     # ---- authmw sessions, both frameworks ----
 
     peers = {
@@ -561,6 +575,7 @@ async def build_cases(tokens: int, url: str, prefix: str, only: Collection[str] 
 
     order = [
         "s-bare",
+        "s-floor",
         "s-peer-pyjwt-HS256",
         "s-peer-pyjwt-RS256",
         "s-peer-starsessions",
@@ -573,6 +588,7 @@ async def build_cases(tokens: int, url: str, prefix: str, only: Collection[str] 
         "s-authmw-session-redis",
         "s-authmw-session-redis-local",
         "f-bare",
+        "f-floor",
         "f-peer-jwt-extended",
         "f-peer-login",
         "f-peer-login-session",
