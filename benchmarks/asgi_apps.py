@@ -220,6 +220,10 @@ def http_bare() -> Starlette:
     return bare()
 
 
+def http_floor() -> Starlette:
+    return floor(os.environ["AUTHMW_BENCH_FLOOR_AUTHORIZATION"])
+
+
 def http_peer_pyjwt() -> Starlette:
     return peer_pyjwt("HS256")
 

@@ -32,6 +32,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 
 DASH = "\u2013"  # an en dash, between min and max
 TIMES = "\u00d7"  # multiplication sign
+#: the "floor" cases: an identity middleware of authmw's shape that checks nothing (see `asgi_apps.IdentityFloor`)
+FLOOR_LABEL = "floor: identity middleware checking nothing (dict lookup + identity headers)"
 
 
 def redis_url() -> str:

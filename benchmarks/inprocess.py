@@ -24,12 +24,10 @@ from authmw.asgi import AuthMiddleware as ASGIAuthMiddleware
 from authmw.engine import Authenticator
 from authmw.testing import mint_token, session_cookie
 from benchmarks import asgi_apps, wsgi_apps
-from benchmarks.common import USER, authmw_config
+from benchmarks.common import FLOOR_LABEL, USER, authmw_config
 
 STARLETTE = "Starlette"
 FLASK = "Flask"
-#: the "floor" cases: an identity middleware of authmw's shape that checks nothing (see `asgi_apps.IdentityFloor`)
-FLOOR_LABEL = "floor: identity middleware checking nothing (dict lookup + identity headers)"
 EXPECTED = USER.encode()
 _REQUEST_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
 

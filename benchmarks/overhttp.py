@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from authmw.testing import mint_token, session_cookie
-from benchmarks.common import USER, authmw_config
+from benchmarks.common import FLOOR_LABEL, USER, authmw_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 16
@@ -43,6 +43,8 @@ class HTTPCase:
     group: str = "authmw"
     #: the uvicorn protocol/loop pair: "h11" (what `pip install uvicorn` gives) or "httptools" (uvicorn[standard])
     server: str = "h11"
+    #: environment variables of its own, for its factory
+    env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -81,6 +83,7 @@ def _start(case: HTTPCase, env: dict[str, str]) -> None:
             else ("--http", "h11", "--loop", "asyncio")
         ),
     ]
+    env = {**env, **case.env}
     case.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: S603
 
 
@@ -191,6 +194,14 @@ def build_cases(url: str, prefix: str) -> list[HTTPCase]:
     fast = "uvicorn[standard]: httptools + uvloop"
     return [
         HTTPCase("h-bare", "bare Starlette", "benchmarks.asgi_apps:http_bare", group="bare"),
+        HTTPCase(
+            "h-floor",
+            FLOOR_LABEL,
+            "benchmarks.asgi_apps:http_floor",
+            [bearer],
+            "floor",
+            env={"AUTHMW_BENCH_FLOOR_AUTHORIZATION": f"Bearer {token}"},
+        ),
         HTTPCase(
             "h-peer-pyjwt",
             "AuthenticationMiddleware + PyJWT HS256",

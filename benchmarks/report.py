@@ -244,12 +244,16 @@ def targets(
         out.append(Target(f"over HTTP ≥ 0.85{TIMES} the bare app's requests/s", "—", "not measured"))
     else:
         bare = http.rps["h-bare"]
+        context = ""
+        if "h-floor" in http.rps:
+            floor = Spread.of([a / b for a, b in zip(http.rps["h-floor"], bare, strict=True)]).median
+            context = f"; floor (an identity middleware checking nothing) {floor:.3f}{TIMES}"
         for key, name in (("h-authmw-jwt", "cached JWT"), ("h-authmw-session-local", "session on the local cache")):
             spread = Spread.of([a / b for a, b in zip(http.rps[key], bare, strict=True)])
             out.append(
                 Target(
                     f"over HTTP (uvicorn, 1 worker): {name} ≥ 0.85{TIMES} the bare app's requests/s",
-                    f"{spread.fmt(3)}{TIMES}",
+                    f"{spread.fmt(3)}{TIMES}{context}",
                     verdict(spread.median >= 0.85),
                 )
             )
