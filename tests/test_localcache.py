@@ -16,6 +16,9 @@ from uuid import uuid4
 
 import pytest
 import redis
+import redis.asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.conftest import free_port
 
 from authmw.localcache import LocalCache
@@ -334,3 +337,47 @@ def test_after_a_fork_no_request_reads_the_parents_cache_while_the_listener_rest
     finally:
         cache.close()
         store.client.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    idle=st.floats(min_value=1.0, max_value=7 * 24 * 3600.0),
+    left=st.floats(min_value=0.01, max_value=30 * 24 * 3600.0),
+    set_ago=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_a_loaded_record_is_never_considered_seen_later_than_its_redis_deadline_allows(
+    idle: float, left: float, set_ago: float
+) -> None:
+    """`last_seen + idle_timeout` is the key's Redis deadline (now + PTTL) or earlier, whenever the TTL was last set
+    (to min(idle, absolute - then)): what reads it (the idle check, the local cache) never outlives Redis (P19)."""
+    store = RedisStore(redis.Redis(), redis.asyncio.Redis(), prefix="unused:")  # no I/O: only the reply is parsed
+    record = _record(idle=idle)
+    plan = store._plan_load(record.sid, idle / 4)
+    now = time.time()
+    record.absolute_expiry = now + left
+    then = now - set_ago * idle  # when the TTL was last set, at most one idle timeout ago
+    deadline = then + min(idle, record.absolute_expiry - then)
+    if deadline <= now:
+        return  # Redis has dropped the key: no reply to parse
+    loaded = plan.parse((record.encode().encode(), int((deadline - now) * 1000)))
+    assert loaded is not None
+    assert loaded.last_seen <= time.time()
+    assert loaded.last_seen + loaded.idle_timeout <= deadline + 0.002  # the reply's PTTL is in whole ms
+
+
+@pytest.mark.slow
+def test_the_local_cache_does_not_serve_a_session_redis_dropped_for_idleness(redis_url: str, prefix: str) -> None:
+    """Near its absolute expiry a session's TTL is capped by it; one seen earlier with the full idle TTL and not
+    slid since must still end where Redis ends it (found by review: it was served up to a touch interval longer)."""
+    store = _cached_store(redis_url, prefix)
+    start = time.time()
+    record = _record(idle=4.0)
+    record.created = record.auth_time = record.last_seen = start
+    record.absolute_expiry = start + 4.5
+    store.create(record)  # TTL 4 s: Redis drops it at start + 4 unless it is seen and slid
+    time.sleep(max(0.0, start + 3.8 - time.time()))
+    # Seen at +3.8 with a 1 s touch interval: the capped TTL (0.7 s) is within 1 s of the 0.2 s left, so no slide.
+    assert store.load(record.sid, 1.0) is not None
+    time.sleep(max(0.0, start + 4.1 - time.time()))
+    assert redis.Redis.from_url(redis_url).exists(store._session_key(record.sid)) == 0  # Redis dropped it at +4
+    assert store.load(record.sid, 1.0) is None

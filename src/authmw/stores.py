@@ -833,9 +833,10 @@ class RedisStore:
             record = SessionRecord.decode(sid, value, 0.0)
             if record is None:
                 return None
-            # The TTL was last set to the full idle timeout when the session was last seen.
-            full = min(record.idle_timeout, record.absolute_expiry - now)
-            record.last_seen = now - max(0.0, full - int(pttl) / 1000)
+            # Redis drops the key at now + pttl: the session counts as last seen one idle timeout before that, so
+            # that nothing (the local cache included) serves it past that deadline. That is exactly when it was
+            # last seen, unless the TTL was capped by the absolute expiry; then earlier (a slide looks due sooner).
+            record.last_seen = min(now, now + int(pttl) / 1000 - record.idle_timeout)
             return record
 
         return _Plan(_LOAD, [self._session_key(sid)], [int(now * 1000), int(touch_interval * 1000)], parse)
