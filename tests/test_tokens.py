@@ -879,7 +879,9 @@ def test_revoked_access_token_is_refused_even_when_cached(harness: Harness) -> N
         harness.run(auth.tokens.revoke_access_token(session_principal()))
 
 
-def test_denylist_entry_lives_until_the_token_expires(harness: Harness) -> None:
+def test_denylist_entry_lives_until_the_verifier_would_refuse_the_token_anyway(harness: Harness) -> None:
+    """Until `exp` plus the leeway the verifier allows for clock skew (30 s here): a revoked token is not accepted
+    again in between (found by review: the entry ended at `exp`, and a revocation within the leeway did nothing)."""
     auth = harness.authenticator()
     assert auth.tokens is not None
     token, claims = auth.tokens.issuer.mint("alice", now=time.time() - 290)  # expires in about 10 s
@@ -887,9 +889,24 @@ def test_denylist_entry_lives_until_the_token_expires(harness: Harness) -> None:
     if isinstance(harness.store, RedisStore):
         (key,) = harness.store.client.scan_iter(match=harness.store.prefix + "*:jti:*")
         assert key.decode().endswith(":jti:" + jti_key(None, claims["jti"]))
-        assert 0 < harness.store.client.pttl(key) <= 11_000
+        assert 30_000 < harness.store.client.pttl(key) <= 41_000
     else:
-        assert harness.store._denied == {("alice", jti_key(None, claims["jti"])): float(claims["exp"])}
+        assert harness.store._denied == {("alice", jti_key(None, claims["jti"])): float(claims["exp"]) + 30}
+
+
+def test_a_revoked_token_stays_refused_past_exp_within_the_leeway(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    token, claims = auth.tokens.issuer.mint("alice", now=time.time() - 299)  # expires within about a second
+    harness.run(auth.tokens.revoke_access_token(harness.verify(auth, token)))
+    time.sleep(max(0.0, claims["exp"] - time.time()) + 0.1)
+    assert harness.refused(auth, token) == "revoked"  # not "expired": the verifier still accepts it for 30 s
+    # Revoked only now, within the leeway: refused too.
+    late, _ = auth.tokens.issuer.mint("alice", now=time.time() - 300.5)
+    principal = harness.verify(auth, late)
+    assert principal.expires_at is not None and principal.expires_at < time.time()
+    harness.run(auth.tokens.revoke_access_token(principal))
+    assert harness.refused(auth, late) == "revoked"
 
 
 def test_p30_malleated_copies_of_a_revoked_token_are_refused(keys: dict[str, Any], harness: Harness) -> None:

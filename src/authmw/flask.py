@@ -173,7 +173,7 @@ def _tokens() -> TokenService:
 
 
 def revoke_access_token() -> None:
-    """Deny the bearer token of this request until it expires."""
+    """Deny the bearer token of this request until it expires (and the verifier's clock-skew leeway has passed)."""
     principal = g.get("principal")
     if principal is None or principal.source != "jwt":
         raise LookupError("this request was not authenticated by a bearer token")

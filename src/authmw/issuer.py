@@ -3,8 +3,8 @@
 Refresh tokens are never JWTs: a random value (``<user tag>.<256 random bits>``) that the store keeps only as
 a SHA-256 hash, bound to its user, its family and, when issued from a session, to that session. Each use
 rotates it; presenting a used one again after a short grace window revokes the whole family (reuse
-detection, OAuth 2.0 Security BCP §4.14). Revocation of access tokens is a jti denylist (until `exp`) and a
-per-user not-before, both checked by the verifier after the signature.
+detection, OAuth 2.0 Security BCP §4.14). Revocation of access tokens is a jti denylist (until `exp` plus the
+leeway) and a per-user not-before, both checked by the verifier after the signature.
 
 `TokenService` holds the two endpoints of DESIGN.md §6 as flows; the adapters serve them.
 """
@@ -262,11 +262,13 @@ class TokenService:
         return self._pair(replace(record, token_hash=successor[0], expires=successor[1], used_at=0.0), new_token, now)
 
     def revoke_access_token(self, principal: Principal) -> Flow[None]:
-        """Put a JWT principal's token on the denylist until it expires."""
+        """Put a JWT principal's token on the denylist until the verifier would refuse it anyway."""
         if principal.token_id is None or principal.expires_at is None:
             raise ValueError("only a JWT principal with jti and exp can be revoked")
         key = jti_key(principal.issuer, principal.token_id)
-        yield StoreCall(self.store, "revoke_jti", (principal.id, key, float(principal.expires_at)))
+        # Until the verifier stops accepting it: `exp` plus the clock-skew leeway it allows.
+        until = float(principal.expires_at) + self.settings.leeway
+        yield StoreCall(self.store, "revoke_jti", (principal.id, key, until))
         self.auditor.emit("revoke_token", user_id=principal.id)
 
     def revoke_all_tokens(self, user_id: str) -> Flow[None]:

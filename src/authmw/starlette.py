@@ -383,7 +383,7 @@ def _tokens(conn: HTTPConnection) -> TokenService:
 
 
 async def revoke_access_token(conn: HTTPConnection) -> None:
-    """Deny the bearer token of this request until it expires (e.g. an API "log out this token")."""
+    """Deny the bearer token of this request until it expires and the leeway has passed ("log out this token")."""
     principal = conn.scope["authmw"].principal
     if principal is None or principal.source != "jwt":
         raise LookupError("this request was not authenticated by a bearer token")
