@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -506,6 +507,51 @@ def test_remote_cache_flushed_when_rotation_removes_a_key(km: KeyMaterial, jwks_
     assert keyset.ensure_fresh(force=True) is True
     with pytest.raises(InvalidToken):
         rs.verify(old, now=NOW)
+
+
+def test_a_verification_racing_a_rotation_leaves_no_verdict_for_the_removed_key(
+    km: KeyMaterial, jwks_server: JWKSServer
+) -> None:
+    """A token verified with k1 while another thread's refresh removes k1 (and a request verifies with the new
+    keys, flushing the cache): its verdict may answer that one request, but is never served again from the cache
+    (found by review: it was kept under the new key-set version, so the removed key's token passed until `exp`)."""
+    jwks_server.serve_jwks(public_jwk(km.rsa, kid="k1"))
+    keyset = remote(jwks_server.url)
+    keyset.ensure_fresh()
+    rs = verifier(keyset)
+    old, new = token(km.rsa, "k1"), token(km.rsa_other, "k2", sub="bob")
+    in_signature, go_on = threading.Event(), threading.Event()
+    select = keyset.select
+
+    class Paused:
+        """k1, pausing inside its signature check until the rotation below is done."""
+
+        def __init__(self, key: Any) -> None:
+            self.key, self.algorithms = key, key.algorithms
+
+        def verify(self, *args: Any) -> Any:
+            in_signature.set()
+            go_on.wait(5)
+            return self.key.verify(*args)
+
+    def paused_select(kid: str | None) -> Any:
+        key = select(kid)
+        return Paused(key) if kid == "k1" and not go_on.is_set() else key
+
+    keyset.select = paused_select  # type: ignore[method-assign]
+    answers: list[Any] = []
+    racing = threading.Thread(target=lambda: answers.append(rs.verify(old, now=NOW)))
+    racing.start()
+    assert in_signature.wait(5)
+    jwks_server.serve_jwks(public_jwk(km.rsa_other, kid="k2"))  # the issuer rotates k1 out
+    assert keyset.ensure_fresh(force=True) is True
+    assert rs.verify(new, now=NOW).id == "bob"  # the cache, flushed for the new keys
+    go_on.set()
+    racing.join(5)
+    assert [p.id for p in answers] == ["alice"]  # in flight when k1 went: that one answer may stand
+    with pytest.raises(InvalidToken):
+        rs.verify(old, now=NOW)
+    assert rs.cached(old, NOW) is None
 
 
 def test_remote_jwks_cannot_bring_an_hmac_key_to_an_rs256_route(km: KeyMaterial, jwks_server: JWKSServer) -> None:

@@ -265,7 +265,8 @@ class JWTVerifier:
         self._max_lifetime = settings.max_lifetime
         self._max_bytes = settings.max_token_bytes
         self._to_principal = settings.to_principal or default_principal
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        #: token -> (principal, exp, the key-set version it was verified with)
+        self._cache: dict[str, tuple[Principal, float, int]] = {}
         self._headers: dict[str, dict[str, Any]] = {}  # encoded header -> parsed (read only, never changed)
         self._cache_size = settings.cache_size
         self._cache_version = self.keyset.version
@@ -282,6 +283,9 @@ class JWTVerifier:
         if hit is not None:
             return hit
         self.verifications += 1
+        # The keys' version before verifying: if they change meanwhile (a rotation in another thread), the verdict
+        # may rest on a key that is gone, and is kept under this version, which `cached` then no longer serves.
+        version = self.keyset.version
         try:
             principal, expires = self._verify(token, now)
         except (InvalidToken, ServiceUnavailable):
@@ -293,21 +297,22 @@ class JWTVerifier:
         if expires is not None and self._cache_size:
             if len(self._cache) >= self._cache_size:
                 self._evict()
-            self._cache[token] = (principal, expires)
+            self._cache[token] = (principal, expires, version)
         return principal
 
     def cached(self, token: str, now: float | None = None) -> Principal | None:
         """The principal `token` was verified as, if that verdict is still cached (not past `exp`, keys unchanged);
         None otherwise. Never verifies anything itself."""
-        if self._cache_version != self.keyset.version:
+        version = self.keyset.version
+        if self._cache_version != version:
             # Keys changed: a cached verdict may rest on a key that is gone.
             self._cache.clear()
-            self._cache_version = self.keyset.version
+            self._cache_version = version
             return None
         hit = self._cache.get(token)
         if hit is None:
             return None
-        if (time.time() if now is None else now) < hit[1]:
+        if hit[2] == version and (time.time() if now is None else now) < hit[1]:
             return hit[0]
         self._cache.pop(token, None)
         return None
