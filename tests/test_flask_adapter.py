@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -35,7 +36,7 @@ from authmw.flask import (
     session_data,
 )
 from authmw.sessions import SessionSettings
-from authmw.stores import RedisStore
+from authmw.stores import MemoryStore, RedisStore
 from authmw.testing import login_client, mint_token, session_cookie
 
 JWT_KEY = "k" * 40
@@ -1473,6 +1474,84 @@ def test_a_remembered_decision_gives_way_to_a_new_blueprint_policy() -> None:
     assert [client.get("/reports", headers=headers).status_code for _ in range(2)] == [200, 200]
     auth.blueprint_policy(reports, Policy.jwt(scopes={"admin"}))
     assert client.get("/reports", headers=headers).status_code == 403
+
+
+def _reports_app(config: AuthConfig) -> tuple[Flask, AuthMW, Blueprint]:
+    app = Flask(__name__)
+    auth = AuthMW(app, config)
+    reports = Blueprint("reports", __name__)
+
+    @reports.get("/reports")
+    def report_view() -> Any:
+        return who()
+
+    app.register_blueprint(reports)
+    auth.blueprint_policy(reports, Policy.jwt())
+    return app, auth, reports
+
+
+def _status_in_a_thread(app: Flask, headers: dict[str, str]) -> tuple[threading.Thread, list[int]]:
+    statuses: list[int] = []
+    thread = threading.Thread(
+        target=lambda: statuses.append(app.test_client().get("/reports", headers=headers).status_code)
+    )
+    thread.start()
+    return thread, statuses
+
+
+def test_a_decision_made_while_the_blueprint_policy_changed_is_not_reused() -> None:
+    """A threaded server: one request is deciding under the old blueprint policy (paused in its revocation lookup)
+    when another thread tightens it. That request's answer stands, but its decision is not reused under the new
+    policy (found by review: remembered after the change cleared the memos, it answered 200 instead of 403)."""
+    paused, release = threading.Event(), threading.Event()
+    armed = [False]
+
+    class PausingStore(MemoryStore):
+        def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> Any:
+            if armed[0]:
+                armed[0] = False
+                paused.set()
+                release.wait(5)
+            return super().token_state(user_id, jti_key, grace)
+
+    config = make_config(store=PausingStore())
+    app, auth, reports = _reports_app(config)
+    headers = bearer(config)
+    assert app.test_client().get("/reports", headers=headers).status_code == 200  # verified in full
+    armed[0] = True
+    thread, statuses = _status_in_a_thread(app, headers)  # from the verifier's cache: would be remembered
+    assert paused.wait(5)
+    auth.blueprint_policy(reports, Policy.jwt(scopes={"admin"}))
+    release.set()
+    thread.join(5)
+    assert statuses == [200]  # decided under the policy of when it arrived
+    assert [app.test_client().get("/reports", headers=headers).status_code for _ in range(2)] == [403, 403]
+
+
+def test_a_policy_read_while_the_blueprint_policy_changed_is_not_kept() -> None:
+    """The per-endpoint policy memo, the same race without remembered decisions: a policy read just before the
+    change must not be kept for later requests (found by review: the old policy then applied to every token)."""
+    config = make_config()
+    app, auth, reports = _reports_app(config)
+    auth.remember_decisions = False
+    read, release = threading.Event(), threading.Event()
+    endpoint_policy = auth._endpoint_policy
+
+    def paused_after_reading(app_: Flask, req: Any) -> Any:
+        found = endpoint_policy(app_, req)
+        read.set()
+        release.wait(5)
+        return found
+
+    auth._endpoint_policy = paused_after_reading  # type: ignore[method-assign]
+    thread, statuses = _status_in_a_thread(app, bearer(config))
+    assert read.wait(5)
+    auth.blueprint_policy(reports, Policy.jwt(scopes={"admin"}))
+    release.set()
+    thread.join(5)
+    auth._endpoint_policy = endpoint_policy  # type: ignore[method-assign]
+    assert statuses == [200]
+    assert app.test_client().get("/reports", headers=bearer(config, user="bob")).status_code == 403
 
 
 def test_a_token_seen_once_is_not_remembered_a_repeated_one_is() -> None:

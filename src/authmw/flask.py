@@ -197,9 +197,13 @@ class AuthMW:
 
     def __init__(self, app: Flask | None = None, config: AuthConfig | None = None) -> None:
         self._blueprints: dict[str, Policy] = {}
+        #: bumped by `blueprint_policy` after it changed a policy: what was memoised or remembered under an earlier
+        #: generation is not used again (a request may read the old policy while another thread changes it)
+        self._policy_generation = 0
         self._last_authenticator: Authenticator | None = None
-        # Per app: (endpoint, method) -> the decorator's or blueprint's policy (None: the path rules decide).
-        self._policy_memos: list[dict[tuple[str | None, str], Policy | None]] = []
+        # Per app: (endpoint, method) -> the decorator's or blueprint's policy (None: the path rules decide), and
+        # the policy generation it was read under.
+        self._policy_memos: list[dict[tuple[str | None, str], tuple[Policy | None, int]]] = []
         # Per app: remembered decisions for repeated bearer requests (cleared with the policy memos).
         self._decision_memos: list[dict[tuple[Any, ...], Any]] = []
         if app is not None:
@@ -214,13 +218,13 @@ class AuthMW:
         app.extensions["authmw"] = self
         auth = app.extensions["authmw.authenticator"] = self._last_authenticator = Authenticator(config)
         # Hooks bound to this app's Authenticator and views: no proxy lookups on the hot path.
-        policies: dict[tuple[str | None, str], Policy | None] = {}
+        policies: dict[tuple[str | None, str], tuple[Policy | None, int]] = {}
         self._policy_memos.append(policies)
 
         # Decisions for repeated bearer requests, as in the ASGI shell (see `authmw.asgi.AuthMiddleware._remembered`):
-        # (endpoint, method, path, script name, Authorization value) -> what was decided, the route table it was
-        # decided with, what was attached, and the store's revocation count read before deciding.
-        decisions: dict[tuple[Any, ...], tuple[Policy, Principal, str, Any, AuthState, int | None]] = {}
+        # (endpoint, method, path, script name, Authorization value) -> what was decided, the route table and the
+        # policy generation it was decided with, what was attached, and the store's revocation count read before.
+        decisions: _Decisions = {}
         self._decision_memos.append(decisions)
 
         def before_request() -> None:
@@ -229,8 +233,9 @@ class AuthMW:
             environ = req.environ
             globals_ = g._get_current_object()
             authorization = environ.get("HTTP_AUTHORIZATION")
+            generation = self._policy_generation  # read before the policy is
             if authorization is not None and decisions and self.remember_decisions:
-                known = _remembered(auth, decisions, req, environ, authorization)
+                known = _remembered(auth, decisions, req, environ, authorization, generation)
                 if known is not None:  # a repeated bearer request whose decision still holds: attach it
                     policy, caller, attached = known
                     exchange = Exchange(WSGIRequestView(environ), policy, False, None)
@@ -243,7 +248,7 @@ class AuthMW:
             revocations = counter.revocations if counter is not None else None
             verifications = verifier.verifications if verifier is not None else 0
             view = WSGIRequestView(environ)
-            exchange = auth.begin(view, self._policy_for(view, auth, app, req, policies))
+            exchange = auth.begin(view, self._policy_for(view, auth, app, req, policies, generation))
             environ["authmw.exchange"] = exchange  # also for a refusal the app re-renders
             globals_.authmw_exchange = exchange
             if exchange.state is not None:
@@ -263,7 +268,7 @@ class AuthMW:
                 and self.remember_decisions
                 and auth.rememberable(exchange, table, verifications)
             ):
-                _remember(auth, decisions, req, environ, authorization, exchange, table, revocations)
+                _remember(auth, decisions, req, environ, authorization, exchange, (table, generation), revocations)
 
         def exchange_of_response(environ: dict[str, Any]) -> Exchange | None:
             exchange: Exchange | None = environ.get("authmw.exchange")
@@ -337,6 +342,7 @@ class AuthMW:
         """The default policy of every view of `blueprint` that has no decorator of its own."""
         name = blueprint if isinstance(blueprint, str) else blueprint.name
         self._blueprints[name] = value
+        self._policy_generation += 1  # after the change: a request that read this generation reads the new policy
         for memo in self._policy_memos:
             memo.clear()
         for decided in self._decision_memos:
@@ -348,18 +354,22 @@ class AuthMW:
         auth: Authenticator,
         app: Flask,
         req: Any,
-        memo: dict[tuple[str | None, str], Policy | None],
+        memo: dict[tuple[str | None, str], tuple[Policy | None, int]],
+        generation: int,
     ) -> Policy:
+        """The request's policy; `generation` is `_policy_generation` as read before it (see `blueprint_policy`)."""
         endpoint = req.endpoint
         if endpoint is None:  # no view matched (404/405): the path rules decide; nothing to remember
             return auth.policy_for(view_state)
         key = (endpoint, req.method)
-        try:
-            found = memo[key]
-        except KeyError:
+        entry = memo.get(key)
+        if entry is not None and entry[1] == generation:
+            found = entry[0]
+        else:
             if len(memo) >= 4096:  # views x methods: small, but never let requests grow it without bound
                 memo.clear()
-            found = memo[key] = self._endpoint_policy(app, req)
+            found = self._endpoint_policy(app, req)
+            memo[key] = (found, generation)
         return found if found is not None else auth.policy_for(view_state)
 
     def _endpoint_policy(self, app: Flask, req: Any) -> Policy | None:
@@ -444,7 +454,9 @@ class _ResponseFinisher:
 
 # ---- repeated bearer requests (see `authmw.asgi.AuthMiddleware._remembered` for what may be reused, and why) ----
 
-_Decisions = dict[tuple[Any, ...], tuple[Policy, Principal, str, Any, AuthState, "int | None"]]
+#: (route table, policy generation): what a decision was made with, both unchanged when it is reused
+_MadeWith = tuple[Any, int]
+_Decisions = dict[tuple[Any, ...], tuple[Policy, Principal, str, _MadeWith, AuthState, "int | None"]]
 
 
 def _decision_key(req: Any, environ: dict[str, Any], authorization: str) -> tuple[Any, ...]:
@@ -459,10 +471,16 @@ def _decision_key(req: Any, environ: dict[str, Any], authorization: str) -> tupl
 
 
 def _remembered(
-    auth: Authenticator, decisions: _Decisions, req: Any, environ: dict[str, Any], authorization: str
+    auth: Authenticator,
+    decisions: _Decisions,
+    req: Any,
+    environ: dict[str, Any],
+    authorization: str,
+    generation: int,
 ) -> tuple[Policy, Principal, AuthState] | None:
     """The policy, principal and `environ["authmw"]` decided earlier for this request's endpoint, method, path and
-    Authorization value, if that decision still holds; None: decide afresh."""
+    Authorization value, if that decision still holds (and was made under policy generation `generation`); None:
+    decide afresh."""
     key = _decision_key(req, environ, authorization)
     entry = decisions.get(key)
     if entry is None:
@@ -470,8 +488,8 @@ def _remembered(
     query = environ.get("QUERY_STRING")
     if query and has_query_token(query.encode("latin-1")):
         return None  # refused by the full path as a second credential (P25)
-    policy, principal, token, table, attached, revocations = entry
-    if not auth.still_holds(principal, token, table, revocations):
+    policy, principal, token, (table, made_under), attached, revocations = entry
+    if made_under != generation or not auth.still_holds(principal, token, table, revocations):
         decisions.pop(key, None)
         return None
     return policy, principal, attached
@@ -484,7 +502,7 @@ def _remember(
     environ: dict[str, Any],
     authorization: str,
     exchange: Exchange,
-    table: Any,
+    made_with: _MadeWith,
     revocations: int | None,
 ) -> None:
     method = environ.get("REQUEST_METHOD", "GET")
@@ -499,7 +517,7 @@ def _remember(
         decisions.clear()
     key = _decision_key(req, environ, authorization)
     attached = AuthState(exchange.policy, principal)
-    decisions[key] = (exchange.policy, principal, token, table, attached, revocations)
+    decisions[key] = (exchange.policy, principal, token, made_with, attached, revocations)
 
 
 def _bounded_body() -> bytes:
