@@ -52,7 +52,7 @@ from authmw.engine import Authenticator
 from authmw.flows import Flow, run_async, run_sync
 from authmw.issuer import NOT_CONFIGURED, TokenIssuer, TokenService, jti_key
 from authmw.request import WSGIRequestView
-from authmw.sessions import SessionSettings
+from authmw.sessions import SessionSettings, SessionState
 from authmw.stores import MemoryStore, RedisStore, SessionRecord, user_tag
 
 SECRET = "k" * 40
@@ -978,6 +978,58 @@ def test_token_minted_just_before_the_not_before_is_refused(harness: Harness) ->
     token, _ = auth.tokens.issuer.mint("alice", now=minted_at)
     harness.call("revoke_user", "alice", not_before, 3600.0)
     assert harness.refused(auth, token) == "revoked"
+
+
+def _racing_a_refresh(harness: Harness, auth: Authenticator, revocation: Flow[Any], refresh_token: str) -> Any:
+    """Drive `revocation` up to its first store call, refresh with `refresh_token` meanwhile (it commits first),
+    then let the revocation land and finish; the refreshed pair."""
+    assert auth.tokens is not None
+    effect = revocation.send(None)  # its not-before is read; the store call is on its way
+    time.sleep(0.002)
+    pair = harness.run(auth.tokens.refresh(json.dumps({"refresh_token": refresh_token}).encode()))
+    try:
+        while True:
+            effect = revocation.send(effect.run_sync())
+    except StopIteration:
+        pass
+    return pair
+
+
+def test_a_refresh_racing_logout_everywhere_mints_no_token_that_outlives_it(harness: Harness) -> None:
+    """Found by review: the not-before was the time read before the revocation's store call, so an access token
+    refreshed while it was on its way (iat later than that) was accepted until its exp, from a family it ended."""
+    auth = harness.authenticator()
+    assert auth.tokens is not None and auth.sessions is not None
+    now = time.time()
+    record = SessionRecord(
+        sid=f"{user_tag('alice')}.{secrets.token_urlsafe(32)}",
+        user_id="alice",
+        scopes=tuple(ALICE_SCOPES),
+        created=now,
+        auth_time=now,
+        absolute_expiry=now + 3600,
+        idle_timeout=600,
+        last_seen=now,
+    )
+    harness.call("create", record)
+    pair = harness.run(auth.tokens.issue(auth.sessions.principal_of(record), record.sid))
+    state = SessionState(auth.sessions, WSGIRequestView({"REQUEST_METHOD": "POST", "PATH_INFO": "/logout-all"}))
+    state.record = record
+    stolen = _racing_a_refresh(harness, auth, auth.sessions.logout_everywhere(state), pair["refresh_token"])
+    assert harness.call("list_user", "alice") == []
+    assert harness.refused(auth, stolen["access_token"]) == "revoked"
+    with pytest.raises(InvalidToken):  # and its refresh token's family is gone
+        harness.run(auth.tokens.refresh(json.dumps({"refresh_token": stolen["refresh_token"]}).encode()))
+
+
+def test_a_refresh_racing_revoke_all_tokens_mints_no_token_that_outlives_it(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    pair = harness.run(auth.tokens.issue(session_principal(), None))
+    stolen = _racing_a_refresh(harness, auth, auth.tokens.revoke_all_tokens("alice"), pair["refresh_token"])
+    assert harness.refused(auth, stolen["access_token"]) == "revoked"
+    fresh = harness.run(auth.tokens.issue(session_principal(), None))  # a new login afterwards: accepted
+    assert harness.verify(auth, fresh["access_token"]).id == "alice"
 
 
 # --- the endpoints, in-process, on both adapters ------------------------------------------------------------------

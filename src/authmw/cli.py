@@ -41,7 +41,8 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from authmw import __version__
 from authmw.config import AuthConfig
 from authmw.errors import ConfigurationError
-from authmw.issuer import TokenIssuer
+from authmw.flows import run_sync
+from authmw.issuer import TokenIssuer, restamp_not_before
 from authmw.keys import SUPPORTED_ALGORITHMS, KeySet, RemoteKeySet, VerificationKey
 from authmw.sessions import SessionInfo
 from authmw.stores import RedisStore, StoreUnavailable
@@ -520,9 +521,9 @@ def _cmd_sessions_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_sessions_revoke_all(args: argparse.Namespace) -> int:
-    now = time.time()
     with _redis_store(args) as store:
-        count = store.revoke_user(args.user, now, args.ttl)
+        count = store.revoke_user(args.user, time.time(), args.ttl)
+        now = run_sync(restamp_not_before(store, args.user, args.ttl))
     print(
         f"revoked {count} session{'s' if count != 1 else ''} of user {_printable(args.user)}, "
         f"their refresh tokens, and access tokens issued before {_iso(now)}"
@@ -531,9 +532,9 @@ def _cmd_sessions_revoke_all(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokens_revoke_all(args: argparse.Namespace) -> int:
-    now = time.time()
     with _redis_store(args) as store:
-        store.revoke_tokens(args.user, now, args.ttl)
+        store.revoke_tokens(args.user, time.time(), args.ttl)
+        now = run_sync(restamp_not_before(store, args.user, args.ttl))
     print(
         f"revoked the refresh tokens of user {_printable(args.user)} and access tokens issued before {_iso(now)} "
         "(sessions kept)"

@@ -188,8 +188,9 @@ class TokenService:
         self.auditor = auditor or Auditor(None, secrets.token_bytes(32))
 
     def _pair(self, record: RefreshRecord, token: str, now: float) -> dict[str, Any]:
-        # `now` was taken before the store call: a logout-everywhere that lands during it sets a not-before
-        # later than this iat, so the access token minted here is refused like every other older one.
+        # `now` was taken before the store call: a logout-everywhere that lands during it writes a not-before
+        # later than this iat once it has landed (`restamp_not_before`), so the access token minted here is
+        # refused like every other older one.
         access, _ = self.issuer.mint(record.user_id, record.scopes, auth_time=record.auth_time or None, now=now)
         return {
             "access_token": access,
@@ -276,7 +277,22 @@ class TokenService:
         sessions stay (`logout_everywhere` ends those too)."""
         ttl = self.settings.max_lifetime + self.settings.leeway
         yield StoreCall(self.store, "revoke_tokens", (user_id, time.time(), ttl))
+        yield from restamp_not_before(self.store, user_id, ttl)
         self.auditor.emit("revoke_token", user_id=user_id, reason="all tokens")
+
+
+def restamp_not_before(store: Any, user_id: str, ttl: float) -> Flow[float]:
+    """Once a revocation of the user's tokens (`revoke_tokens`, `revoke_user`) has landed, write their not-before
+    again with the time now, and return it.
+
+    The revocation reads its not-before before its store call. A refresh, or a token issued for a session, that
+    commits in between mints an access token later than that, from a family or session the revocation then ends.
+    Such a commit comes before the landing, so its token's `iat` is earlier than a not-before read after it: the
+    token is refused with the older ones. (A token minted meanwhile for a new login is refused too, once; its own
+    refresh token, in a family the revocation did not end, gets it a new one.)"""
+    now = time.time()
+    yield StoreCall(store, "revoke_tokens", (user_id, now, ttl))
+    return now
 
 
 def _refresh_token_from(body: bytes) -> str:

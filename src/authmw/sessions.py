@@ -30,6 +30,7 @@ from itsdangerous.encoding import base64_decode, base64_encode
 from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
 from authmw.flows import INLINE, IO, Flow, StoreCall, io_shortcuts, io_store, restartable, run_async, run_sync
+from authmw.issuer import restamp_not_before
 from authmw.principal import Principal
 from authmw.request import RequestView
 from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
@@ -497,8 +498,12 @@ class SessionManager:
         # Sessions, refresh-token families and earlier access tokens go together (DESIGN.md §3).
         now = time.time()
         count: int = yield StoreCall(self.store, "revoke_user", (user_id, now, self.not_before_ttl))
+        stores = [self.store]
         if self.token_store is not None and self.token_store is not self.store:
             yield StoreCall(self.token_store, "revoke_user", (user_id, now, self.not_before_ttl))
+            stores.append(self.token_store)
+        for store in stores:  # tokens minted while the revocation was on its way are refused too
+            yield from restamp_not_before(store, user_id, self.not_before_ttl)
         if state.record is not None and state.record.user_id == user_id:
             state.record = None
             state.set_cookie = None
