@@ -52,7 +52,7 @@ import authmw.wsgi
 from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Route
 from authmw.flows import run_sync
 from authmw.request import ASGIRequestView, WSGIRequestView
-from authmw.sessions import SessionManager, SessionSettings, SessionState
+from authmw.sessions import COOKIE_CLOCK_SKEW, SessionManager, SessionSettings, SessionState
 from authmw.stores import MemoryStore, RedisStore, SessionRecord, StoreUnavailable, user_tag
 
 NAME = "authmw_session"
@@ -1086,6 +1086,22 @@ def test_p19_a_remembered_cookie_header_is_refused_once_its_signature_is_too_old
     later = time.time() + _MANAGER._max_age + 60
     monkeypatch.setattr(time, "time", lambda: later)
     assert _read(_MANAGER, [header]) == (None, True)
+
+
+def test_a_cookie_signed_by_a_clock_a_little_ahead_is_accepted_one_far_ahead_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: itsdangerous refuses any signature time in the future, and it counts whole seconds, so a
+    cookie set by a host whose clock is 100 ms ahead (straddling a second) was refused and cleared by the next
+    host: a logout right after login. Up to `COOKIE_CLOCK_SKEW` ahead is accepted; the record still decides."""
+    sid = f"{user_tag('alice')}.{secrets.token_urlsafe(32)}"
+    base = float(int(time.time())) + 0.95
+    for ahead, accepted in ((0.1, True), (1.5, True), (COOKIE_CLOCK_SKEW - 1, True), (COOKIE_CLOCK_SKEW + 2, False)):
+        monkeypatch.setattr(time, "time", lambda ahead=ahead: base + ahead)  # the host that sets the cookie
+        value = signer().sign(sid).decode()
+        monkeypatch.setattr(time, "time", lambda: base)  # the host that reads it
+        manager = SessionManager(SessionSettings(secret_keys=[SECRET], store=MemoryStore(), cookie_secure=False))
+        assert _read(manager, [f"{NAME}={value}"]) == ((sid, False) if accepted else (None, True)), ahead
 
 
 # --- P23: CSRF on unsafe cookie-authenticated requests -------------------------------------------------------------

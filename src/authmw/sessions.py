@@ -48,6 +48,8 @@ log = logging.getLogger("authmw")
 
 _SID = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+#: how far in the future a session cookie's signature time may be (another host's clock a little ahead), in seconds
+COOKIE_CLOCK_SKEW = 60
 #: methods that change nothing: no cross-site checks for them (websocket handshakes aside)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MIN_KEY_BYTES = 32
@@ -294,9 +296,15 @@ class SessionManager:
             state.bad_cookie = True
             return None
         try:
-            sid_bytes, signed_at = self._signer.unsign(value, max_age=int(self._max_age), return_timestamp=True)
+            # The age is checked below, not by itsdangerous, which refuses any signature from the future: a cookie
+            # set by a host whose clock is a little ahead (or the second before an NTP step back) would log out.
+            sid_bytes, signed_at = self._signer.unsign(value, return_timestamp=True)
             sid = sid_bytes.decode("ascii")
+            age = int(now) - int(signed_at.timestamp())
         except (BadSignature, UnicodeDecodeError, ValueError, OverflowError):
+            state.bad_cookie = True
+            return None
+        if not -COOKIE_CLOCK_SKEW <= age <= int(self._max_age):
             state.bad_cookie = True
             return None
         signature = value.rsplit(".", 1)[-1]
