@@ -488,6 +488,40 @@ def test_policies_compile_only_once_at_the_first_request(config: AuthConfig) -> 
         assert len(middleware.authenticator.table.routes) == count == len(compile_routes(ROUTES)) + len(PATH_RULES)
 
 
+def test_endpoint_policies_apply_when_the_middleware_is_wrapped_around_the_app(config: AuthConfig) -> None:
+    """``AuthMiddleware(starlette_app, config)``, directly or around another middleware: Starlette sets
+    ``scope["app"]`` only inside the app, so the routes are found through the wrapped app (found by review: no
+    rule was compiled, and a ``@jwt_required`` endpoint answered anonymous callers)."""
+    inner = Starlette(routes=[StarletteRoute("/secret", jwt_read), StarletteRoute("/open", public_view)])
+    for app in (AuthMiddleware(inner, config), AuthMiddleware(GZipMiddleware(inner), config)):
+        with TestClient(app) as client:
+            assert client.get("/secret").status_code == 401
+            assert client.get("/secret", headers=bearer(config, {"items:read"})).status_code == 200
+            assert client.get("/open").status_code == 200
+
+
+def test_without_routes_to_compile_a_declared_policy_that_was_not_enforced_is_withheld(
+    config: AuthConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Routes authmw cannot find (a router of another kind in between): it does not serve an endpoint whose
+    declared policy it could not apply, it withholds that answer (500) and says why."""
+
+    class Dispatch:
+        """An ASGI app of its own that hands every request to a Starlette router it keeps to itself."""
+
+        def __init__(self) -> None:
+            self._router = Router(routes=[StarletteRoute("/secret", jwt_read), StarletteRoute("/plain", who)])
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self._router(scope, receive, send)
+
+    app = AuthMiddleware(Dispatch(), config)
+    with caplog.at_level("WARNING", logger="authmw"), TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/secret").status_code == 500
+        assert client.get("/plain").status_code == 200  # declares nothing: the path rules and default apply
+    assert "found no Starlette routes" in caplog.text
+
+
 def test_routes_inside_a_host_compile(config: AuthConfig) -> None:
     routes = [Host("api.example", app=Router(routes=[StarletteRoute("/secret", jwt_read)]))]
     with TestClient(build(config, routes=routes), base_url="http://api.example") as client:

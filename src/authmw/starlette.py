@@ -279,15 +279,38 @@ class AuthMiddleware(_ASGIAuthMiddleware):
 
     def _prepare(self, scope: Scope) -> None:
         self.authenticator.host_of = _starlette_host  # type: ignore[method-assign]
-        routes = getattr(scope.get("app"), "routes", None)
-        if routes:
-            unseen = _unseen.count
-            rules = compile_routes(routes)
-            # Routes authmw could not look into: check, once the app has routed each request, that the endpoint
-            # does not declare a policy other than the one enforced (costs ≈ 1 µs a request, so only then).
-            self._checks_endpoints = _unseen.count != unseen
-            self.authenticator.add_routes(rules)
-            log.debug("authmw: %d endpoint policies compiled", len(rules))
+        routes = _routes_of(self.app)
+        if routes is None:
+            routes = getattr(scope.get("app"), "routes", None)
+        if routes is None:
+            # No routes to compile: endpoint decorators cannot be applied before the app routes a request, so
+            # every response is checked against its endpoint's declared policy instead (fail closed).
+            self._checks_endpoints = True
+            log.warning(
+                "authmw: found no Starlette routes behind the middleware; an answer from an endpoint that declares"
+                " a policy other than the path rules' is withheld (500)"
+            )
+            return
+        unseen = _unseen.count
+        rules = compile_routes(routes)
+        # Routes authmw could not look into: check, once the app has routed each request, that the endpoint
+        # does not declare a policy other than the one enforced (costs ≈ 1 µs a request, so only then).
+        self._checks_endpoints = _unseen.count != unseen
+        self.authenticator.add_routes(rules)
+        log.debug("authmw: %d endpoint policies compiled", len(rules))
+
+
+def _routes_of(app: Any) -> Any:
+    """The routes of the Starlette app or router `app` is, or wraps through middlewares' ``.app`` (Starlette's
+    own middleware stack, or ``AuthMiddleware(starlette_app)`` written around it); None if there is none."""
+    seen: set[int] = set()
+    while app is not None and id(app) not in seen and len(seen) < 64:
+        seen.add(id(app))
+        routes = getattr(app, "routes", None)
+        if routes is not None:
+            return routes
+        app = getattr(app, "app", None)
+    return None
 
 
 def session(conn: HTTPConnection) -> AsyncSessionHandle:
