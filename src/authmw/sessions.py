@@ -300,7 +300,7 @@ class SessionManager:
             # set by a host whose clock is a little ahead (or the second before an NTP step back) would log out.
             sid_bytes, signed_at = self._signer.unsign(value, return_timestamp=True)
             sid = sid_bytes.decode("ascii")
-            age = int(now) - int(signed_at.timestamp())
+            age = self._signer.get_timestamp() - int(signed_at.timestamp())  # on the clock that signs
         except (BadSignature, UnicodeDecodeError, ValueError, OverflowError):
             state.bad_cookie = True
             return None
