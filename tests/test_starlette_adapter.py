@@ -9,6 +9,7 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Host, Mount, Router, WebSocketRoute
 from starlette.routing import Route as StarletteRoute
+from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -498,6 +500,63 @@ def test_endpoint_policies_apply_when_the_middleware_is_wrapped_around_the_app(c
             assert client.get("/secret").status_code == 401
             assert client.get("/secret", headers=bearer(config, {"items:read"})).status_code == 200
             assert client.get("/open").status_code == 200
+
+
+def test_a_sub_app_mounted_behind_middleware_keeps_its_endpoint_policies(config: AuthConfig) -> None:
+    """Starlette's `Mount.routes` is empty for `Mount("/sub", app=GZipMiddleware(sub))`: the routes are found
+    through the mounted app (found by review: no rule was compiled, nothing was checked, and the decorated
+    endpoint answered anonymous callers)."""
+    sub = Starlette(routes=[StarletteRoute("/secret", jwt_read)])
+    for app in (
+        Starlette(
+            routes=[Mount("/sub", app=GZipMiddleware(sub))], middleware=[Middleware(AuthMiddleware, config=config)]
+        ),
+        AuthMiddleware(Starlette(routes=[Mount("/sub", app=GZipMiddleware(sub))]), config),
+        Starlette(
+            routes=[Host("api.example", app=GZipMiddleware(sub))],
+            middleware=[Middleware(AuthMiddleware, config=config)],
+        ),
+    ):
+        with TestClient(app, base_url="http://api.example") as client:
+            path = "/secret" if isinstance(app, Starlette) and isinstance(app.routes[0], Host) else "/sub/secret"
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers=bearer(config, {"items:read"})).status_code == 200
+
+
+def test_a_mounted_app_authmw_cannot_look_into_has_its_answers_checked(
+    config: AuthConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mounted ASGI app that routes by itself (to decorated endpoints authmw cannot see): reported, and an
+    answer from an endpoint declaring another policy than the one enforced is withheld; a mounted `StaticFiles`
+    serves files, has no such endpoints, and is neither reported nor checked."""
+
+    class Dispatch:
+        def __init__(self) -> None:
+            self._router = Router(routes=[StarletteRoute("/secret", jwt_read), StarletteRoute("/plain", who)])
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self._router(scope, receive, send)
+
+    app = Starlette(routes=[Mount("/sub", app=Dispatch())], middleware=[Middleware(AuthMiddleware, config=config)])
+    with caplog.at_level("WARNING", logger="authmw"), TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/sub/secret").status_code == 500
+        assert client.get("/sub/plain").status_code == 200
+    assert "cannot look inside Mount" in caplog.text
+    caplog.clear()
+    static = Starlette(
+        routes=[Mount("/static", app=StaticFiles(directory=Path(__file__).parent)), StarletteRoute("/jwt", jwt_read)],
+        middleware=[Middleware(AuthMiddleware, config=config)],
+    )
+    with caplog.at_level("WARNING", logger="authmw"), TestClient(static) as client:
+        assert client.get(f"/static/{Path(__file__).name}").status_code == 200
+        assert client.get("/jwt").status_code == 401
+    assert "cannot look inside" not in caplog.text
+    # A middleware inside a mount, around such an app: it compiles nothing of the outer app's (whose paths are
+    # not the ones it sees), and checks answers instead.
+    outer = Starlette(routes=[Mount("/api", app=AuthMiddleware(Dispatch(), config))])
+    with TestClient(outer, raise_server_exceptions=False) as client:
+        assert client.get("/api/secret").status_code == 500
+        assert client.get("/api/plain").status_code == 200
 
 
 def test_without_routes_to_compile_a_declared_policy_that_was_not_enforced_is_withheld(

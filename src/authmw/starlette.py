@@ -23,6 +23,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Host, Mount, WebSocketRoute, compile_path
 from starlette.routing import Route as StarletteRoute
+from starlette.staticfiles import StaticFiles
 
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
 from authmw.asgi import Scope
@@ -132,7 +133,7 @@ def compile_routes(
             if host is not None:
                 raise ConfigurationError("a Host inside another Host cannot be matched; flatten them")
             own = getattr(route, POLICY_ATTRIBUTE, None)
-            compiled.extend(compile_routes(route.routes, prefix, route.host_regex, own or enclosing))
+            compiled.extend(compile_routes(_inner_routes(route), prefix, route.host_regex, own or enclosing))
             # The Host takes every path of its host: what its routes leave open is its own policy (or the one
             # around it), or else the path rules and the default — never an endpoint rule after it (DEFER).
             within = _regex(prefix + "/{path:path}") if prefix else None  # inside a Mount: the Mount's paths
@@ -143,7 +144,7 @@ def compile_routes(
         if isinstance(route, Mount):
             own = getattr(route, POLICY_ATTRIBUTE, None)
             inner_prefix = prefix + route.path
-            compiled.extend(compile_routes(route.routes, inner_prefix, host, own or enclosing))
+            compiled.extend(compile_routes(_inner_routes(route), inner_prefix, host, own or enclosing))
             # The Mount takes the paths its regex matches (`<prefix>/…`, not the bare prefix): the same for them.
             catch_all = Route(
                 _join(_join(prefix, route.path), "{rest:path}"),
@@ -186,6 +187,29 @@ def compile_routes(
             continue
         _cannot_see(route)
     return compiled
+
+
+def _inner_routes(container: Mount | Host) -> list[BaseRoute]:
+    """The routes a Mount or Host sends requests to: its router's, or those of the app it holds (a Starlette app or
+    router, also behind middleware, which Starlette's own `routes` does not look through). An app authmw cannot
+    look into is reported (`_cannot_see`): its endpoints' answers are then checked (static files aside)."""
+    if container.routes:
+        return list(container.routes)
+    found = _routes_of(container.app)
+    if found is not None:
+        return list(found)
+    if not _holds_static_files(container.app):
+        _cannot_see(container)
+    return []
+
+
+def _holds_static_files(app: Any) -> bool:
+    """`StaticFiles`, maybe behind middleware: it serves files, and has no endpoints that could declare a policy."""
+    for _ in range(64):
+        if app is None or isinstance(app, StaticFiles):
+            return app is not None
+        app = getattr(app, "app", None)
+    return False
 
 
 def _transport(route: Any) -> Literal["http", "websocket"]:
@@ -279,9 +303,9 @@ class AuthMiddleware(_ASGIAuthMiddleware):
 
     def _prepare(self, scope: Scope) -> None:
         self.authenticator.host_of = _starlette_host  # type: ignore[method-assign]
+        # The routes of the app this middleware wraps, never `scope["app"]`: that is the outermost Starlette app,
+        # whose routes may not be the ones behind this middleware (mounted inside it, for one).
         routes = _routes_of(self.app)
-        if routes is None:
-            routes = getattr(scope.get("app"), "routes", None)
         if routes is None:
             # No routes to compile: endpoint decorators cannot be applied before the app routes a request, so
             # every response is checked against its endpoint's declared policy instead (fail closed).
