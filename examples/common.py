@@ -52,7 +52,7 @@ def parse_form(body: bytes, content_type: str) -> dict[str, str]:
     if content_type.startswith("application/json"):
         try:
             data = json.loads(body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
             return {}
         return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
     parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
@@ -63,7 +63,7 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
     """The JSON value of a body (whatever its content type), and whether it parsed."""
     try:
         return json.loads(body), True
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, False
 
 

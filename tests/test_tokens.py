@@ -657,7 +657,8 @@ def test_issue_for_session_needs_a_session_principal(harness: Harness) -> None:
 @pytest.mark.parametrize(
     "raw",
     [b"", b"not json", b"[]", b"null", b'"a.b"', b"{}", b'{"token": "x"}', b'{"refresh_token": 5}',
-     b'{"refresh_token": null}', b'{"refresh_token": ["abcd.x"]}', b"\xff\xfe{}"],
+     b'{"refresh_token": null}', b'{"refresh_token": ["abcd.x"]}', b"\xff\xfe{}",
+     b"[" * 3000, b'{"a":' * 800],  # nested deeper than Python parses (RecursionError; found by review)
 )  # fmt: skip
 def test_malformed_refresh_bodies_are_400(raw: bytes) -> None:
     service = TokenService(TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET)), MemoryStore())
@@ -1230,12 +1231,20 @@ def test_refresh_endpoint_rotates_and_detects_reuse(app: Callable[[], Browser]) 
     "kwargs",
     [{"content": b"not json"}, {"content": b""}, {"json": {}}, {"json": []}, {"json": {"refresh_token": 7}},
      {"json": {"token": "abcd.x"}}, {"content": b"\xff\xfe"}, {"json": {"refresh_token": "x" * 9000}},
-     {"content": b" " * 4097}],
+     {"content": b" " * 4097}, {"content": b"[" * 3000}],
 )  # fmt: skip
 def test_refresh_endpoint_malformed_bodies_are_400(app: Callable[[], Browser], kwargs: dict[str, Any]) -> None:
     answer = app().post("/api/token/refresh", **kwargs)
     assert answer.status == 400
     assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_example_apps_answer_bodies_nested_too_deep_for_python_as_bad_input(app: Callable[[], Browser]) -> None:
+    """DESIGN.md §6: a bad login is a 401 and a bad item a 400, never a 500 (found by review: RecursionError)."""
+    nested = {"content": b"[" * 3000, "headers": {"Content-Type": "application/json"}}
+    assert app().post("/login", **nested).status == 401
+    bearer = app().login().post("/api/token").json()["access_token"]
+    assert app().post("/api/items", bearer=bearer, **nested).status == 400
 
 
 @pytest.mark.parametrize("token", ["nonsense", "abcd." + "a" * 43, "ABCD." + "a" * 43, "x" * 4000])

@@ -300,7 +300,7 @@ def _refresh_token_from(body: bytes) -> str:
         raise InvalidRequest("the request body is too large", reason="bad_refresh_request")
     try:
         data = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[…" nested deeper than Python
         raise InvalidRequest("the body must be JSON with a refresh_token", reason="bad_refresh_request") from None
     token = data.get("refresh_token") if isinstance(data, dict) else None
     if not isinstance(token, str):

@@ -308,7 +308,7 @@ def _keys_from_jwks(jwks: Mapping[str, Any] | str | bytes, *, strict: bool) -> l
     if isinstance(jwks, str | bytes):
         try:
             jwks = json.loads(jwks)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ConfigurationError(f"JWKS is not valid JSON: {exc}") from None
     if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
         raise ConfigurationError('a JWKS must be an object with a "keys" list')
