@@ -1384,6 +1384,49 @@ def test_p27_unsaved_data_of_a_wsgi_app_that_starts_late_is_a_503_of_our_own() -
     assert closed == [True, True]
 
 
+def test_p27_a_store_outage_in_a_wsgi_app_that_starts_late_is_a_503_of_our_own() -> None:
+    """The same app, whose `login()` meets the store down before it starts its response: our 503, not an
+    exception to the server (found by review: only the app call itself was guarded, not its iteration)."""
+
+    class Down(MemoryStore):
+        def create(self, record: SessionRecord) -> None:
+            raise StoreUnavailable("the store went away")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        authmw.wsgi.get_session(environ).login("alice")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"logged in"
+
+    wrapped = authmw.wsgi.AuthMiddleware(app, make_config(Down()))
+    with httpx.Client(transport=httpx.WSGITransport(app=wrapped), base_url=BASE) as client:
+        response = client.post("/login")
+    assert_problem(response, 503)
+    assert response.headers["retry-after"] and b"logged in" not in response.content
+
+
+def test_closing_a_late_starting_wsgi_response_unread_closes_the_apps_iterable() -> None:
+    """PEP 3333: a server that stops early (its client gone) calls close() on what it got, maybe before reading
+    any of it; that must reach the app's iterable (found by review: it went to a generator never started)."""
+    closed: list[bool] = []
+
+    class Body:
+        def __init__(self, environ: dict[str, Any], start_response: Any) -> None:
+            self.start_response = start_response
+
+        def __iter__(self) -> Iterator[bytes]:
+            self.start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"chunk"
+
+        def close(self) -> None:
+            closed.append(True)
+
+    app = authmw.wsgi.AuthMiddleware(Body, make_config(MemoryStore()))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "x", "SERVER_PORT": "80", "HTTP_HOST": "x"}
+    result = app({**environ, "wsgi.url_scheme": "http"}, lambda status, headers, exc_info=None: None)
+    result.close()  # type: ignore[attr-defined]
+    assert closed == [True]
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize(
     "garbage",

@@ -103,12 +103,19 @@ def serve(
         changed = exchange.response_headers(headers, "")
         return start_response(status, headers if changed is None else changed, exc_info)
 
+    def outage(error: ServiceUnavailable) -> ErrorResponse:
+        """Our 503 for a store outage the app met before it started its response (late, with a chunk)."""
+        exchange = exchange_of()
+        refused = auth.error_response(error, exchange.view if exchange is not None else WSGIRequestView(environ), None)
+        start_response(status_line(503), refused.headers)  # the first start: no exc_info to pass
+        return refused
+
     result = app(environ, start_with_auth_headers)
     if failed:
         _close(result)
         return [failed[0].body]
     if not started:  # start_response may come with the first chunk (PEP 3333)
-        return _replaced_on_failure(result, failed)
+        return _LateStart(result, failed, started, outage)
     return result
 
 
@@ -118,17 +125,50 @@ def _close(result: Iterable[bytes]) -> None:
         close()
 
 
-def _replaced_on_failure(result: Iterable[bytes], failed: list[ErrorResponse]) -> Iterator[bytes]:
-    """The app's chunks, unless its (late) start_response turned into our 503: then only the 503's body."""
-    try:
-        for chunk in result:
-            if failed:
-                break
-            yield chunk
-        if failed:
-            yield failed[0].body
-    finally:
-        _close(result)
+class _LateStart:
+    """The response of an app that had not started it when it returned (PEP 3333 lets start_response come with
+    the first chunk): the app's chunks, unless that late start turned into our 503 (its session data could not be
+    saved), or the app met a store outage (`ServiceUnavailable`) before starting: then only our 503's body.
+    `close()` reaches the app's iterable whether it was iterated or not (a server closes early when the client
+    has gone)."""
+
+    def __init__(
+        self,
+        result: Iterable[bytes],
+        failed: list[ErrorResponse],
+        started: list[bool],
+        outage: Callable[[ServiceUnavailable], ErrorResponse],
+    ) -> None:
+        self._result = result
+        self._chunks = iter(result)
+        self._failed = failed
+        self._started = started
+        self._outage = outage
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._done = True
+            raise
+        except ServiceUnavailable as error:
+            if self._started:  # the response has started: too late for a 503 of ours
+                raise
+            self._failed.append(self._outage(error))
+            chunk = b""
+        if self._failed:
+            self._done = True
+            return self._failed[0].body
+        return chunk
+
+    def close(self) -> None:
+        _close(self._result)
 
 
 def _discard(data: bytes) -> None:
