@@ -288,8 +288,9 @@ def restamp_not_before(store: Any, user_id: str, ttl: float) -> Flow[float]:
     The revocation reads its not-before before its store call. A refresh, or a token issued for a session, that
     commits in between mints an access token later than that, from a family or session the revocation then ends.
     Such a commit comes before the landing, so its token's `iat` is earlier than a not-before read after it: the
-    token is refused with the older ones. (A token minted meanwhile for a new login is refused too, once; its own
-    refresh token, in a family the revocation did not end, gets it a new one.)"""
+    token is refused with the older ones. This is a second `revoke_tokens`, which every store has: a login in the
+    few milliseconds between the two loses its first access token and refresh family too (fail closed); its
+    session is untouched and gets it a new pair from the token endpoint."""
     now = time.time()
     yield StoreCall(store, "revoke_tokens", (user_id, now, ttl))
     return now

@@ -510,13 +510,13 @@ class SessionManager:
         if self.token_store is not None and self.token_store is not self.store:
             yield StoreCall(self.token_store, "revoke_user", (user_id, now, self.not_before_ttl))
             stores.append(self.token_store)
-        for store in stores:  # tokens minted while the revocation was on its way are refused too
-            yield from restamp_not_before(store, user_id, self.not_before_ttl)
         if state.record is not None and state.record.user_id == user_id:
             state.record = None
             state.set_cookie = None
             state.clear_cookie = True
         self.auditor.emit("logout_everywhere", user_id=user_id, reason=f"{count} sessions")
+        for store in stores:  # then tokens minted while the revocation was on its way are refused too
+            yield from restamp_not_before(store, user_id, self.not_before_ttl)
         return count
 
     def list_sessions(self, state: SessionState | None, user_id: str) -> Flow[list[SessionInfo]]:
