@@ -1164,6 +1164,25 @@ def app(request: pytest.FixtureRequest, framework: str) -> Iterator[Callable[[],
         yield browsers
 
 
+def test_token_endpoint_with_revocations_in_another_store_says_why_it_cannot_issue(
+    framework: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refresh tokens are bound to their session, which the store checks atomically on every use: with
+    `JWTSettings.revocation_store` apart from the session store that cannot work, and the endpoint says so (501)
+    instead of answering every session "ended" (found by review). Revocation itself works there."""
+    revocations = MemoryStore()
+    with caplog.at_level("WARNING", logger="authmw"):
+        config = code_config(MemoryStore(), revocation_store=revocations)
+        with serve_in_process(framework, config) as app:
+            answer = app().login().post("/api/token")
+    assert answer.status == 501
+    assert answer.json() == issuer_module.SESSIONS_ELSEWHERE
+    assert "revocation_store is not the session store" in caplog.text
+    shared = MemoryStore()
+    with serve_in_process(framework, code_config(shared, revocation_store=shared)) as app:
+        assert app().login().post("/api/token").status == 200
+
+
 def test_token_endpoint_needs_a_session_and_is_csrf_checked(app: Callable[[], Browser]) -> None:
     anon, browser = app(), app().login()
     assert anon.post("/api/token").status == 401

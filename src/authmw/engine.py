@@ -166,10 +166,16 @@ class Authenticator(metaclass=_WatchesSteps):
         if config.jwt is not None:
             self.token_store = config.jwt.revocation_store or (config.sessions.store if config.sessions else None)
             if self.token_store is not None:
+                sessions_in = config.sessions.store if config.sessions is not None else None
                 try:
-                    self.tokens = TokenService(TokenIssuer(config.jwt), self.token_store, self.auditor)
+                    self.tokens = TokenService(TokenIssuer(config.jwt), self.token_store, self.auditor, sessions_in)
                 except ConfigurationError as exc:
                     log.info("authmw: token issuance is off: %s", exc)
+                if self.tokens is not None and not self.tokens.binds_sessions:
+                    log.warning(
+                        "authmw: JWTSettings.revocation_store is not the session store, so POST /api/token answers"
+                        " 501: refresh tokens are bound to their session, which needs both in one store"
+                    )
         if self._grace and self.token_store is not None and not _takes_grace(self.token_store):
             raise ConfigurationError("revocation_grace needs a store whose token_state() takes a grace argument")
         # An in-process store's token_state, called straight from `_verify_jwt` (it cannot need I/O, so no I/O

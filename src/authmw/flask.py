@@ -35,7 +35,7 @@ from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
 from authmw.flows import Flow, run_sync
-from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, TokenService
+from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, SESSIONS_ELSEWHERE, TokenService
 from authmw.policy import Policy
 from authmw.principal import ANONYMOUS, Anonymous, Principal
 from authmw.request import WSGIRequestView, has_query_token
@@ -412,14 +412,16 @@ class AuthMW:
         return self.authenticator.tokens if self.authenticator is not None else None
 
     @staticmethod
-    def _not_configured() -> FlaskResponse:
-        return FlaskResponse(json.dumps(NOT_CONFIGURED), status=501, content_type="application/problem+json")
+    def _not_configured(problem: dict[str, Any] = NOT_CONFIGURED) -> FlaskResponse:
+        return FlaskResponse(json.dumps(problem), status=501, content_type="application/problem+json")
 
     def token_view(self) -> FlaskResponse:
         """``POST /api/token``: the session's caller gets an access token and a refresh token."""
         service = self._service()
         if service is None:
             return self._not_configured()
+        if not service.binds_sessions:
+            return self._not_configured(SESSIONS_ELSEWHERE)
         exchange: Exchange = g.authmw_exchange
         record = exchange.state.record if exchange.state is not None else None
         return self._token_response(service.issue_for_session(g.get("principal"), record.sid if record else None))

@@ -34,7 +34,7 @@ from authmw.principal import Principal
 from authmw.stores import RefreshRecord, user_tag
 from authmw.tokens import JWTSettings, token_revocation_key
 
-__all__ = ["NOT_CONFIGURED", "TokenIssuer", "TokenService", "jti_key", "signing_parameters"]
+__all__ = ["NOT_CONFIGURED", "SESSIONS_ELSEWHERE", "TokenIssuer", "TokenService", "jti_key", "signing_parameters"]
 
 #: the problem+json body of the token endpoints when the app cannot mint tokens (no signing key or store)
 NOT_CONFIGURED: dict[str, Any] = {
@@ -42,6 +42,12 @@ NOT_CONFIGURED: dict[str, Any] = {
     "title": "Not configured",
     "status": 501,
     "detail": "token issuance needs JWT settings with a signing key (AUTHMW_JWT_SIGNING_KEY) and a store",
+}
+#: the problem+json body of ``POST /api/token`` when refresh tokens cannot be bound to sessions (other stores)
+SESSIONS_ELSEWHERE: dict[str, Any] = {
+    **NOT_CONFIGURED,
+    "detail": "the token endpoint binds refresh tokens to the session they come from, so both must be in one store:"
+    " leave JWTSettings.revocation_store unset, or make it the session store",
 }
 
 _REFRESH_TOKEN = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
@@ -181,9 +187,13 @@ def _same_public_key(a: Any, b: Any) -> bool:
 class TokenService:
     """``POST /api/token`` (a session's principal → a token pair) and ``POST /api/token/refresh``, sans-IO."""
 
-    def __init__(self, issuer: TokenIssuer, store: Any, auditor: Auditor | None = None) -> None:
+    def __init__(
+        self, issuer: TokenIssuer, store: Any, auditor: Auditor | None = None, session_store: Any = None
+    ) -> None:
         self.issuer = issuer
         self.store = store
+        #: where sessions live, when not in `store`: refresh tokens are then not bound to them (`binds_sessions`)
+        self.session_store = session_store
         self.settings = issuer.settings
         self.auditor = auditor or Auditor(None, secrets.token_bytes(32))
 
@@ -216,8 +226,15 @@ class TokenService:
         )
         return record, token
 
+    @property
+    def binds_sessions(self) -> bool:
+        """Can refresh tokens be bound to sessions? Only in the store that holds the sessions: it checks that the
+        session lives, atomically, on every use (P18/P20: a logout ends that session's refresh tokens too)."""
+        return self.session_store is None or self.session_store is self.store
+
     def issue_for_session(self, principal: Principal | None, session_sid: str | None) -> Flow[dict[str, Any]]:
-        """``POST /api/token``: only a session (never a bearer token) can be exchanged for a token pair."""
+        """``POST /api/token``: only a session (never a bearer token) can be exchanged for a token pair. The
+        adapters answer `SESSIONS_ELSEWHERE` instead when `binds_sessions` is False."""
         if principal is None or principal.source != "session" or session_sid is None:
             raise MissingCredentials("a session is required to obtain tokens", reason="no_session")
         return (yield from self.issue(principal, session_sid))

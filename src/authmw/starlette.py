@@ -30,7 +30,7 @@ from authmw.asgi import Scope
 from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ConfigurationError
 from authmw.flows import Flow, run_async
-from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, TokenService
+from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, SESSIONS_ELSEWHERE, TokenService
 from authmw.policy import DEFER, Policy, Route
 from authmw.principal import Principal
 from authmw.request import ASGIRequestView
@@ -377,8 +377,8 @@ def _token_service(request: Request) -> tuple[Authenticator, TokenService | None
     return auth, auth.tokens
 
 
-def _not_configured() -> Response:
-    return JSONResponse(NOT_CONFIGURED, status_code=501, media_type="application/problem+json")
+def _not_configured(problem: dict[str, Any] = NOT_CONFIGURED) -> Response:
+    return JSONResponse(problem, status_code=501, media_type="application/problem+json")
 
 
 async def _token_response(request: Request, flow: Flow[dict[str, Any]], auth: Authenticator) -> Response:
@@ -398,6 +398,8 @@ async def token_endpoint(request: Request) -> Response:
     auth, service = _token_service(request)
     if service is None:
         return _not_configured()
+    if not service.binds_sessions:
+        return _not_configured(SESSIONS_ELSEWHERE)
     handle = session(request)
     record = handle._state.record
     flow = service.issue_for_session(request.scope["authmw"].principal, record.sid if record else None)
