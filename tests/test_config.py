@@ -117,6 +117,11 @@ def test_from_env_session_variables() -> None:
         ({"AUTHMW_JWT_JWKS": "file:///etc/passwd", "AUTHMW_JWT_ALGORITHMS": "RS256"}, "does not exist"),
         ({"AUTHMW_SECRET_KEYS": "short"}, "at least 32"),
         ({"AUTHMW_SECRET_KEYS": COOKIE_KEY, "AUTHMW_SESSION_IDLE_TIMEOUT": "0"}, "positive"),
+        # NaN passes every `<=` check and would turn the limit off (found by review); infinity is no limit either.
+        ({"AUTHMW_JWT_KEY": SECRET, "AUTHMW_JWT_MAX_LIFETIME": "nan"}, "finite"),
+        ({"AUTHMW_JWT_KEY": SECRET, "AUTHMW_JWT_LEEWAY": "NaN"}, "finite"),
+        ({"AUTHMW_SECRET_KEYS": COOKIE_KEY, "AUTHMW_SESSION_ABSOLUTE_TIMEOUT": "nan"}, "finite"),
+        ({"AUTHMW_SECRET_KEYS": COOKIE_KEY, "AUTHMW_SESSION_IDLE_TIMEOUT": "inf"}, "finite"),
     ],
 )
 def test_unsafe_or_broken_configuration_fails_at_startup(env: dict[str, str], message: str) -> None:
@@ -174,6 +179,12 @@ def test_from_mapping_rejects_bad_data(data: dict[str, object]) -> None:
 def test_code_configuration_validates_session_settings() -> None:
     with pytest.raises(ConfigurationError):
         SessionSettings(secret_keys=[COOKIE_KEY], idle_timeout=100, touch_interval=50)
+    for name in ("idle_timeout", "absolute_timeout", "touch_interval", "remember_absolute_timeout"):
+        with pytest.raises(ConfigurationError, match="finite"):
+            SessionSettings(secret_keys=[COOKIE_KEY], **{name: float("nan")})
+    for name in ("leeway", "max_lifetime", "access_token_ttl", "refresh_token_ttl", "revocation_grace"):
+        with pytest.raises(ConfigurationError, match="finite"):
+            JWTSettings(algorithms=["HS256"], keys=SECRET, **{name: float("nan")})
     with pytest.raises(ConfigurationError):
         SessionSettings(secret_keys=[COOKIE_KEY], cookie_name="__Host-x", cookie_secure=False)
     assert SessionSettings(secret_keys=[COOKIE_KEY], idle_timeout=100).touch_interval == 25

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -116,9 +117,12 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if value is None or value.strip() == "":
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(number):  # "nan" and "inf" parse, and NaN passes every `<=` check
+        raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
+    return number
 
 
 def _key_material(value: str) -> str | bytes:

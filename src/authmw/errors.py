@@ -7,6 +7,7 @@ turns one into status, headers and an RFC 9457 problem+json body; the shells onl
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ __all__ = [
 
 class ConfigurationError(ValueError):
     """The configuration is unsafe or inconsistent; raised at start-up, never per request."""
+
+    @classmethod
+    def unless_finite(cls, settings: object, *names: str) -> None:
+        """Refuse a NaN or infinite duration: NaN passes every `<=` check, and would turn a limit off."""
+        for name in names:
+            value = getattr(settings, name)
+            if value is not None and not math.isfinite(value):
+                raise cls(f"{type(settings).__name__}.{name} must be a finite number of seconds, not {value!r}")
 
 
 class AuthError(Exception):

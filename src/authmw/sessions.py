@@ -84,6 +84,14 @@ class SessionSettings:
     max_data_bytes: int = 4096
 
     def __post_init__(self) -> None:
+        ConfigurationError.unless_finite(
+            self,
+            "idle_timeout",
+            "absolute_timeout",
+            "touch_interval",
+            "remember_idle_timeout",
+            "remember_absolute_timeout",
+        )
         keys = [k.encode() if isinstance(k, str) else bytes(k) for k in self.secret_keys]
         if not keys:
             raise ConfigurationError("SessionSettings.secret_keys needs at least one key")

@@ -82,6 +82,16 @@ class JWTSettings:
     keyset: KeySet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        ConfigurationError.unless_finite(
+            self,
+            "leeway",
+            "max_lifetime",
+            "access_token_ttl",
+            "refresh_token_ttl",
+            "refresh_family_ttl",
+            "refresh_reuse_grace",
+            "revocation_grace",
+        )
         algorithms = list(self.algorithms)
         if not algorithms:
             raise ConfigurationError("JWTSettings.algorithms must name at least one algorithm")
