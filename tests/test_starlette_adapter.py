@@ -559,6 +559,64 @@ def test_a_mounted_app_authmw_cannot_look_into_has_its_answers_checked(
         assert client.get("/api/plain").status_code == 200
 
 
+def test_a_decorated_endpoint_behind_an_app_authmw_cannot_see_is_never_run_under_another_policy(
+    config: AuthConfig,
+) -> None:
+    """The decorator itself checks, when it is called, that its policy is the one enforced: an endpoint in an app
+    authmw cannot look into never runs under the default (found by review: it ran, and only its answer was
+    withheld; and where that app passed on a copy of the scope, even the answer got out)."""
+    ran: list[str] = []
+
+    @jwt_required(scopes={"items:read"})
+    async def delete_user(request: Request) -> JSONResponse:
+        ran.append(request.path_params["name"])
+        return JSONResponse({"deleted": request.path_params["name"]})
+
+    @jwt_required()
+    async def ws_secret(websocket: WebSocket) -> None:
+        ran.append("ws")
+        await websocket.accept()
+        await websocket.close()
+
+    class Opaque:
+        """Routes by itself; `copy` hands its router a copy of the scope (a common way to rewrite a prefix)."""
+
+        def __init__(self, copy: bool) -> None:
+            self.copy = copy
+            self._router = Router(
+                routes=[
+                    StarletteRoute("/users/{name}", delete_user, methods=["POST"]),
+                    WebSocketRoute("/ws", ws_secret),
+                ]
+            )
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self._router({**scope} if self.copy else scope, receive, send)
+
+    for copy in (False, True):
+        app = Starlette(
+            routes=[Mount("/legacy", app=Opaque(copy))], middleware=[Middleware(AuthMiddleware, config=config)]
+        )
+        with TestClient(app, raise_server_exceptions=False) as client:
+            refused = client.post("/legacy/users/bob")
+            assert refused.status_code == 500 and "policy_not_applied" in refused.text
+            with pytest.raises(WebSocketDisconnect), client.websocket_connect("/legacy/ws") as websocket:
+                websocket.receive_text()
+        assert ran == []
+    # Without the middleware at all, the same: never served unprotected.
+    with TestClient(Starlette(routes=[StarletteRoute("/users/{name}", delete_user, methods=["POST"])])) as client:
+        assert client.post("/users/bob").status_code == 500
+    assert ran == []
+    # Where the policy is enforced, it runs as before (a token from the middleware in front of the same router).
+    direct = Starlette(
+        routes=[StarletteRoute("/users/{name}", delete_user, methods=["POST"])],
+        middleware=[Middleware(AuthMiddleware, config=config)],
+    )
+    with TestClient(direct) as client:
+        assert client.post("/users/bob", headers=bearer(config, {"items:read"})).status_code == 200
+    assert ran == ["bob"]
+
+
 def test_without_routes_to_compile_a_declared_policy_that_was_not_enforced_is_withheld(
     config: AuthConfig, caplog: pytest.LogCaptureFixture
 ) -> None:

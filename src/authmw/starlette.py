@@ -14,6 +14,8 @@ to the same `Route`/`Policy` rules as path configuration, ahead of them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -28,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
 from authmw.asgi import Scope
 from authmw.engine import Authenticator, Exchange
-from authmw.errors import AuthError, ConfigurationError
+from authmw.errors import AuthError, ConfigurationError, PolicyNotApplied, render_error
 from authmw.flows import Flow, run_async
 from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, SESSIONS_ELSEWHERE, TokenService
 from authmw.policy import DEFER, Policy, Route
@@ -65,13 +67,84 @@ R = TypeVar("R", bound=BaseRoute)
 
 
 def policy(value: Policy) -> Callable[[F], F]:
-    """Attach `value` to an endpoint (function, `HTTPEndpoint` class or one of its methods)."""
+    """Attach `value` to an endpoint (function, `HTTPEndpoint` class or one of its methods).
+
+    The middleware compiles it into a rule at the first request. A function (or method) that takes the
+    request or websocket (a parameter named ``request`` or ``websocket``, as `starlette.authentication.requires`
+    asks) also checks, when it is called, that its policy is the one the middleware enforced; when it is not (an
+    app authmw could not look into routed there, or no authmw middleware ran), its body does not run: the answer
+    is a 500 (`PolicyNotApplied`), or a websocket close (1011)."""
 
     def mark(endpoint: F) -> F:
         setattr(endpoint, POLICY_ATTRIBUTE, value)
-        return endpoint
+        return _enforcing(endpoint, value)
 
     return mark
+
+
+def _enforcing(endpoint: F, declared: Policy) -> F:
+    """`endpoint`, refusing to run unless the middleware enforced its policy (see `policy`)."""
+    if isinstance(endpoint, type) or not callable(endpoint):
+        return endpoint  # an HTTPEndpoint class: its rule, and the response check of `AuthMiddleware._guarded`
+    try:
+        parameters = list(inspect.signature(endpoint).parameters)
+    except (TypeError, ValueError):
+        return endpoint
+    names = [name for name in ("request", "websocket") if name in parameters]
+    if not names:
+        return endpoint  # e.g. a FastAPI endpoint that does not take the request: its rule alone
+    name, index = names[0], parameters.index(names[0])
+
+    def refusal(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """None when the enforced policy is `declared`; else what to answer instead of running the endpoint."""
+        conn = kwargs[name] if name in kwargs else args[index] if len(args) > index else None
+        scope = getattr(conn, "scope", None)
+        if not isinstance(scope, dict):
+            return None  # not called by Starlette with a connection: nothing to check against
+        state = scope.get("authmw")
+        enforced = state.policy if state is not None else None
+        # As `compile_routes` ranks them: an HTTPEndpoint's method handler first, then a route's own policy
+        # (with_policy), then the endpoint's.
+        handler = isinstance(scope.get("endpoint"), type)
+        expected = declared if handler else _route_policy(scope.get("route"), endpoint) or declared
+        if enforced == expected:
+            return None
+        label = getattr(endpoint, "__qualname__", repr(endpoint))
+        log.error("authmw: endpoint %s declares %s but %s was enforced; it was not run", label, expected, enforced)
+        if scope.get("type") == "websocket":
+            return _CloseUnauthorizedWebsocket()
+        answer = render_error(
+            PolicyNotApplied("the endpoint declares a policy that was not applied to this request"), realm="authmw"
+        )
+        return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+
+    if inspect.iscoroutinefunction(endpoint):
+
+        @functools.wraps(endpoint)
+        async def enforced_async(*args: Any, **kwargs: Any) -> Any:
+            refused = refusal(args, kwargs)
+            if refused is None:
+                return await endpoint(*args, **kwargs)
+            if isinstance(refused, _CloseUnauthorizedWebsocket):
+                await refused(kwargs[name] if name in kwargs else args[index])
+                return None
+            return refused
+
+        return enforced_async  # type: ignore[return-value]
+
+    @functools.wraps(endpoint)
+    def enforced(*args: Any, **kwargs: Any) -> Any:
+        refused = refusal(args, kwargs)
+        return endpoint(*args, **kwargs) if refused is None else refused
+
+    return enforced  # type: ignore[return-value]
+
+
+class _CloseUnauthorizedWebsocket:
+    """A websocket endpoint's refusal: close before accepting, as for an internal error (1011)."""
+
+    async def __call__(self, websocket: Any) -> None:
+        await websocket.close(code=1011)
 
 
 def public(endpoint: F) -> F:
