@@ -118,10 +118,38 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
         )
         return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
+    # The common case is checked first, inline (a call costs here): Starlette passed the connection positionally
+    # and the middleware enforced this very policy object. Anything else goes to `refusal`.
+    if inspect.iscoroutinefunction(endpoint) and parameters == [name]:  # Starlette's own shape: one argument
+
+        @functools.wraps(endpoint)
+        async def enforced_one(conn: Any = None, **named: Any) -> Any:  # no *args packing: ¼ µs less a request
+            if named:  # FastAPI passes it by name
+                conn = named[name]
+            try:
+                if conn.scope["authmw"].policy is declared:
+                    return await endpoint(conn)
+            except (AttributeError, KeyError, TypeError):
+                pass
+            refused = refusal((conn,), {})
+            if refused is None:
+                return await endpoint(conn)
+            if isinstance(refused, _CloseUnauthorizedWebsocket):
+                await refused(conn)
+                return None
+            return refused
+
+        return enforced_one  # type: ignore[return-value]
+
     if inspect.iscoroutinefunction(endpoint):
 
         @functools.wraps(endpoint)
         async def enforced_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                if args[index].scope["authmw"].policy is declared:
+                    return await endpoint(*args, **kwargs)
+            except (AttributeError, IndexError, KeyError, TypeError):
+                pass
             refused = refusal(args, kwargs)
             if refused is None:
                 return await endpoint(*args, **kwargs)
@@ -134,6 +162,11 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
 
     @functools.wraps(endpoint)
     def enforced(*args: Any, **kwargs: Any) -> Any:
+        try:
+            if args[index].scope["authmw"].policy is declared:
+                return endpoint(*args, **kwargs)
+        except (AttributeError, IndexError, KeyError, TypeError):
+            pass
         refused = refusal(args, kwargs)
         return endpoint(*args, **kwargs) if refused is None else refused
 
