@@ -201,6 +201,8 @@ class JWKSServer:
     status: int = 200
     hits: int = 0
     paths: list[str] = field(default_factory=list)
+    #: a Location header to send (with a 3xx `status`), or None
+    location: str | None = None
 
     def __post_init__(self) -> None:
         server = self
@@ -210,8 +212,10 @@ class JWKSServer:
                 with server._lock:
                     server.hits += 1
                     server.paths.append(self.path)
-                    status, body = server.status, server.body
+                    status, body, location = server.status, server.body, server.location
                 self.send_response(status)
+                if location is not None:
+                    self.send_header("Location", location)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -185,6 +185,16 @@ def test_code_configuration_validates_session_settings() -> None:
     for name in ("leeway", "max_lifetime", "access_token_ttl", "refresh_token_ttl", "revocation_grace"):
         with pytest.raises(ConfigurationError, match="finite"):
             JWTSettings(algorithms=["HS256"], keys=SECRET, **{name: float("nan")})
+    # Sizes and counts: whole numbers within their bounds (found by review: NaN, from TOML say, turned the token
+    # size limit and the cache bound off, and cookies of any size were accepted, against P13).
+    for name, value in (("max_token_bytes", float("nan")), ("max_token_bytes", 10**7), ("cache_size", float("inf"))):
+        with pytest.raises(ConfigurationError, match="whole number"):
+            JWTSettings(algorithms=["HS256"], keys=SECRET, **{name: value})
+    for name, value in (("max_cookie_bytes", 5000), ("max_cookie_bytes", float("nan")), ("max_data_bytes", True)):
+        with pytest.raises(ConfigurationError, match="whole number"):
+            SessionSettings(secret_keys=[COOKIE_KEY], **{name: value})
+    with pytest.raises(ConfigurationError, match="whole number"):
+        AuthConfig.from_mapping({"jwt": {"key": SECRET, "max_token_bytes": float("nan")}})
     with pytest.raises(ConfigurationError):
         SessionSettings(secret_keys=[COOKIE_KEY], cookie_name="__Host-x", cookie_secure=False)
     assert SessionSettings(secret_keys=[COOKIE_KEY], idle_timeout=100).touch_interval == 25

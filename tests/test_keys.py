@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -552,6 +554,40 @@ def test_a_verification_racing_a_rotation_leaves_no_verdict_for_the_removed_key(
     with pytest.raises(InvalidToken):
         rs.verify(old, now=NOW)
     assert rs.cached(old, NOW) is None
+
+
+def test_remote_jwks_redirects_are_followed_only_within_their_scheme(km: KeyMaterial, jwks_server: JWKSServer) -> None:
+    """GHSA-993g-76c3-p5m4: the URL's scheme is checked at start, and a redirect may not change it either (found
+    by review: urllib followed a 302 to ftp://, connecting wherever it pointed)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    redirecting = JWKSServer(status=302, location=f"ftp://127.0.0.1:{listener.getsockname()[1]}/jwks.json")
+    try:
+        keyset = remote(redirecting.url)
+        assert keyset.ensure_fresh() is False
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing came
+        jwks_server.serve_jwks(public_jwk(km.rsa, kid="k1"))
+        redirecting.location = jwks_server.url  # http to http: followed
+        assert keyset.ensure_fresh(force=True) is True
+        assert verifier(keyset).verify(token(km.rsa, "k1"), now=NOW).id == "alice"
+    finally:
+        redirecting.stop()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"refresh_interval": math.nan}, {"min_refresh_interval": math.nan}, {"timeout": math.inf},
+     {"refresh_interval": -1}, {"min_refresh_interval": -1}, {"timeout": 0}],
+)  # fmt: skip
+def test_remote_refresh_settings_must_be_finite_and_positive(settings: dict[str, float]) -> None:
+    """NaN passed every comparison: no refresh schedule, or no rate limit on unknown kids (found by review)."""
+    options = {"refresh_interval": 300.0, "min_refresh_interval": 1.0, "timeout": 2.0, **settings}
+    with pytest.raises(ConfigurationError):
+        KeySet.from_jwks_url("https://issuer.example/jwks.json", **options)
 
 
 def test_remote_jwks_cannot_bring_an_hmac_key_to_an_rs256_route(km: KeyMaterial, jwks_server: JWKSServer) -> None:

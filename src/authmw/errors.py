@@ -44,6 +44,14 @@ class ConfigurationError(ValueError):
             if value is not None and not math.isfinite(value):
                 raise cls(f"{type(settings).__name__}.{name} must be a finite number of seconds, not {value!r}")
 
+    @classmethod
+    def unless_count(cls, settings: object, name: str, low: int, high: int) -> None:
+        """Refuse a size or count that is not a whole number from `low` to `high` (NaN, infinity and huge values
+        would turn a bound off)."""
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise cls(f"{type(settings).__name__}.{name} must be a whole number from {low} to {high}, not {value!r}")
+
 
 class AuthError(Exception):
     """Base of every per-request authentication failure.

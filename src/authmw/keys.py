@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -325,6 +326,21 @@ def _keys_from_jwks(jwks: Mapping[str, Any] | str | bytes, *, strict: bool) -> l
     return keys
 
 
+class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a JWKS URL's redirects only within its own scheme: never to another (file:, ftp:, GHSA-993g-76c3-p5m4)
+    nor from https down to http."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).scheme != urllib.parse.urlsplit(req.full_url).scheme:
+            raise urllib.error.HTTPError(newurl, code, "JWKS redirect to another scheme refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_JWKS_OPENER = urllib.request.build_opener(_SameSchemeRedirects)
+
+
 class RemoteKeySet(KeySet):
     """Keys from a JWKS URL: fetched on first use, re-fetched every `refresh_interval`, and at once (at most
     every `min_refresh_interval`) when a token names an unknown `kid`. If the URL is down the last good keys
@@ -341,6 +357,10 @@ class RemoteKeySet(KeySet):
         self.refresh_interval = refresh_interval
         self.min_refresh_interval = min_refresh_interval
         self.timeout = timeout
+        # NaN would pass the comparisons below and turn off the schedule or the unknown-kid rate limit.
+        ConfigurationError.unless_finite(self, "refresh_interval", "min_refresh_interval", "timeout")
+        if refresh_interval < 0 or min_refresh_interval < 0 or timeout <= 0:
+            raise ConfigurationError("JWKS refresh intervals must not be negative, and the timeout must be positive")
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
         self._loaded = False
@@ -349,7 +369,7 @@ class RemoteKeySet(KeySet):
 
     def _fetch(self) -> bytes:
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})  # noqa: S310
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+        with _JWKS_OPENER.open(request, timeout=self.timeout) as response:
             body: bytes = response.read(1_000_001)
         if len(body) > 1_000_000:
             raise ConfigurationError("JWKS document larger than 1 MB")

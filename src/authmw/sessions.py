@@ -92,6 +92,8 @@ class SessionSettings:
             "remember_idle_timeout",
             "remember_absolute_timeout",
         )
+        ConfigurationError.unless_count(self, "max_cookie_bytes", 1, 4096)  # P13: browsers keep at most 4096
+        ConfigurationError.unless_count(self, "max_data_bytes", 1, 1 << 20)
         keys = [k.encode() if isinstance(k, str) else bytes(k) for k in self.secret_keys]
         if not keys:
             raise ConfigurationError("SessionSettings.secret_keys needs at least one key")

@@ -108,8 +108,8 @@ class JWTSettings:
             raise ConfigurationError(f"leeway must be between 0 and {MAX_LEEWAY:g} seconds")
         if self.max_lifetime <= 0:
             raise ConfigurationError("max_lifetime must be positive")
-        if self.max_token_bytes <= 0 or self.cache_size < 0:
-            raise ConfigurationError("max_token_bytes must be positive and cache_size not negative")
+        ConfigurationError.unless_count(self, "max_token_bytes", 1, 65536)
+        ConfigurationError.unless_count(self, "cache_size", 0, 10_000_000)
         keyset = self.keys if isinstance(self.keys, KeySet) else KeySet.from_key(self.keys)
         for key in keyset.keys:
             if not key.algorithms & chosen:
