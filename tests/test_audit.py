@@ -132,6 +132,18 @@ def test_default_hook_logs_to_the_audit_logger(caplog: pytest.LogCaptureFixture)
     assert any(getattr(r, "authmw", {}).get("reason") == "no_credentials" for r in records)
 
 
+def test_p28_a_newline_in_the_request_path_cannot_forge_an_audit_line(caplog: pytest.LogCaptureFixture) -> None:
+    """ASGI hands the path decoded: %0A is a newline, which the default hook wrote as is, so that one refusal
+    logged a second, forged line (found by review). It is written as an escape now."""
+    app, _ = _app([])
+    with caplog.at_level(logging.INFO, logger="authmw.audit"), TestClient(app) as client:
+        _authenticator(app).auditor.hook = log_event
+        client.get("/account%0Aauthmw login user=forged%0D%5C")
+    lines = [r.getMessage() for r in caplog.records if r.name == "authmw.audit"]
+    assert lines and all("\n" not in line and "\r" not in line for line in lines)
+    assert any("path=/account\\nauthmw login user=forged\\r\\\\" in line for line in lines), lines
+
+
 def test_store_outage_is_an_event_and_a_broken_hook_is_not_a_500() -> None:
     events: list[AuditEvent] = []
     app, _ = _app(events, store=RedisStore.from_url("redis://127.0.0.1:1/0"))

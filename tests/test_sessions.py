@@ -1088,6 +1088,16 @@ def test_p19_a_remembered_cookie_header_is_refused_once_its_signature_is_too_old
     assert _read(_MANAGER, [header]) == (None, True)
 
 
+@pytest.mark.parametrize("user_id", ["bob\nx", "bob\rx", "\x00", "bob\x85"])
+def test_a_user_id_with_control_characters_gets_no_session(user_id: str) -> None:
+    """As a JWT's `sub`: a newline would split the local caches' invalidation messages (a logout-everywhere
+    would miss other processes) and log lines (found by review)."""
+    manager = SessionManager(SessionSettings(secret_keys=[SECRET], store=MemoryStore(), cookie_secure=False))
+    state = SessionState(manager, WSGIRequestView({"REQUEST_METHOD": "POST", "PATH_INFO": "/login"}))
+    with pytest.raises(ValueError, match="control characters"):
+        run_sync(manager.login(state, user_id))
+
+
 def test_a_cookie_signed_by_a_clock_a_little_ahead_is_accepted_one_far_ahead_is_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1402,6 +1412,32 @@ def test_p27_a_store_outage_in_a_wsgi_app_that_starts_late_is_a_503_of_our_own()
         response = client.post("/login")
     assert_problem(response, 503)
     assert response.headers["retry-after"] and b"logged in" not in response.content
+
+
+def test_p27_a_store_outage_after_a_late_start_but_before_any_body_is_a_503_of_our_own() -> None:
+    """The app started its response with start_response, then met the store down before yielding any body: the
+    headers have not gone out (PEP 3333), so our 503 still replaces them (found by review: a 500)."""
+
+    class Down(MemoryStore):
+        def create(self, record: SessionRecord) -> None:
+            raise StoreUnavailable("the store went away")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b""  # an empty chunk sends nothing
+        authmw.wsgi.get_session(environ).login("alice")
+        yield b"logged in"
+
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        assert exc_info is None or statuses, "exc_info only to replace a start"
+        statuses.append(status)
+        return lambda data: None
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "SERVER_NAME": "x", "SERVER_PORT": "80"}
+    body = b"".join(authmw.wsgi.AuthMiddleware(app, make_config(Down()))({**environ, "HTTP_HOST": "x"}, start_response))
+    assert statuses[-1].startswith("503") and b"logged in" not in body and b"temporarily_unavailable" in body
 
 
 def test_closing_a_late_starting_wsgi_response_unread_closes_the_apps_iterable() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -58,8 +59,17 @@ AuditHook = Callable[[AuditEvent], None]
 def log_event(event: AuditEvent) -> None:
     """The default hook: one log line per event on ``authmw.audit`` (INFO; failures and outages WARNING)."""
     level = logging.WARNING if event.kind in ("store_unavailable", "refresh_reuse") else logging.INFO
-    fields = " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time"))
+    # Values are escaped: a request path may hold a newline (decoded %0A), which must not forge a second line.
+    fields = " ".join(f"{k}={_escaped(v)}" for k, v in event.to_dict().items() if k not in ("kind", "time"))
     audit_log.log(level, "authmw %s %s", event.kind, fields, extra={"authmw": event.to_dict()})
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def _escaped(value: Any) -> str:
+    """`value` for a log line: control characters (and the backslash) written as escapes."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), str(value))
 
 
 class Auditor:

@@ -104,10 +104,11 @@ def serve(
         return start_response(status, headers if changed is None else changed, exc_info)
 
     def outage(error: ServiceUnavailable) -> ErrorResponse:
-        """Our 503 for a store outage the app met before it started its response (late, with a chunk)."""
+        """Our 503 for a store outage the app met before any of its body went out (PEP 3333: the headers are
+        sent with the first chunk, so a start_response of the app's own can still be replaced, with exc_info)."""
         exchange = exchange_of()
         refused = auth.error_response(error, exchange.view if exchange is not None else WSGIRequestView(environ), None)
-        start_response(status_line(503), refused.headers)  # the first start: no exc_info to pass
+        start_response(status_line(503), refused.headers, sys.exc_info() if started else None)
         return refused
 
     result = app(environ, start_with_auth_headers)
@@ -115,7 +116,7 @@ def serve(
         _close(result)
         return [failed[0].body]
     if not started:  # start_response may come with the first chunk (PEP 3333)
-        return _LateStart(result, failed, started, outage)
+        return _LateStart(result, failed, outage)
     return result
 
 
@@ -128,7 +129,7 @@ def _close(result: Iterable[bytes]) -> None:
 class _LateStart:
     """The response of an app that had not started it when it returned (PEP 3333 lets start_response come with
     the first chunk): the app's chunks, unless that late start turned into our 503 (its session data could not be
-    saved), or the app met a store outage (`ServiceUnavailable`) before starting: then only our 503's body.
+    saved), or the app met a store outage (`ServiceUnavailable`) before any of its body: then only our 503's body.
     `close()` reaches the app's iterable whether it was iterated or not (a server closes early when the client
     has gone)."""
 
@@ -136,15 +137,14 @@ class _LateStart:
         self,
         result: Iterable[bytes],
         failed: list[ErrorResponse],
-        started: list[bool],
         outage: Callable[[ServiceUnavailable], ErrorResponse],
     ) -> None:
         self._result = result
         self._chunks = iter(result)
         self._failed = failed
-        self._started = started
         self._outage = outage
         self._done = False
+        self._body_sent = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -158,13 +158,15 @@ class _LateStart:
             self._done = True
             raise
         except ServiceUnavailable as error:
-            if self._started:  # the response has started: too late for a 503 of ours
+            if self._body_sent:  # the headers and some of the body are out: too late for a 503 of ours
                 raise
             self._failed.append(self._outage(error))
             chunk = b""
         if self._failed:
             self._done = True
             return self._failed[0].body
+        if chunk:
+            self._body_sent = True
         return chunk
 
     def close(self) -> None:
