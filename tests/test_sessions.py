@@ -50,6 +50,8 @@ import authmw.asgi
 import authmw.sessions
 import authmw.wsgi
 from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Route
+from authmw.engine import Authenticator
+from authmw.errors import MissingCredentials
 from authmw.flows import run_sync
 from authmw.request import ASGIRequestView, WSGIRequestView
 from authmw.sessions import COOKIE_CLOCK_SKEW, SessionManager, SessionSettings, SessionState
@@ -1724,6 +1726,17 @@ def test_login_url_redirects_browsers(memory_lab: Lab) -> None:
     _age_authentication(app, client.cookie, 61)
     stale = client.get("/step-up", headers=html)
     assert stale.status_code == 303 and stale.headers["location"] == "/login-page?next=/step-up"
+    # `next` is always a path of this site: never "//other.example", which a login page following it as given
+    # would send the user off to (found by review).
+    auth = Authenticator(make_config(MemoryStore(), login_url="/login-page"))
+    for path, back in (
+        ("//evil.example/x", "/evil.example/x"),
+        ("///evil.example", "/evil.example"),
+        ("/\\e", "/%5Ce"),
+    ):
+        view = WSGIRequestView({"REQUEST_METHOD": "GET", "PATH_INFO": path, "HTTP_ACCEPT": "text/html"})
+        answer = auth.error_response(MissingCredentials("login", reason="no_credentials"), view, Policy.session())
+        assert answer.status == 303 and dict(answer.headers)["location"] == f"/login-page?next={back}"
 
 
 # --- the data bag ---------------------------------------------------------------------------------------------------

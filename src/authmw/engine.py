@@ -463,7 +463,9 @@ class Authenticator(metaclass=_WatchesSteps):
         ):
             return None
         separator = "&" if "?" in login_url else "?"
-        location = f"{login_url}{separator}next={quote(view.path, safe='/')}"
+        # One leading slash: "//evil.example" would be another site to a login page that follows `next` as given.
+        back = "/" + view.path.lstrip("/")
+        location = f"{login_url}{separator}next={quote(back, safe='/')}"
         return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")
 
 
