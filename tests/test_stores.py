@@ -28,6 +28,7 @@ import redis
 from redis.crc import key_slot
 from tests.conftest import free_port
 
+from authmw.errors import ConfigurationError
 from authmw.stores import MemoryStore, RedisStore, SessionRecord, StoreUnavailable, user_tag
 
 NEVER = 10.0**9  # a touch interval that never slides (a read that must not write)
@@ -498,6 +499,13 @@ def _all_operations(face: Face) -> list[Callable[[], Any]]:
         lambda: face.delete_user("alice"),
         lambda: face.list_user("alice"),
     ]
+
+
+def test_a_redis_url_option_redis_py_does_not_know_fails_at_start_up_without_its_password() -> None:
+    """Found by review: redis-py took the option, then every store call raised a TypeError (a 500 per request)."""
+    with pytest.raises(ConfigurationError, match="unknown_kw") as raised:
+        RedisStore.from_url("redis://:s3cret@127.0.0.1:6379/0?unknown_kw=1")
+    assert "s3cret" not in str(raised.value)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

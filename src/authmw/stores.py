@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from authmw.errors import ServiceUnavailable
+from authmw.errors import ConfigurationError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from authmw.localcache import LocalCache
@@ -799,6 +799,13 @@ class RedisStore:
         pool_options = {"max_connections": max_connections, "timeout": socket_timeout}
         sync_pool = redis.BlockingConnectionPool.from_url(url, **options, **pool_options)
         async_pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options, **pool_options)
+        for pool in (sync_pool, async_pool):
+            # A connection object (nothing connects yet): an option the URL spells wrongly fails here, at
+            # start-up, instead of as a TypeError on every request's first store call.
+            try:
+                pool.connection_class(**pool.connection_kwargs)
+            except TypeError as exc:
+                raise ConfigurationError(f"the Redis URL has an option redis-py does not know: {exc}") from None
         cache = None
         if local_cache:
             # Its own connection, without a read timeout: it waits for messages and pings to detect a dead link.
