@@ -53,7 +53,7 @@ from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Route
 from authmw.engine import Authenticator
 from authmw.errors import MissingCredentials
 from authmw.flows import run_sync
-from authmw.request import ASGIRequestView, WSGIRequestView
+from authmw.request import ASGIRequestView, RequestView, WSGIRequestView
 from authmw.sessions import COOKIE_CLOCK_SKEW, SessionManager, SessionSettings, SessionState
 from authmw.stores import MemoryStore, RedisStore, SessionRecord, StoreUnavailable, user_tag
 
@@ -1732,11 +1732,30 @@ def test_login_url_redirects_browsers(memory_lab: Lab) -> None:
     for path, back in (
         ("//evil.example/x", "/evil.example/x"),
         ("///evil.example", "/evil.example"),
-        ("/\\e", "/%5Ce"),
+        ("/\\evil.example", "/evil.example"),  # a backslash there is a slash to browsers
+        ("/x\\y", "/x%5Cy"),
     ):
         view = WSGIRequestView({"REQUEST_METHOD": "GET", "PATH_INFO": path, "HTTP_ACCEPT": "text/html"})
         answer = auth.error_response(MissingCredentials("login", reason="no_credentials"), view, Policy.session())
         assert answer.status == 303 and dict(answer.headers)["location"] == f"/login-page?next={back}"
+    # An app mounted under /app is returned to under /app (found by review: next= dropped the mount point).
+    mounted: list[RequestView] = [
+        WSGIRequestView(
+            {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/app", "PATH_INFO": "/me", "HTTP_ACCEPT": "text/html"}
+        ),
+        ASGIRequestView(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": "/app/me",
+                "root_path": "/app",
+                "headers": [(b"accept", b"text/html")],
+            }
+        ),
+    ]
+    for view in mounted:
+        answer = auth.error_response(MissingCredentials("login", reason="no_credentials"), view, Policy.session())
+        assert dict(answer.headers)["location"] == "/login-page?next=/app/me"
 
 
 # --- the data bag ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from examples.common import Items
 from examples.starlette_app import app as starlette_example
 from starlette.applications import Starlette
 from starlette.authentication import requires
-from starlette.endpoints import HTTPEndpoint
+from starlette.endpoints import HTTPEndpoint, WebSocketEndpoint
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -615,6 +615,59 @@ def test_a_decorated_endpoint_behind_an_app_authmw_cannot_see_is_never_run_under
     with TestClient(direct) as client:
         assert client.post("/users/bob", headers=bearer(config, {"items:read"})).status_code == 200
     assert ran == ["bob"]
+
+
+def test_the_call_time_check_agrees_with_the_compiled_rules(config: AuthConfig) -> None:
+    """What review found the endpoint check refusing, or letting run: stacked decorators (the outermost wins), an
+    HTTPEndpoint's own HEAD handler, a WebSocketEndpoint's on_connect, and a request shaped like a CORS preflight
+    (decided as public for a CORS middleware to answer) reaching an endpoint that needs a caller."""
+    ran: list[str] = []
+
+    @public
+    @jwt_required()
+    async def outer_wins(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    class Page(HTTPEndpoint):
+        @jwt_required()
+        async def get(self, request: Request) -> PlainTextResponse:
+            return PlainTextResponse("get")
+
+        @jwt_required(scopes={"items:write"})
+        async def head(self, request: Request) -> PlainTextResponse:
+            return PlainTextResponse("")
+
+    class Socket(WebSocketEndpoint):
+        @jwt_required()
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await websocket.accept()
+            await websocket.send_text("hi")
+
+    @jwt_required()
+    async def deletes(request: Request) -> PlainTextResponse:
+        ran.append(request.method)
+        return PlainTextResponse("ran")
+
+    routes = [
+        StarletteRoute("/outer", outer_wins),
+        StarletteRoute("/page", Page),
+        WebSocketRoute("/socket", Socket),
+        StarletteRoute("/deletes", deletes, methods=["GET", "DELETE", "OPTIONS"]),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(AuthMiddleware, config=config)])
+    token = bearer(config, {"items:read"})
+    with TestClient(app) as client:
+        assert client.get("/outer").status_code == 200
+        assert client.get("/page", headers=token).status_code == 200
+        assert client.head("/page", headers=token).status_code == 403  # its own handler's scope
+        with client.websocket_connect("/socket", headers=token) as websocket:
+            assert websocket.receive_text() == "hi"
+        with pytest.raises(WebSocketDisconnect), client.websocket_connect("/socket") as websocket:
+            websocket.receive_text()
+        preflight = {"Origin": "https://other.example", "Access-Control-Request-Method": "DELETE"}
+        assert client.options("/deletes", headers=preflight).status_code == 401
+        assert ran == []
+        assert client.delete("/deletes", headers=token).status_code == 200 and ran == ["DELETE"]
 
 
 def test_without_routes_to_compile_a_declared_policy_that_was_not_enforced_is_withheld(

@@ -463,8 +463,9 @@ class Authenticator(metaclass=_WatchesSteps):
         ):
             return None
         separator = "&" if "?" in login_url else "?"
-        # One leading slash: "//evil.example" would be another site to a login page that follows `next` as given.
-        back = "/" + view.path.lstrip("/")
+        # Where the app is mounted, then the path with one leading slash and no backslash there: "//evil.example"
+        # (or "/\\evil.example", the same to a browser) is another site to a login page that follows `next`.
+        back = view.mount_path.rstrip("/") + "/" + view.path.lstrip("/\\")
         location = f"{login_url}{separator}next={quote(back, safe='/')}"
         return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")
 

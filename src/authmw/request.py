@@ -45,6 +45,11 @@ class RequestView:
     def client(self) -> str | None:
         raise NotImplementedError
 
+    @property
+    def mount_path(self) -> str:
+        """Where the app is mounted (ASGI `root_path`, WSGI `SCRIPT_NAME`): `path` is relative to it."""
+        raise NotImplementedError
+
     def header_values(self, name: str) -> list[str]:
         """Every value of the header `name` (lower-case), in order; values decoded as latin-1."""
         raise NotImplementedError
@@ -59,13 +64,16 @@ class ASGIRequestView(RequestView):
     # Plain attributes (read once, at no cost worth a property call) and no reference to the scope itself: the
     # scope holds the session handle, which holds this view (a cycle would leave every session request's objects
     # to the garbage collector instead of reference counting).
-    __slots__ = ("_headers", "client", "query_string", "scheme")
+    __slots__ = ("_headers", "client", "mount_path", "query_string", "scheme")
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self.is_websocket = websocket = scope["type"] == "websocket"
         self.method_as_sent = method = "GET" if websocket else scope["method"]
         self.method = method if method == "GET" or method == "POST" else method.upper()
-        self.path = route_path(scope) if scope.get("root_path") else scope["path"]
+        root_path = scope.get("root_path")
+        self.path = path = route_path(scope) if root_path else scope["path"]
+        # The mount point, when the path was found under it (route_path then removed it).
+        self.mount_path = root_path if root_path and len(path) < len(scope["path"]) else ""  # type: ignore[misc]
         self._headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.scheme = scope.get("scheme") or ("wss" if websocket else "http")  # type: ignore[misc]
         self.query_string = scope.get("query_string", b"")  # type: ignore[misc]
@@ -126,6 +134,11 @@ class WSGIRequestView(RequestView):
     @property
     def client(self) -> str | None:
         value: str | None = self._environ.get("REMOTE_ADDR")
+        return value
+
+    @property
+    def mount_path(self) -> str:
+        value: str = self._environ.get("SCRIPT_NAME", "")
         return value
 
     def header_values(self, name: str) -> list[str]:

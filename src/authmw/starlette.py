@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
 from authmw.asgi import Scope
 from authmw.engine import Authenticator, Exchange
-from authmw.errors import AuthError, ConfigurationError, PolicyNotApplied, render_error
+from authmw.errors import AuthError, ConfigurationError, MissingCredentials, PolicyNotApplied, render_error
 from authmw.flows import Flow, run_async
 from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, SESSIONS_ELSEWHERE, TokenService
 from authmw.policy import DEFER, Policy, Route
@@ -76,10 +76,16 @@ def policy(value: Policy) -> Callable[[F], F]:
     is a 500 (`PolicyNotApplied`), or a websocket close (1011)."""
 
     def mark(endpoint: F) -> F:
+        # Stacked decorators: the outermost wins, for the rule and for the check alike.
+        endpoint = getattr(endpoint, _ENFORCED, endpoint)
         setattr(endpoint, POLICY_ATTRIBUTE, value)
         return _enforcing(endpoint, value)
 
     return mark
+
+
+#: on an enforcing wrapper: the endpoint it wraps
+_ENFORCED = "__authmw_enforced__"
 
 
 def _enforcing(endpoint: F, declared: Policy) -> F:
@@ -107,8 +113,18 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
         # (with_policy), then the endpoint's.
         handler = isinstance(scope.get("endpoint"), type)
         expected = declared if handler else _route_policy(scope.get("route"), endpoint) or declared
-        if enforced == expected:
-            return None
+        if state is not None and enforced == expected:
+            if state.principal is not None or not expected.auth_required:
+                return None
+            # Decided as a CORS preflight (public), which no CORS middleware answered: the endpoint itself needs a
+            # caller, and there is none.
+            if scope.get("type") == "websocket":
+                return _CloseUnauthorizedWebsocket()
+            auth = scope.get("authmw.authenticator")
+            realm = auth.config.realm if isinstance(auth, Authenticator) else "authmw"
+            missing = MissingCredentials("authentication is required", reason="no_credentials")
+            answer = render_error(missing, realm=realm, bearer="jwt" in expected.accept)
+            return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
         label = getattr(endpoint, "__qualname__", repr(endpoint))
         log.error("authmw: endpoint %s declares %s but %s was enforced; it was not run", label, expected, enforced)
         if scope.get("type") == "websocket":
@@ -119,7 +135,9 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
         return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
     # The common case is checked first, inline (a call costs here): Starlette passed the connection positionally
-    # and the middleware enforced this very policy object. Anything else goes to `refusal`.
+    # and the middleware enforced this very policy object, with a caller if it needs one. Anything else goes to
+    # `refusal`.
+    open_to_anyone = not declared.auth_required
     if inspect.iscoroutinefunction(endpoint) and parameters == [name]:  # Starlette's own shape: one argument
 
         @functools.wraps(endpoint)
@@ -127,7 +145,8 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
             if named:  # FastAPI passes it by name
                 conn = named[name]
             try:
-                if conn.scope["authmw"].policy is declared:
+                state = conn.scope["authmw"]
+                if state.policy is declared and (state.principal is not None or open_to_anyone):
                     return await endpoint(conn)
             except (AttributeError, KeyError, TypeError):
                 pass
@@ -139,6 +158,7 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
                 return None
             return refused
 
+        setattr(enforced_one, _ENFORCED, endpoint)
         return enforced_one  # type: ignore[return-value]
 
     if inspect.iscoroutinefunction(endpoint):
@@ -146,7 +166,8 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
         @functools.wraps(endpoint)
         async def enforced_async(*args: Any, **kwargs: Any) -> Any:
             try:
-                if args[index].scope["authmw"].policy is declared:
+                state = args[index].scope["authmw"]
+                if state.policy is declared and (state.principal is not None or open_to_anyone):
                     return await endpoint(*args, **kwargs)
             except (AttributeError, IndexError, KeyError, TypeError):
                 pass
@@ -158,18 +179,21 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
                 return None
             return refused
 
+        setattr(enforced_async, _ENFORCED, endpoint)
         return enforced_async  # type: ignore[return-value]
 
     @functools.wraps(endpoint)
     def enforced(*args: Any, **kwargs: Any) -> Any:
         try:
-            if args[index].scope["authmw"].policy is declared:
+            state = args[index].scope["authmw"]
+            if state.policy is declared and (state.principal is not None or open_to_anyone):
                 return endpoint(*args, **kwargs)
         except (AttributeError, IndexError, KeyError, TypeError):
             pass
         refused = refusal(args, kwargs)
         return endpoint(*args, **kwargs) if refused is None else refused
 
+    setattr(enforced, _ENFORCED, endpoint)
     return enforced  # type: ignore[return-value]
 
 
@@ -345,11 +369,16 @@ def _endpoint_rules(
     rules: list[Route] = []
     full, regex = _join(prefix, path), _regex(prefix + path)
     if isinstance(endpoint, type) and transport == "http":  # HTTPEndpoint: a policy per method handler
-        for name in ("get", "head", "post", "put", "patch", "delete", "options"):
+        # "head" before "get": a GET rule also covers HEAD, so a handler of its own for HEAD must come first.
+        for name in ("head", "get", "post", "put", "patch", "delete", "options"):
             method_policy = _handler_policy(endpoint, name)
             if method_policy is not None:
                 methods_of = {name.upper()}
                 rules.append(Route(full, method_policy, methods_of, host=host, path_regex=regex, transport=transport))
+    if isinstance(endpoint, type) and transport == "websocket":  # WebSocketEndpoint: the handshake's handler
+        connect_policy = _handler_policy(endpoint, "on_connect")
+        if connect_policy is not None:
+            rules.append(Route(full, connect_policy, host=host, path_regex=regex, transport=transport))
     route_policy = _route_policy(route, endpoint)
     if route_policy is not None:
         rules.append(Route(full, route_policy, methods=methods, host=host, path_regex=regex, transport=transport))

@@ -154,6 +154,10 @@ class _LateStart:
             raise StopIteration
         try:
             chunk = next(self._chunks)
+            # Servers send the headers with the first chunk, even an empty one: hold empty ones back until there
+            # is body, so that an outage met before it can still be answered with our 503.
+            while not chunk and not self._body_sent and not self._failed:
+                chunk = next(self._chunks)
         except StopIteration:
             self._done = True
             raise
