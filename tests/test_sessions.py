@@ -1431,14 +1431,19 @@ def test_p27_a_store_outage_after_a_late_start_but_before_any_body_is_a_503_of_o
         yield b"logged in"
 
     statuses: list[str] = []
+    events: list[str] = []  # a server sends the headers with the first chunk it is handed, even an empty one
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         assert exc_info is None or statuses, "exc_info only to replace a start"
+        assert "chunk" not in events, "a start after the headers went out"
         statuses.append(status)
         return lambda data: None
 
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "SERVER_NAME": "x", "SERVER_PORT": "80"}
-    body = b"".join(authmw.wsgi.AuthMiddleware(app, make_config(Down()))({**environ, "HTTP_HOST": "x"}, start_response))
+    body = b""
+    for chunk in authmw.wsgi.AuthMiddleware(app, make_config(Down()))({**environ, "HTTP_HOST": "x"}, start_response):
+        events.append("chunk")
+        body += chunk
     assert statuses[-1].startswith("503") and b"logged in" not in body and b"temporarily_unavailable" in body
 
 
