@@ -18,7 +18,7 @@ from examples.common import ROUTES as EXAMPLE_ROUTES
 from examples.common import Items
 from examples.flask_app import app as flask_example
 from flask import Blueprint, Flask, current_app, g, jsonify, request
-from flask.views import MethodView
+from flask.views import MethodView, View
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1474,6 +1474,37 @@ def test_a_remembered_decision_gives_way_to_a_new_blueprint_policy() -> None:
     assert [client.get("/reports", headers=headers).status_code for _ in range(2)] == [200, 200]
     auth.blueprint_policy(reports, Policy.jwt(scopes={"admin"}))
     assert client.get("/reports", headers=headers).status_code == 403
+
+
+def test_policies_reach_class_views_blueprints_registered_twice_and_token_endpoints() -> None:
+    """Found by review: a policy on a class-based View's dispatch_request was never read (open to anyone), a
+    blueprint registered a second time under another name lost its policy, and a policy could not be given to
+    `auth.token_view` (a bound method)."""
+    app = Flask(__name__)
+    config = make_config()
+    auth = AuthMW(app, config)
+
+    class Secret(View):
+        @auth.jwt_required
+        def dispatch_request(self) -> Any:
+            return who()
+
+    app.add_url_rule("/secret", view_func=Secret.as_view("secret"))
+    admin = Blueprint("admin", __name__)
+
+    @admin.get("/users")
+    def users() -> Any:
+        return who()
+
+    auth.blueprint_policy(admin, Policy.jwt())
+    app.register_blueprint(admin, url_prefix="/admin")
+    app.register_blueprint(admin, name="admin_v2", url_prefix="/v2/admin")
+    app.add_url_rule("/api/token", view_func=auth.session_required(auth.token_view), methods=["POST"])
+    client = app.test_client()
+    for path in ("/secret", "/admin/users", "/v2/admin/users"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=bearer(config)).status_code == 200, path
+    assert client.post("/api/token").status_code == 401
 
 
 def _reports_app(config: AuthConfig) -> tuple[Flask, AuthMW, Blueprint]:

@@ -6,6 +6,7 @@ the session helpers, websockets refused before accept, and composition with CORS
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from authmw import AuthConfig, JWTSettings, Policy, Principal, Route
+from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Principal, Route
 from authmw.principal import Anonymous
 from authmw.sessions import SessionSettings
 from authmw.starlette import (
@@ -668,6 +669,33 @@ def test_the_call_time_check_agrees_with_the_compiled_rules(config: AuthConfig) 
         assert client.options("/deletes", headers=preflight).status_code == 401
         assert ran == []
         assert client.delete("/deletes", headers=token).status_code == 200 and ran == ["DELETE"]
+
+
+def test_policies_authmw_cannot_apply_faithfully_are_refused_when_declared() -> None:
+    """Found by review: another decorator between two authmw ones was dropped with the inner one (a `requires`
+    there never ran), and a policy on a WebSocketEndpoint's on_receive let the handshake in under another."""
+
+    def audit(view: Any) -> Any:
+        @functools.wraps(view)
+        async def audited(request: Request) -> Any:
+            return await view(request)
+
+        return audited
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    with pytest.raises(ConfigurationError, match="next to each other"):
+        public(audit(jwt_required()(endpoint)))
+    assert public(jwt_required()(endpoint)).__authmw_policy__ == Policy.public()  # type: ignore[attr-defined]
+
+    class Echo(WebSocketEndpoint):
+        @jwt_required()
+        async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+            await websocket.send_text(str(data))
+
+    with pytest.raises(ConfigurationError, match="on_connect"):
+        compile_routes([WebSocketRoute("/echo", Echo)])
 
 
 def test_without_routes_to_compile_a_declared_policy_that_was_not_enforced_is_withheld(

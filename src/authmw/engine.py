@@ -45,6 +45,7 @@ __all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
 log = logging.getLogger("authmw")
 
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # RFC 3986 host (a reg-name or a bracketed IP literal) with an optional numeric port.
 _HOST = re.compile(r"(?P<host>[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.vV]+\])(?::[0-9]+)?")
 
@@ -462,10 +463,14 @@ class Authenticator(metaclass=_WatchesSteps):
             or "text/html" not in (view.header("accept") or "")
         ):
             return None
+        # Where the app is mounted, then the path: one leading slash, no backslash there ("//evil.example", and
+        # "/\\evil.example" to a browser, are another site to a login page that follows `next`), and no control
+        # character anywhere (browsers drop tabs and newlines from URLs: "/\t/evil.example" is "//evil.example").
+        full = view.mount_path.rstrip("/") + "/" + view.path.lstrip("/")
+        if _CONTROL.search(full):
+            return None  # a plain 401 instead
+        back = "/" + full.lstrip("/\\")
         separator = "&" if "?" in login_url else "?"
-        # Where the app is mounted, then the path with one leading slash and no backslash there: "//evil.example"
-        # (or "/\\evil.example", the same to a browser) is another site to a login page that follows `next`.
-        back = view.mount_path.rstrip("/") + "/" + view.path.lstrip("/\\")
         location = f"{login_url}{separator}next={quote(back, safe='/')}"
         return ErrorResponse(303, [("location", location), ("cache-control", "no-store"), ("content-length", "0")], b"")
 

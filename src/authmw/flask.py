@@ -21,6 +21,7 @@ override them.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
@@ -197,6 +198,7 @@ class AuthMW:
 
     def __init__(self, app: Flask | None = None, config: AuthConfig | None = None) -> None:
         self._blueprints: dict[str, Policy] = {}
+        self._blueprint_objects: dict[Blueprint, Policy] = {}
         #: bumped by `blueprint_policy` after it changed a policy: what was memoised or remembered under an earlier
         #: generation is not used again (a request may read the old policy while another thread changes it)
         self._policy_generation = 0
@@ -301,7 +303,16 @@ class AuthMW:
 
     def policy(self, value: Policy) -> Callable[[F], F]:
         def mark(view: F) -> F:
-            setattr(view, POLICY_ATTRIBUTE, value)
+            try:
+                setattr(view, POLICY_ATTRIBUTE, value)
+            except AttributeError:  # e.g. a bound method (``auth.session_required(auth.token_view)``): wrap it
+                bound = view
+
+                @functools.wraps(bound)
+                def view(*args: Any, **kwargs: Any) -> Any:
+                    return bound(*args, **kwargs)
+
+                setattr(view, POLICY_ATTRIBUTE, value)
             return view
 
         return mark
@@ -342,6 +353,8 @@ class AuthMW:
         """The default policy of every view of `blueprint` that has no decorator of its own."""
         name = blueprint if isinstance(blueprint, str) else blueprint.name
         self._blueprints[name] = value
+        if not isinstance(blueprint, str):  # also under every name it is registered with (name=... in Flask)
+            self._blueprint_objects[blueprint] = value
         self._policy_generation += 1  # after the change: a request that read this generation reads the new policy
         for memo in self._policy_memos:
             memo.clear()
@@ -382,12 +395,15 @@ class AuthMW:
             handler = getattr(view_class, method, None)
             if handler is None and method == "head":
                 handler = getattr(view_class, "get", None)
-            candidates = [handler, view_class, view]
+            candidates = [handler, getattr(view_class, "dispatch_request", None), view_class, view]
         for candidate in candidates:
             value = getattr(candidate, POLICY_ATTRIBUTE, None)
             if isinstance(value, Policy):
                 return value
         for name in req.blueprints:  # innermost first; nested ones are named "parent.child"
+            registered = app.blueprints.get(name)
+            if registered is not None and registered in self._blueprint_objects:
+                return self._blueprint_objects[registered]
             for blueprint in (name, name.rsplit(".", 1)[-1]):
                 if blueprint in self._blueprints:
                     return self._blueprints[blueprint]

@@ -105,6 +105,15 @@ def route_path(scope: Mapping[str, Any]) -> str:
     return path
 
 
+def _pep3333_text(value: str) -> str:
+    """A path as routers read it: PEP 3333 hands PATH_INFO and SCRIPT_NAME over as latin-1 text of the raw
+    bytes, which are UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
 class WSGIRequestView(RequestView):
     __slots__ = ("_environ",)
 
@@ -114,12 +123,7 @@ class WSGIRequestView(RequestView):
         self.method_as_sent = method = environ.get("REQUEST_METHOD", "GET")
         self.method = method if method == "GET" or method == "POST" else method.upper()
         # PATH_INFO is what the app routes on; SCRIPT_NAME is the mount point.
-        # PEP 3333 hands the path over as latin-1 text of the raw bytes; routers decode it as UTF-8.
-        raw_path: str = environ.get("PATH_INFO") or "/"
-        try:
-            self.path = raw_path.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            self.path = raw_path.encode("latin-1", "replace").decode("utf-8", "replace")
+        self.path = _pep3333_text(environ.get("PATH_INFO") or "/")
 
     @property
     def scheme(self) -> str:
@@ -138,8 +142,7 @@ class WSGIRequestView(RequestView):
 
     @property
     def mount_path(self) -> str:
-        value: str = self._environ.get("SCRIPT_NAME", "")
-        return value
+        return _pep3333_text(self._environ.get("SCRIPT_NAME", ""))
 
     def header_values(self, name: str) -> list[str]:
         # WSGI servers join repeated fields with commas (RFC 9110 §5.3); parsers below treat commas as malformed.

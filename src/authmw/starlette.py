@@ -76,15 +76,24 @@ def policy(value: Policy) -> Callable[[F], F]:
     is a 500 (`PolicyNotApplied`), or a websocket close (1011)."""
 
     def mark(endpoint: F) -> F:
-        # Stacked decorators: the outermost wins, for the rule and for the check alike.
-        endpoint = getattr(endpoint, _ENFORCED, endpoint)
+        # Stacked directly on another authmw decorator: the outermost wins, for the rule and the check alike.
+        enforced = getattr(endpoint, _ENFORCED, None)
+        if enforced is not None:
+            if enforced[0] is not endpoint:
+                # Another decorator in between (its functools.wraps copied our attribute): which policy it
+                # expects cannot be told, and dropping it would drop its own checks (a `requires`, say).
+                raise ConfigurationError(
+                    f"{getattr(endpoint, '__qualname__', endpoint)!s}: authmw policy decorators must be stacked"
+                    " next to each other (or use one)"
+                )
+            endpoint = enforced[1]
         setattr(endpoint, POLICY_ATTRIBUTE, value)
         return _enforcing(endpoint, value)
 
     return mark
 
 
-#: on an enforcing wrapper: the endpoint it wraps
+#: on an enforcing wrapper: (that wrapper, the endpoint it wraps)
 _ENFORCED = "__authmw_enforced__"
 
 
@@ -158,7 +167,7 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
                 return None
             return refused
 
-        setattr(enforced_one, _ENFORCED, endpoint)
+        setattr(enforced_one, _ENFORCED, (enforced_one, endpoint))
         return enforced_one  # type: ignore[return-value]
 
     if inspect.iscoroutinefunction(endpoint):
@@ -179,7 +188,7 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
                 return None
             return refused
 
-        setattr(enforced_async, _ENFORCED, endpoint)
+        setattr(enforced_async, _ENFORCED, (enforced_async, endpoint))
         return enforced_async  # type: ignore[return-value]
 
     @functools.wraps(endpoint)
@@ -193,7 +202,7 @@ def _enforcing(endpoint: F, declared: Policy) -> F:
         refused = refusal(args, kwargs)
         return endpoint(*args, **kwargs) if refused is None else refused
 
-    setattr(enforced, _ENFORCED, endpoint)
+    setattr(enforced, _ENFORCED, (enforced, endpoint))
     return enforced  # type: ignore[return-value]
 
 
@@ -376,6 +385,11 @@ def _endpoint_rules(
                 methods_of = {name.upper()}
                 rules.append(Route(full, method_policy, methods_of, host=host, path_regex=regex, transport=transport))
     if isinstance(endpoint, type) and transport == "websocket":  # WebSocketEndpoint: the handshake's handler
+        for later in ("on_receive", "on_disconnect"):
+            if _handler_policy(endpoint, later) is not None:
+                # The handshake is where a websocket is authenticated (P29): a policy must be on on_connect or on
+                # the class, never only on a later handler (it would be accepted under another policy).
+                raise ConfigurationError(f"{endpoint.__qualname__}.{later} has a policy: put it on on_connect")
         connect_policy = _handler_policy(endpoint, "on_connect")
         if connect_policy is not None:
             rules.append(Route(full, connect_policy, host=host, path_regex=regex, transport=transport))
