@@ -694,8 +694,19 @@ def test_policies_authmw_cannot_apply_faithfully_are_refused_when_declared() -> 
         async def on_receive(self, websocket: WebSocket, data: Any) -> None:
             await websocket.send_text(str(data))
 
-    with pytest.raises(ConfigurationError, match="on_connect"):
+    with pytest.raises(ConfigurationError, match="handshake"):
         compile_routes([WebSocketRoute("/echo", Echo)])
+
+    class Repeats(WebSocketEndpoint):  # the handshake's own policy, repeated on a later handler: fine
+        @jwt_required()
+        async def on_connect(self, websocket: WebSocket) -> None:
+            await websocket.accept()
+
+        @jwt_required()
+        async def on_receive(self, websocket: WebSocket, data: Any) -> None:
+            await websocket.send_text(str(data))
+
+    assert compile_routes([WebSocketRoute("/echo", Repeats)]) == [Route("/echo", Policy.jwt(), transport="websocket")]
 
 
 def test_without_routes_to_compile_a_declared_policy_that_was_not_enforced_is_withheld(

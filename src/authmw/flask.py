@@ -401,12 +401,16 @@ class AuthMW:
             if isinstance(value, Policy):
                 return value
         for name in req.blueprints:  # innermost first; nested ones are named "parent.child"
+            # The name it is registered under, then the blueprint object (registered again under another name),
+            # then its own short name.
+            if name in self._blueprints:
+                return self._blueprints[name]
             registered = app.blueprints.get(name)
             if registered is not None and registered in self._blueprint_objects:
                 return self._blueprint_objects[registered]
-            for blueprint in (name, name.rsplit(".", 1)[-1]):
-                if blueprint in self._blueprints:
-                    return self._blueprints[blueprint]
+            short = name.rsplit(".", 1)[-1]
+            if short in self._blueprints:
+                return self._blueprints[short]
         return None
 
     # ---- token endpoints (register them with app.add_url_rule) ----

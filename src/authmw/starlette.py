@@ -385,11 +385,13 @@ def _endpoint_rules(
                 methods_of = {name.upper()}
                 rules.append(Route(full, method_policy, methods_of, host=host, path_regex=regex, transport=transport))
     if isinstance(endpoint, type) and transport == "websocket":  # WebSocketEndpoint: the handshake's handler
+        handshake = _handler_policy(endpoint, "on_connect") or _route_policy(route, endpoint)
         for later in ("on_receive", "on_disconnect"):
-            if _handler_policy(endpoint, later) is not None:
-                # The handshake is where a websocket is authenticated (P29): a policy must be on on_connect or on
-                # the class, never only on a later handler (it would be accepted under another policy).
-                raise ConfigurationError(f"{endpoint.__qualname__}.{later} has a policy: put it on on_connect")
+            declared = _handler_policy(endpoint, later)
+            if declared is not None and declared != handshake:
+                # The handshake is where a websocket is authenticated (P29): a later handler's policy must be the
+                # handshake's (on_connect's or the class's), or the socket would be accepted under another.
+                raise ConfigurationError(f"{endpoint.__qualname__}.{later} has a policy the handshake does not")
         connect_policy = _handler_policy(endpoint, "on_connect")
         if connect_policy is not None:
             rules.append(Route(full, connect_policy, host=host, path_regex=regex, transport=transport))
