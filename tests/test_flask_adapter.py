@@ -1511,6 +1511,29 @@ def test_policies_reach_class_views_blueprints_registered_twice_and_token_endpoi
     auth.blueprint_policy("admin_v2", Policy.jwt())
     assert client.get("/admin/users").status_code == 200
     assert client.get("/v2/admin/users").status_code == 401
+    # Two blueprint objects sharing a name (one nested as "api.admin"): each keeps its own policy, and a policy
+    # set by the short name "admin" belongs to the top-level one only (found by review).
+    nested_app = Flask(__name__)
+    nested_auth = AuthMW(nested_app, config)
+    top, inner, api = Blueprint("admin", __name__), Blueprint("admin", __name__), Blueprint("api", __name__)
+    for blueprint in (top, inner):
+
+        @blueprint.get("/users")
+        def listed() -> Any:
+            return who()
+
+    api.register_blueprint(inner, url_prefix="/admin")
+    nested_app.register_blueprint(top, url_prefix="/admin")
+    nested_app.register_blueprint(api, url_prefix="/api")
+    nested_auth.blueprint_policy(top, Policy.jwt())
+    nested_auth.blueprint_policy(inner, Policy.public())
+    nested = nested_app.test_client()
+    assert nested.get("/admin/users").status_code == 401
+    assert nested.get("/api/admin/users").status_code == 200
+    nested_auth.blueprint_policy(inner, Policy.jwt())
+    nested_auth.blueprint_policy("admin", Policy.public())  # the top-level one
+    assert nested.get("/admin/users").status_code == 200
+    assert nested.get("/api/admin/users").status_code == 401
 
 
 def _reports_app(config: AuthConfig) -> tuple[Flask, AuthMW, Blueprint]:

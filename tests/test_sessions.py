@@ -1757,6 +1757,16 @@ def test_login_url_redirects_browsers(memory_lab: Lab) -> None:
                 "headers": [(b"accept", b"text/html")],
             }
         ),
+        # A root path written with a trailing slash (the router does not strip it from the path either).
+        ASGIRequestView(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": "/app/me",
+                "root_path": "/app/",
+                "headers": [(b"accept", b"text/html")],
+            }
+        ),
         # A server of the older ASGI spec, whose path does not include the root path (found by review).
         ASGIRequestView(
             {

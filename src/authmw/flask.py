@@ -351,9 +351,9 @@ class AuthMW:
 
     def blueprint_policy(self, blueprint: Blueprint | str, value: Policy) -> None:
         """The default policy of every view of `blueprint` that has no decorator of its own."""
-        name = blueprint if isinstance(blueprint, str) else blueprint.name
-        self._blueprints[name] = value
-        if not isinstance(blueprint, str):  # also under every name it is registered with (name=... in Flask)
+        if isinstance(blueprint, str):
+            self._blueprints[blueprint] = value
+        else:  # found under every name it is registered with (name=... in Flask), never by a name alone
             self._blueprint_objects[blueprint] = value
         self._policy_generation += 1  # after the change: a request that read this generation reads the new policy
         for memo in self._policy_memos:
@@ -402,14 +402,14 @@ class AuthMW:
                 return value
         for name in req.blueprints:  # innermost first; nested ones are named "parent.child"
             # The name it is registered under, then the blueprint object (registered again under another name),
-            # then its own short name.
+            # then its own short name, unless another blueprint of the app is registered under that name.
             if name in self._blueprints:
                 return self._blueprints[name]
             registered = app.blueprints.get(name)
             if registered is not None and registered in self._blueprint_objects:
                 return self._blueprint_objects[registered]
             short = name.rsplit(".", 1)[-1]
-            if short in self._blueprints:
+            if short in self._blueprints and app.blueprints.get(short, registered) is registered:
                 return self._blueprints[short]
         return None
 

@@ -71,10 +71,12 @@ class ASGIRequestView(RequestView):
         self.method_as_sent = method = "GET" if websocket else scope["method"]
         self.method = method if method == "GET" or method == "POST" else method.upper()
         root_path = scope.get("root_path")
-        self.path = route_path(scope) if root_path else scope["path"]
-        # The mount point: `path` is under it, whether the server included it in the path (route_path removed
-        # it) or, as servers of the older spec do, not.
-        self.mount_path = root_path or ""  # type: ignore[misc]
+        full = scope["path"]
+        self.path = path = route_path(scope) if root_path else full
+        # The mount point, when `path` is under it: the server included it in the path (route_path removed it),
+        # or, as servers of the older spec do, left it out.
+        under = root_path and (len(path) < len(full) or not full.startswith(root_path))
+        self.mount_path = str(root_path) if under else ""  # type: ignore[misc]
         self._headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.scheme = scope.get("scheme") or ("wss" if websocket else "http")  # type: ignore[misc]
         self.query_string = scope.get("query_string", b"")  # type: ignore[misc]
