@@ -1798,6 +1798,11 @@ def test_login_url_redirects_browsers(memory_lab: Lab) -> None:
             assert answer.status == 401
         else:
             assert answer.status == 303 and dict(answer.headers)["location"] == f"/login-page?next={back}"
+    # A lone surrogate (an ASGI path is text) is no URL either: a plain 401, not a 500 from quoting it.
+    odd = ASGIRequestView({"type": "http", "method": "GET", "path": "/\ud800x", "headers": [(b"accept", b"text/html")]})
+    assert (
+        auth.error_response(MissingCredentials("login", reason="no_credentials"), odd, Policy.session()).status == 401
+    )
 
 
 # --- the data bag ---------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from authmw.flows import INLINE, IO, Flow, io_blocking, io_shortcuts, io_store, 
 from authmw.issuer import TokenIssuer, TokenService, jti_key
 from authmw.keys import UnknownKeyId
 from authmw.policy import AMBIGUOUS_PATH, WEBSOCKET, Policy, Route, RouteTable
-from authmw.principal import Principal
+from authmw.principal import CONTROL_CHARACTERS, Principal
 from authmw.request import RequestView, bearer_token, with_identity_headers
 from authmw.sessions import SAFE_METHODS, SessionManager, SessionState
 from authmw.stores import MemoryStore
@@ -45,7 +45,6 @@ __all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
 log = logging.getLogger("authmw")
 
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # RFC 3986 host (a reg-name or a bracketed IP literal) with an optional numeric port.
 _HOST = re.compile(r"(?P<host>[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.vV]+\])(?::[0-9]+)?")
 
@@ -467,7 +466,7 @@ class Authenticator(metaclass=_WatchesSteps):
         # "/\\evil.example" to a browser, are another site to a login page that follows `next`), and no control
         # character anywhere (browsers drop tabs and newlines from URLs: "/\t/evil.example" is "//evil.example").
         full = view.mount_path.rstrip("/") + "/" + view.path.lstrip("/")
-        if _CONTROL.search(full):
+        if CONTROL_CHARACTERS.search(full):
             return None  # a plain 401 instead
         back = "/" + full.lstrip("/\\")
         separator = "&" if "?" in login_url else "?"

@@ -6,6 +6,7 @@ Both also satisfy Starlette's `BaseUser` protocol by shape (`is_authenticated`, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,6 +15,10 @@ from typing import Any, Literal
 __all__ = ["ANONYMOUS", "Anonymous", "AuthScopes", "CredentialKind", "Principal"]
 
 CredentialKind = Literal["session", "jwt"]
+
+#: C0 and C1 controls, DEL and lone surrogates: never in a user id (a JWT's `sub`, a session's user), where a
+#: newline would split the local caches' invalidation messages and log lines, nor in a URL authmw writes
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

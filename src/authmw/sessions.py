@@ -31,7 +31,7 @@ from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
 from authmw.flows import INLINE, IO, Flow, StoreCall, io_shortcuts, io_store, restartable, run_async, run_sync
 from authmw.issuer import restamp_not_before
-from authmw.principal import Principal
+from authmw.principal import CONTROL_CHARACTERS, Principal
 from authmw.request import RequestView
 from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
 
@@ -48,7 +48,6 @@ log = logging.getLogger("authmw")
 
 _SID = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9._-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: how far in the future a session cookie's signature time may be (another host's clock a little ahead), in seconds
 COOKIE_CLOCK_SKEW = 60
 #: methods that change nothing: no cross-site checks for them (websocket handshakes aside)
@@ -424,7 +423,7 @@ class SessionManager:
     def _new_record(
         self, state: SessionState, user_id: str, scopes: Iterable[str], remember: bool, auth_time: float | None
     ) -> SessionRecord:
-        if not isinstance(user_id, str) or not user_id or _CONTROL.search(user_id):
+        if not isinstance(user_id, str) or not user_id or CONTROL_CHARACTERS.search(user_id):
             # Control characters are refused, as in a JWT's `sub`: a newline would split the local caches'
             # invalidation messages (and log lines) in two.
             raise ValueError("a session needs a non-empty user id without control characters")

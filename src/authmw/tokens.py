@@ -22,7 +22,7 @@ from typing import Any
 
 from authmw.errors import ConfigurationError, InvalidToken, ServiceUnavailable
 from authmw.keys import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS, KeySet
-from authmw.principal import Principal
+from authmw.principal import CONTROL_CHARACTERS, Principal
 
 __all__ = ["JWTSettings", "JWTVerifier", "PrincipalFactory"]
 
@@ -34,7 +34,6 @@ MAX_LEEWAY = 120.0
 _CLAIMS_KNOWN = frozenset({"exp", "iat", "nbf", "sub", "iss", "aud", "jti"})
 _COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 _B64_VALUES = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _NOT_ACCESS_TOKEN_CLAIMS = frozenset(("events", "nonce", "at_hash", "c_hash"))  # SETs and ID tokens (P9)
 _ACCESS_TOKEN_USES = ("access", "access_token")
 _MAX_DEPTH = 16
@@ -403,7 +402,7 @@ class JWTVerifier:
             raise InvalidToken("the token lifetime exceeds the allowed maximum", reason="lifetime")
         if "sub" in claims or "sub" in required:
             sub = claims.get("sub")
-            if type(sub) is not str or not sub or _CONTROL.search(sub):
+            if type(sub) is not str or not sub or CONTROL_CHARACTERS.search(sub):
                 raise InvalidToken('the "sub" claim is missing or invalid', reason="bad_sub")
         self._check_issuer_audience(claims)
         if "jti" in claims or "jti" in required:
