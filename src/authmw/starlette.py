@@ -18,7 +18,7 @@ import functools
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
 from starlette.requests import HTTPConnection, Request
@@ -344,11 +344,7 @@ def _inner_routes(container: Mount | Host) -> list[BaseRoute]:
 
 def _holds_static_files(app: Any) -> bool:
     """`StaticFiles`, maybe behind middleware: it serves files, and has no endpoints that could declare a policy."""
-    for _ in range(64):
-        if app is None or isinstance(app, StaticFiles):
-            return app is not None
-        app = getattr(app, "app", None)
-    return False
+    return any(isinstance(each, StaticFiles) for each in _wrapped_apps(app))
 
 
 def _transport(route: Any) -> Literal["http", "websocket"]:
@@ -385,14 +381,14 @@ def _endpoint_rules(
                 methods_of = {name.upper()}
                 rules.append(Route(full, method_policy, methods_of, host=host, path_regex=regex, transport=transport))
     if isinstance(endpoint, type) and transport == "websocket":  # WebSocketEndpoint: the handshake's handler
-        handshake = _handler_policy(endpoint, "on_connect") or _route_policy(route, endpoint)
+        connect_policy = _handler_policy(endpoint, "on_connect")
+        handshake = connect_policy or _route_policy(route, endpoint)
         for later in ("on_receive", "on_disconnect"):
             declared = _handler_policy(endpoint, later)
             if declared is not None and declared != handshake:
                 # The handshake is where a websocket is authenticated (P29): a later handler's policy must be the
                 # handshake's (on_connect's or the class's), or the socket would be accepted under another.
                 raise ConfigurationError(f"{endpoint.__qualname__}.{later} has a policy the handshake does not")
-        connect_policy = _handler_policy(endpoint, "on_connect")
         if connect_policy is not None:
             rules.append(Route(full, connect_policy, host=host, path_regex=regex, transport=transport))
     route_policy = _route_policy(route, endpoint)
@@ -478,14 +474,20 @@ class AuthMiddleware(_ASGIAuthMiddleware):
 def _routes_of(app: Any) -> Any:
     """The routes of the Starlette app or router `app` is, or wraps through middlewares' ``.app`` (Starlette's
     own middleware stack, or ``AuthMiddleware(starlette_app)`` written around it); None if there is none."""
+    for each in _wrapped_apps(app):
+        routes = getattr(each, "routes", None)
+        if routes is not None:
+            return routes
+    return None
+
+
+def _wrapped_apps(app: Any) -> Iterator[Any]:
+    """`app`, then the app each middleware wraps (its ``.app``), in turn: bounded, and never one twice."""
     seen: set[int] = set()
     while app is not None and id(app) not in seen and len(seen) < 64:
         seen.add(id(app))
-        routes = getattr(app, "routes", None)
-        if routes is not None:
-            return routes
+        yield app
         app = getattr(app, "app", None)
-    return None
 
 
 def session(conn: HTTPConnection) -> AsyncSessionHandle:
