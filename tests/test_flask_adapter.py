@@ -1457,9 +1457,8 @@ def test_a_remembered_decision_is_not_reused_when_the_request_also_carries_a_que
         assert client.get("/api/jwt?a=b", headers=headers).status_code == 200
 
 
-def test_a_remembered_decision_gives_way_to_a_new_blueprint_policy() -> None:
+def _reports_app(config: AuthConfig) -> tuple[Flask, AuthMW, Blueprint]:
     app = Flask(__name__)
-    config = make_config()
     auth = AuthMW(app, config)
     reports = Blueprint("reports", __name__)
 
@@ -1469,6 +1468,12 @@ def test_a_remembered_decision_gives_way_to_a_new_blueprint_policy() -> None:
 
     app.register_blueprint(reports)
     auth.blueprint_policy(reports, Policy.jwt())
+    return app, auth, reports
+
+
+def test_a_remembered_decision_gives_way_to_a_new_blueprint_policy() -> None:
+    config = make_config()
+    app, auth, reports = _reports_app(config)
     client = app.test_client()
     headers = bearer(config)
     assert [client.get("/reports", headers=headers).status_code for _ in range(2)] == [200, 200]
@@ -1534,20 +1539,6 @@ def test_policies_reach_class_views_blueprints_registered_twice_and_token_endpoi
     nested_auth.blueprint_policy("admin", Policy.public())  # the top-level one
     assert nested.get("/admin/users").status_code == 200
     assert nested.get("/api/admin/users").status_code == 401
-
-
-def _reports_app(config: AuthConfig) -> tuple[Flask, AuthMW, Blueprint]:
-    app = Flask(__name__)
-    auth = AuthMW(app, config)
-    reports = Blueprint("reports", __name__)
-
-    @reports.get("/reports")
-    def report_view() -> Any:
-        return who()
-
-    app.register_blueprint(reports)
-    auth.blueprint_policy(reports, Policy.jwt())
-    return app, auth, reports
 
 
 def _status_in_a_thread(app: Flask, headers: dict[str, str]) -> tuple[threading.Thread, list[int]]:
