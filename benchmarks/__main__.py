@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -132,7 +133,8 @@ def render(
         "as `current_user` is), and adds the two identity headers (`Vary`, `Cache-Control: no-store`) as the "
         "response starts. The µs targets are shown beside it, and beside how fast this machine runs the bare app "
         "against the one DESIGN.md §4 was written on (bare Starlette ≈ 9 µs, bare Flask ≈ 46 µs).",
-        "- **Redis** on 127.0.0.1:6379 (its own db and key prefix, deleted afterwards). Redis commands per request "
+        "- **Redis** on loopback (127.0.0.1:6379, db 9, unless `--redis-url`), under a key prefix of the run's own: "
+        "exactly those keys are deleted afterwards. Redis commands per request "
         "are counted on the clients, outside the timed rounds.",
         "- **Over HTTP**: each app in its own uvicorn (1 worker, `--no-access-log`, loopback), on the setup "
         "`pip install uvicorn` gives (`--http h11 --loop asyncio`: the targets) and, for the bare app and authmw's "
@@ -197,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int)
     parser.add_argument("--http-seconds", type=float)
     parser.add_argument("--no-profile", action="store_true", help="do not profile the missed targets")
+    parser.add_argument(
+        "--redis-url",
+        help="the Redis to use, on loopback (default: $AUTHMW_BENCH_REDIS_URL, else redis://127.0.0.1:6379/9); "
+        "the run writes under its own key prefix ($AUTHMW_BENCH_PREFIX, else a fresh one) and deletes only those keys",
+    )
     args = parser.parse_args(argv)
     base = SMOKE if args.smoke else FULL
     settings = Settings(**vars(base))
@@ -213,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke and args.write:
         parser.error("--smoke never writes a file")
 
+    if args.redis_url:
+        os.environ["AUTHMW_BENCH_REDIS_URL"] = args.redis_url  # the servers and profiler processes read it too
     url, prefix = redis_url(), run_prefix()
     problem = redis_check(url)
     if problem is not None:
-        print(f"bench: {problem}; start redis-server (127.0.0.1:6379) to run the suite", file=sys.stderr)
+        print(f"bench: {problem}; start redis-server there, or pass --redis-url", file=sys.stderr)
         return 2
     loadgen = overhttp.loadgen_choice(args.loadgen) if "http" in parts else "none"
     if loadgen == "wrk":

@@ -5,12 +5,15 @@ and the statistics (median [min-max]) the report prints.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
+import re
 import statistics
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -36,11 +39,26 @@ TIMES = "\u00d7"  # multiplication sign
 FLOOR_LABEL = "floor: identity middleware checking nothing (dict lookup + identity headers)"
 
 
+def is_loopback(url: str) -> bool:
+    """Whether a redis:// URL names this machine (a remote Redis would time the network, not authmw)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "redis":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def redis_url() -> str:
-    """Redis on loopback, its own db (9) by default; every run also uses its own key prefix and cleans up."""
-    url = os.environ.get("AUTHMW_BENCH_REDIS_URL", DEFAULT_REDIS_URL)
-    if not url.startswith(("redis://127.", "redis://localhost")):
-        raise SystemExit(f"AUTHMW_BENCH_REDIS_URL must point at loopback, not {url!r}")
+    """Redis on loopback (`--redis-url` or AUTHMW_BENCH_REDIS_URL; 127.0.0.1:6379 db 9 by default); every run
+    also uses its own key prefix and deletes exactly its keys."""
+    url = os.environ.get("AUTHMW_BENCH_REDIS_URL") or DEFAULT_REDIS_URL
+    if not is_loopback(url):
+        raise SystemExit(f"the benchmarks' Redis URL must point at loopback (redis://127.0.0.1:...), not {url!r}")
     return url
 
 
@@ -53,14 +71,18 @@ def run_prefix() -> str:
 
 
 def redis_cleanup(url: str, prefix: str) -> int:
-    """Delete every key this run created (all of them carry `prefix`)."""
+    """Delete every key this run created (all of them carry `prefix`) and nothing else: never a FLUSHDB, since the
+    Redis may hold someone's data."""
     import redis
 
+    if not prefix:
+        raise ValueError("an empty prefix would match every key")
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        literal = re.sub(r"([*?\[\]\\])", r"\\\1", prefix)  # glob characters in the prefix match only themselves
+        keys = list(client.scan_iter(match=f"{literal}*", count=1000))
         for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
+            client.unlink(*keys[start : start + 500])
         return len(keys)
     finally:
         client.close()

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 from redis.crc import key_slot
-from tests.conftest import free_port
+from tests.conftest import RedisProcess, free_port, require_binary
 
 from authmw.localcache import LocalCache
 from authmw.stores import RedisStore, RefreshRecord, SessionRecord, StoreUnavailable, user_tag
@@ -44,16 +42,6 @@ TIMEOUT = 1.0  # the socket timeout every store client gets (what RedisStore.fro
 # ---- servers --------------------------------------------------------------------------------------------------------
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed; these tests start private Redis processes"
-        if os.environ.get("AUTHMW_REQUIRE_REDIS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def _free_ports(count: int) -> list[int]:
     ports: list[int] = []
     while len(ports) < count:
@@ -64,43 +52,18 @@ def _free_ports(count: int) -> list[int]:
 
 
 class Processes:
-    """redis-server processes of one fixture; all killed (and reaped) by `kill_all`."""
+    """redis-server processes of one fixture (`tests.conftest.RedisProcess`); all killed (and reaped) by `kill_all`."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.running: dict[int, subprocess.Popen[bytes]] = {}
+        self.running: dict[int, RedisProcess] = {}
 
     def start(self, port: int, *args: str, config: Path | None = None) -> None:
-        argv = [_binary("redis-server"), *([str(config)] if config is not None else [])]
-        argv += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-        argv += ["--logfile", str(self.directory / f"redis-{port}.log"), *args]
-        if config is None:
-            argv += ["--save", "", "--appendonly", "no"]
-        self.running[port] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_ping(port)
-
-    def wait_ping(self, port: int, timeout: float = 10.0) -> None:
-        client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                process = self.running[port]
-                if process.poll() is not None:
-                    log = (self.directory / f"redis-{port}.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server on {port} exited with {process.returncode}:\n{log}")
-                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                    if client.ping():
-                        return
-                assert time.monotonic() < deadline, f"redis-server on {port} not answering after {timeout} s"
-                time.sleep(0.02)
-        finally:
-            client.close()
+        self.running[port] = RedisProcess(self.directory, port=port, args=args, config=config)
+        self.running[port].start()
 
     def kill(self, port: int) -> None:
-        process = self.running.pop(port)
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=5)
+        self.running.pop(port).kill()
 
     def kill_all(self) -> None:
         for port in list(self.running):
@@ -169,7 +132,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 *("--cluster-node-timeout", "2000"),
             )
         nodes = [f"127.0.0.1:{port}" for port in ports[:3]]
-        create = [_binary("redis-cli"), "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        cli = require_binary("redis-cli")
+        create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
         done = subprocess.run(create, capture_output=True, timeout=30, check=False)
         assert done.returncode == 0, done.stdout.decode(errors="replace")[-2000:]
         _wait(lambda: all(_cluster_ok(port) for port in ports[:3]), 15, "cluster_state:ok on every node")

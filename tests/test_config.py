@@ -103,6 +103,40 @@ def test_from_env_session_variables() -> None:
     assert tuple(sessions.trusted_origins) == ("https://app.example", "https://other.example:8443")
 
 
+def test_from_env_redis_prefix_names_the_stores_keys() -> None:
+    """AUTHMW_REDIS_PREFIX is the prefix of every key of the Redis store (nothing connects here)."""
+    base = {"AUTHMW_SECRET_KEYS": COOKIE_KEY, "AUTHMW_REDIS_URL": "redis://127.0.0.1:1/0"}
+    default = AuthConfig.from_env(base).sessions
+    assert default is not None and isinstance(default.store, RedisStore) and default.store.prefix == "authmw:"
+    mine = AuthConfig.from_env(base | {"AUTHMW_REDIS_PREFIX": "shop-1:sessions:"}).sessions
+    assert mine is not None and isinstance(mine.store, RedisStore)
+    assert mine.store.prefix == "shop-1:sessions:" and mine.store.channel == "shop-1:sessions:invalidate"
+    assert mine.store._session_key("abcd.xyz") == "shop-1:sessions:{abcd}:s:xyz"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "is empty"),
+        ("my app:", "whitespace"),
+        ("app:\t", "whitespace"),
+        ("app:\n", "whitespace"),
+        ("caf\u00e9:", "printable ascii"),
+        ("app:\x00", "printable ascii"),
+        ("app{x}:", "'{' or '}'"),
+        ("app}:", "'{' or '}'"),
+    ],
+)
+def test_a_bad_redis_prefix_fails_at_startup_saying_what_to_fix(value: str, problem: str) -> None:
+    env = {"AUTHMW_SECRET_KEYS": COOKIE_KEY, "AUTHMW_REDIS_URL": "redis://127.0.0.1:1/0"}
+    for environ in (env, {"AUTHMW_SECRET_KEYS": COOKIE_KEY}):  # with Redis, and with the in-memory store
+        with pytest.raises(ConfigurationError) as raised:
+            AuthConfig.from_env(environ | {"AUTHMW_REDIS_PREFIX": value})
+        message = str(raised.value)
+        assert "AUTHMW_REDIS_PREFIX" in message and problem in message.lower()
+        assert repr(value) in message and "'authmw:'" in message  # what was given, and what would do
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -5,17 +5,16 @@ plus Redis killed and restarted under a running app (fail closed with 503, recov
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 import redis
-from tests.conftest import APPS, free_port
+from tests.conftest import APPS, RedisProcess, RedisSpace, SessionRedis, gunicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -23,31 +22,29 @@ SECRET = "e2e-session-secret-" + "z" * 40
 JWT_KEY = "e2e-jwt-secret-" + "q" * 40
 
 
-def _env(redis_url: str | None) -> dict[str, str]:
+def _env(space: RedisSpace | None) -> dict[str, str]:
     env = {
         "AUTHMW_SECRET_KEYS": SECRET,
         "AUTHMW_JWT_ALGORITHMS": "HS256",
         "AUTHMW_JWT_KEY": JWT_KEY,
         "AUTHMW_COOKIE_SECURE": "0",
     }
-    if redis_url:
-        env["AUTHMW_REDIS_URL"] = redis_url
+    if space is not None:
+        env |= {"AUTHMW_REDIS_URL": space.url, "AUTHMW_REDIS_PREFIX": space.prefix}
     return env
 
 
 @pytest.fixture(scope="module", params=["starlette-memory", "starlette-redis", "flask-memory", "flask-redis"])
 def app_url(request: pytest.FixtureRequest) -> Iterator[str]:
     framework, store = request.param.split("-")
-    url = None
-    if store == "redis":
-        url = request.getfixturevalue("redis_url")
-        # A database of its own per app; flushed after the module.
-        url = url.rsplit("/", 1)[0] + ("/7" if framework == "starlette" else "/8")
-        redis.Redis.from_url(url).flushdb()
-    with APPS[framework](_env(url)) as server:
+    with ExitStack() as stack:
+        space = None
+        if store == "redis":
+            # A key prefix of its own per app, deleted after the module (the server is gone by then).
+            session_redis: SessionRedis = request.getfixturevalue("session_redis")
+            space = stack.enter_context(session_redis.space(f"e2e-sessions-{framework}"))
+        server = stack.enter_context(APPS[framework](_env(space)))
         yield server.url
-    if url:
-        redis.Redis.from_url(url).flushdb()
 
 
 def _login(url: str, user: str = "alice", password: str = "wonderland") -> httpx.Client:
@@ -139,55 +136,33 @@ def test_api_me_prefers_a_presented_bearer_token_and_never_downgrades(app_url: s
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
-# ---- Redis killed and restarted under a running app ----
-
-
-@contextmanager
-def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
-        for _ in range(50):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        yield process
-    finally:
-        process.kill()
-        process.wait(timeout=5)
+# ---- Redis killed and restarted under a running app (a private redis-server of the test's own) ----
 
 
 @pytest.mark.parametrize("framework", ["starlette", "flask"])
-def test_p27_redis_killed_mid_run_fails_closed_then_recovers(redis_url: str, framework: str) -> None:
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    with redis_server(port) as first, APPS[framework](_env(url)) as app:
-        client = _login(app.url)
-        assert client.get("/account").status_code == 200
-        first.kill()
-        first.wait(timeout=5)
-        started = time.monotonic()
-        down = client.get("/account")
-        assert down.status_code == 503
-        assert down.headers["retry-after"].isdigit()
-        assert down.headers["content-type"] == "application/problem+json"
-        assert time.monotonic() - started < 3
-        assert client.get("/health").status_code == 200  # public routes keep serving
-        assert client.get("/api/me").status_code == 503  # a cookie that cannot be checked is not anonymous
-        with redis_server(port):
+def test_p27_redis_killed_mid_run_fails_closed_then_recovers(tmp_path: Path, framework: str) -> None:
+    private = RedisProcess(tmp_path)
+    private.start()
+    try:
+        with APPS[framework](_env(RedisSpace(private.url, "authmw:"))) as app:  # the server is the test's own
+            client = _login(app.url)
+            assert client.get("/account").status_code == 200
+            private.kill()
+            started = time.monotonic()
+            down = client.get("/account")
+            assert down.status_code == 503
+            assert down.headers["retry-after"].isdigit()
+            assert down.headers["content-type"] == "application/problem+json"
+            assert time.monotonic() - started < 3
+            assert client.get("/health").status_code == 200  # public routes keep serving
+            assert client.get("/api/me").status_code == 503  # a cookie that cannot be checked is not anonymous
+            private.start()  # on the same port
             # The record died with the old server (no persistence): a clean 401, and logging in works again.
             assert client.get("/account").status_code == 401
             again = _login(app.url)
             assert again.get("/account").status_code == 200
+    finally:
+        private.kill()
 
 
 # ---- WS /ws (Starlette): authenticated at the handshake, refused before accept otherwise (P29) ----
@@ -233,28 +208,23 @@ def test_p29_websocket_refused_before_accept(starlette_url: str, case: str) -> N
 
 
 @pytest.mark.parametrize("local_cache", ["0", "1"])
-def test_workers_share_sessions_and_logout_reaches_every_worker(redis_url: str, local_cache: str) -> None:
-    from tests.conftest import gunicorn_server
-
-    url = redis_url.rsplit("/", 1)[0] + "/14"
-    redis.Redis.from_url(url).flushdb()
-    env = _env(url) | {"AUTHMW_LOCAL_CACHE": local_cache}
-    try:
-        with gunicorn_server("examples.flask_app.app:app", env, workers=3) as app:
-            clients = [_login(app.url) for _ in range(3)]
-            for client in clients:
-                for _ in range(10):  # spread over the workers: every one of them knows the session
-                    assert client.get("/account").status_code == 200
-            old = clients[0].cookies.get("authmw_session")
-            assert clients[0].post("/logout").status_code == 303
-            time.sleep(0.1)  # the invalidation's way to the other workers (measured: ~1-20 ms)
-            for _ in range(30):
-                response = httpx.get(app.url + "/account", cookies={"authmw_session": old}, timeout=5)
-                assert response.status_code == 401
-            assert clients[1].post("/logout-everywhere").status_code == 303
-            time.sleep(0.1)
-            for client in clients[1:]:
-                for _ in range(10):
-                    assert client.get("/account").status_code == 401
-    finally:
-        redis.Redis.from_url(url).flushdb()
+def test_workers_share_sessions_and_logout_reaches_every_worker(redis_space: RedisSpace, local_cache: str) -> None:
+    env = _env(redis_space) | {"AUTHMW_LOCAL_CACHE": local_cache}
+    with gunicorn_server("examples.flask_app.app:app", env, workers=3) as app:
+        clients = [_login(app.url) for _ in range(3)]
+        with redis.Redis.from_url(redis_space.url) as admin:  # the sessions live under the prefix given
+            assert len(list(admin.scan_iter(match=redis_space.prefix + "*:s:*"))) == 3
+        for client in clients:
+            for _ in range(10):  # spread over the workers: every one of them knows the session
+                assert client.get("/account").status_code == 200
+        old = clients[0].cookies.get("authmw_session")
+        assert clients[0].post("/logout").status_code == 303
+        time.sleep(0.1)  # the invalidation's way to the other workers (measured: ~1-20 ms)
+        for _ in range(30):
+            response = httpx.get(app.url + "/account", cookies={"authmw_session": old}, timeout=5)
+            assert response.status_code == 401
+        assert clients[1].post("/logout-everywhere").status_code == 303
+        time.sleep(0.1)
+        for client in clients[1:]:
+            for _ in range(10):
+                assert client.get("/account").status_code == 401

@@ -1,6 +1,6 @@
 """End to end: the token rows of DESIGN.md §6 over real HTTP (httpx), on both example apps (the Starlette one under
-uvicorn, the Flask one under gunicorn) and both stores (in-memory; Redis on a database of its own per app, flushed
-before and after).
+uvicorn, the Flask one under gunicorn) and both stores (in-memory; Redis under a key prefix of its own per app,
+whose keys are deleted afterwards).
 
 Login → ``/api/token`` → ``/api/items`` with the access token → refresh → the old refresh token again (401, and
 the whole family revoked) → ``/logout-everywhere`` (earlier access tokens refused) → log in again → new tokens work.
@@ -13,19 +13,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-import redis
-from tests.conftest import APPS
+from tests.conftest import APPS, SessionRedis
 
 pytestmark = pytest.mark.slow
 
 COOKIE_KEY = "e2e-token-cookie-key-" + "c" * 40
 JWT_KEY = "e2e-token-jwt-secret-" + "j" * 40
-REDIS_DB = {"starlette": 10, "flask": 11}
 REFRESH_SHAPE = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 
@@ -48,17 +47,13 @@ def app_url(request: pytest.FixtureRequest) -> Iterator[str]:
         "AUTHMW_COOKIE_SECURE": "0",
         "AUTHMW_ACCESS_TOKEN_TTL": "120",
     }
-    url = None
-    if store == "redis":
-        url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + f"/{REDIS_DB[framework]}"
-        redis.Redis.from_url(url).flushdb()
-        env["AUTHMW_REDIS_URL"] = url
-    try:
-        with APPS[framework](env) as server:
-            yield server.url
-    finally:
-        if url:
-            redis.Redis.from_url(url).flushdb()
+    with ExitStack() as stack:
+        if store == "redis":
+            session_redis: SessionRedis = request.getfixturevalue("session_redis")
+            space = stack.enter_context(session_redis.space(f"e2e-tokens-{framework}"))
+            env |= {"AUTHMW_REDIS_URL": space.url, "AUTHMW_REDIS_PREFIX": space.prefix}
+        server = stack.enter_context(APPS[framework](env))
+        yield server.url
 
 
 def login(url: str, user: str = "alice") -> httpx.Client:

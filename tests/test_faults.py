@@ -20,12 +20,9 @@ import collections
 import contextlib
 import hashlib
 import json
-import os
 import random
 import secrets
-import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -37,8 +34,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import redis
-from tests.conftest import APPS, Server, free_port, gunicorn_server
+from tests.conftest import APPS, RedisProcess, Server, gunicorn_server
 
 from authmw import stores
 from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
@@ -71,80 +67,7 @@ def _token(user: str = "alice", scope: str = "items:read items:write", iat: floa
     return jwt.encode(claims, JWT_KEY, "HS256")
 
 
-# ---- a private redis-server ---------------------------------------------------------------------------------------
-
-
-def _redis_server_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed; these tests start private Redis processes"
-        if os.environ.get("AUTHMW_REQUIRE_REDIS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
-
-
-class RedisProcess:
-    """One redis-server on a loopback port, restartable on the same port and directory (killed by its finalizer)."""
-
-    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
-        self.binary = _redis_server_binary()
-        self.port = free_port()
-        self.directory = directory
-        self.persistent = persistent
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def argv(self) -> list[str]:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-        argv += ["--save", "", "--appendonly", "yes" if self.persistent else "no"]
-        return [*argv, "--logfile", str(self.directory / "redis.log")]
-
-    def start(self, timeout: float = 10.0) -> float:
-        """Start it and wait until it answers PING (after loading its AOF); the monotonic time it did."""
-        assert self.process is None or self.process.poll() is not None, "already running"
-        self.process = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
-                try:
-                    if client.ping():
-                        return time.monotonic()
-                except (redis.ConnectionError, redis.TimeoutError):  # BusyLoadingError is a ConnectionError
-                    pass
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"redis-server on port {self.port} not ready after {timeout} s")
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing flushed by Redis itself."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def terminate(self) -> None:
-        """SIGTERM: Redis's own graceful shutdown (it finishes the AOF)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=10)
+# ---- a private redis-server (tests.conftest.RedisProcess) -----------------------------------------------------------
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -19,7 +20,7 @@ import redis
 import redis.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.conftest import free_port
+from tests.conftest import RedisProcess
 
 from authmw.localcache import LocalCache
 from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
@@ -255,18 +256,16 @@ def test_logout_propagates_to_other_processes_within_milliseconds(redis_url: str
 
 
 @pytest.mark.slow
-def test_revocation_grace_is_an_explicit_opt_in_while_redis_is_down() -> None:
+def test_revocation_grace_is_an_explicit_opt_in_while_redis_is_down(tmp_path: Path) -> None:
     """Issue 6: JWT routes fail closed when the revocation state cannot be read (default); with
     `revocation_grace` and the local cache on, state fetched within the grace answers instead."""
-    from tests.test_e2e_sessions import redis_server
-
-    port = free_port()
-    with redis_server(port) as process:
-        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", prefix="grace:", local_cache=True)
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        store = RedisStore.from_url(server.url, prefix="grace:", local_cache=True)
         _wait_healthy(store)
         assert store.token_state("carol", "jti-9") == (None, False)
-        process.kill()
-        process.wait(5)
+        server.kill()
         cache = store.local_cache
         assert cache is not None
         deadline = time.monotonic() + 5
@@ -278,6 +277,8 @@ def test_revocation_grace_is_an_explicit_opt_in_while_redis_is_down() -> None:
         assert store.token_state("carol", "jti-9", grace=30) == (None, False)
         with pytest.raises(StoreUnavailable):
             store.token_state("carol", "never-seen", grace=30)  # nothing known: still closed
+    finally:
+        server.kill()
 
 
 def _listens_again_in_the_child(store: RedisStore, record_sid: str) -> None:

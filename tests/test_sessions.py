@@ -17,16 +17,14 @@ import inspect
 import io
 import json
 import math
-import os
 import re
 import secrets
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -44,7 +42,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route as StarletteRoute
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
-from tests.conftest import free_port
+from tests.conftest import RedisProcess, free_port
 
 import authmw.asgi
 import authmw.sessions
@@ -1219,51 +1217,9 @@ def test_p23_csrf_token_is_required_when_configured(memory_lab: Lab, monkeypatch
 # --- P27: store faults fail closed ---------------------------------------------------------------------------------
 
 
-class RedisProcess:
-    """A private redis-server on a free port, no persistence: killed and restarted by the test."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("AUTHMW_REQUIRE_REDIS") == "1":
-                pytest.fail("redis-server is not installed")
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    if client.ping():
-                        return
-                except redis.exceptions.RedisError:
-                    time.sleep(0.05)
-            raise RuntimeError("redis-server did not start")
-        finally:
-            client.close()
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 @pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    server = RedisProcess()
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
     server.start()
     try:
         yield server

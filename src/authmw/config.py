@@ -89,7 +89,8 @@ class AuthConfig:
         `AUTHMW_JWT_SIGNING_KEY` and `AUTHMW_ACCESS_TOKEN_TTL` refine it.
 
         Sessions are always on: `AUTHMW_SECRET_KEYS` (unset: a random key, with a warning),
-        `AUTHMW_REDIS_URL` (unset: the in-memory store), `AUTHMW_COOKIE_SECURE`,
+        `AUTHMW_REDIS_URL` (unset: the in-memory store), `AUTHMW_REDIS_PREFIX` (the Redis key prefix, default
+        ``authmw:``), `AUTHMW_COOKIE_SECURE`,
         `AUTHMW_SESSION_IDLE_TIMEOUT`, `AUTHMW_SESSION_ABSOLUTE_TIMEOUT`, `AUTHMW_TRUSTED_ORIGINS`,
         `AUTHMW_LOGIN_URL`.
         """
@@ -197,6 +198,27 @@ def _jwt_from_env(env: Mapping[str, str]) -> JWTSettings | None:
     )
 
 
+def _redis_prefix(env: Mapping[str, str]) -> str:
+    """`AUTHMW_REDIS_PREFIX`, checked: every Redis key of the store starts with it."""
+    value = env.get("AUTHMW_REDIS_PREFIX")
+    if value is None:
+        return "authmw:"
+    if not value:
+        problem = "is empty"
+    elif not all("!" <= char <= "~" for char in value):
+        problem = "must be printable ASCII without spaces or other whitespace"
+    elif "{" in value or "}" in value:
+        # The store puts a Redis Cluster hash tag `{...}` right after the prefix; a brace in the prefix changes
+        # what the Cluster hashes (with `{x}` in it, every key of every user lands in one slot).
+        problem = "must not contain '{' or '}' (the store adds its Redis Cluster hash tag after the prefix)"
+    else:
+        return value
+    raise ConfigurationError(
+        f"AUTHMW_REDIS_PREFIX {problem}, got {value!r}: set it to a key prefix such as 'myapp:' "
+        "or unset it for the default 'authmw:'"
+    )
+
+
 def _sessions_from_env(env: Mapping[str, str]) -> SessionSettings:
     keys = _split(env.get("AUTHMW_SECRET_KEYS"))
     if not keys:
@@ -206,11 +228,12 @@ def _sessions_from_env(env: Mapping[str, str]) -> SessionSettings:
         )
         keys = [secrets.token_urlsafe(48)]
     redis_url = env.get("AUTHMW_REDIS_URL") or None
+    prefix = _redis_prefix(env)  # checked even without Redis: a wrong value is still a mistake to report
     secure = _flag(env, "AUTHMW_COOKIE_SECURE", True)
     idle = _number(env, "AUTHMW_SESSION_IDLE_TIMEOUT", 1800.0)
     return SessionSettings(
         secret_keys=keys,
-        store=RedisStore.from_url(redis_url, local_cache=_flag(env, "AUTHMW_LOCAL_CACHE"))
+        store=RedisStore.from_url(redis_url, prefix=prefix, local_cache=_flag(env, "AUTHMW_LOCAL_CACHE"))
         if redis_url
         else MemoryStore(),
         idle_timeout=idle,
