@@ -4,28 +4,33 @@ real Redis; errors are one line and an exit code, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import httpx
 import jwt
 import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from authmw import AuthConfig, JWTSettings, JWTVerifier, KeySet
-from authmw.cli import jwk_thumbprint, main
-from authmw.issuer import TokenIssuer
+from authmw import AuthConfig, JWTSettings, JWTVerifier, KeySet, Policy
+from authmw.asgi import AuthMiddleware
+from authmw.cli import DEFAULT_PREFIX, EXIT_BROKEN_PIPE, build_parser, jwk_thumbprint, main
+from authmw.issuer import TokenIssuer, jti_key
 from authmw.sessions import SessionSettings, session_handle
 from authmw.stores import RedisStore, RefreshRecord, SessionRecord, user_tag
 from authmw.testing import session_cookie
@@ -33,13 +38,16 @@ from authmw.testing import session_cookie
 SECRET = "s" * 40
 JWT_KEY = "k" * 40
 UNREACHABLE = "redis://127.0.0.1:1/0"
+ROOT = Path(__file__).resolve().parent.parent
+#: what the CLI reads besides AUTHMW_JWT_* and AUTHMW_ACCESS_TOKEN_*
+REDIS_VARIABLES = ("AUTHMW_REDIS_URL", "AUTHMW_REDIS_PREFIX")
 
 
 @pytest.fixture(autouse=True)
 def _no_authmw_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI reads AUTHMW_*; the developer's own settings must not leak into these tests."""
     for name in list(os.environ):
-        if name.startswith(("AUTHMW_JWT_", "AUTHMW_ACCESS_TOKEN_")) or name == "AUTHMW_REDIS_URL":
+        if name.startswith(("AUTHMW_JWT_", "AUTHMW_ACCESS_TOKEN_")) or name in REDIS_VARIABLES:
             monkeypatch.delenv(name)
 
 
@@ -87,6 +95,7 @@ COMMANDS = [
     ["sessions", "revoke"],
     ["sessions", "revoke-all"],
     ["tokens"],
+    ["tokens", "revoke"],
     ["tokens", "revoke-all"],
 ]
 
@@ -126,6 +135,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ["sessions", "revoke", "alice"],
         ["sessions", "revoke-all", "alice", "--ttl", "-5"],
         ["tokens", "revoke-all"],
+        ["tokens", "revoke", "a.b.c", "--jti", "x"],
+        ["tokens", "revoke", "--jti", "x", "--sub", "alice", "--exp", "soon"],
+        ["tokens", "revoke", "--jti", "x", "--sub", "alice", "--exp", "nan"],
     ],
     ids=lambda argv: " ".join(argv) or "nothing",
 )
@@ -234,7 +246,8 @@ def test_key_pair_refuses_to_overwrite_unless_forced(capsys: pytest.CaptureFixtu
     assert stat.S_IMODE((out_dir / "private.pem").stat().st_mode) == 0o600
     for name, old in before.items():
         assert (out_dir / name).read_bytes() != old
-    assert sorted(p.name for p in out_dir.iterdir()) == ["jwks.json", "private.pem", "public.pem"]  # no temp files
+    # no temp files; the .gitignore written the first time is kept
+    assert sorted(p.name for p in out_dir.iterdir()) == [".gitignore", "jwks.json", "private.pem", "public.pem"]
 
     # --out naming a file
     not_dir = tmp_path / "file"
@@ -242,6 +255,49 @@ def test_key_pair_refuses_to_overwrite_unless_forced(capsys: pytest.CaptureFixtu
     code, _, err = run(capsys, "keys", "ed25519", "--out", str(not_dir))
     assert code == 1
     assert "not a directory" in err
+
+
+def git(cwd: Path, *argv: str) -> str:
+    result = subprocess.run(["git", *argv], cwd=cwd, capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_key_pair_directory_is_never_committed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`authmw keys rsa --out keys/` inside a working tree: `git add .` must not take the private key."""
+    git(tmp_path, "init", "-q")
+    (tmp_path / "app.py").write_text("print('hello')\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "keys", "rsa", "--bits", "2048", "--out", "keys/")
+    assert code == 0, err
+    ignore = tmp_path / "keys" / ".gitignore"
+    assert "*" in ignore.read_text().splitlines()
+    assert f"wrote {ignore}" in err and "git" in err
+    assert ".gitignore" not in out  # stdout stays the files and the AUTHMW_* lines
+    git(tmp_path, "add", ".")
+    assert git(tmp_path, "ls-files").split() == ["app.py"]
+
+    # --force again: the .gitignore is there already, so it is neither rewritten nor announced
+    ignore.write_text("*\n# mine\n")
+    code, _, err = run(capsys, "keys", "rsa", "--bits", "2048", "--out", "keys/", "--force")
+    assert code == 0, err
+    assert (ignore.read_text(), err) == ("*\n# mine\n", "")
+
+    # a directory with its own .gitignore keeps it
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / ".gitignore").write_text("private.pem\n")
+    code, _, err = run(capsys, "keys", "ed25519", "--out", str(own))
+    assert code == 0, err
+    assert ((own / ".gitignore").read_text(), err) == ("private.pem\n", "")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_repository_ignores_keys() -> None:
+    ignored = git(ROOT, "check-ignore", "--no-index", "keys/private.pem")
+    assert ignored.strip() == "keys/private.pem"
 
 
 def test_jwk_thumbprint_matches_rfc_7638() -> None:
@@ -371,8 +427,49 @@ def test_mint_from_the_environment(capsys: pytest.CaptureFixture[str], monkeypat
     code, out, _ = run(capsys, "token", "mint", "--sub", "carol", "--json")
     document = json.loads(out)
     assert document["claims"]["sub"] == "carol"
-    assert document["header"]["typ"] == "JWT"
+    assert document["header"] == {"alg": "HS256", "typ": "JWT"}
     assert JWTVerifier(settings).verify(document["token"]).id == "carol"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [["--key", "x" * 48, "--alg", "HS384"], ["--key", "x" * 48, "--kid", "v2"], ["--key-file", "ed25519"]],
+    ids=["hs384", "kid", "ed25519"],
+)
+def test_mint_json_prints_the_tokens_own_header(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, source: list[str]
+) -> None:
+    if source[-1] == "ed25519":
+        assert run(capsys, "keys", "ed25519", "--out", str(tmp_path))[0] == 0
+        source = ["--key-file", str(tmp_path / "private.pem")]
+    code, out, err = run(capsys, "token", "mint", "--sub", "alice", "--json", *source)
+    assert code == 0, err
+    document = json.loads(out)
+    header = jwt.get_unverified_header(document["token"])
+    assert document["header"] == header
+    assert header["alg"] in ("HS384", "HS256", "EdDSA")
+    assert document["claims"] == claims_of(document["token"])
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess: no AUTHMW_* of the developer's, and Python's default (block) buffering."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHMW_") and k != "PYTHONUNBUFFERED"}
+    return {**env, **extra}
+
+
+def test_mint_for_a_readme(tmp_path: Path) -> None:
+    """The line a README gives: `AUTHMW_JWT_ALGORITHMS=HS256 AUTHMW_JWT_KEY=… authmw token mint --sub alice
+    --scope items:read` prints the token and nothing else on stdout, so `TOKEN=$(…)` works."""
+    env = clean_environment(AUTHMW_JWT_ALGORITHMS="HS256", AUTHMW_JWT_KEY=JWT_KEY)
+    script = Path(sys.executable).parent / "authmw"
+    argv = [str(script), "token", "mint", "--sub", "alice", "--scope", "items:read"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [token] = result.stdout.splitlines()
+    assert result.stdout == token + "\n"
+    principal = JWTVerifier(JWTSettings(algorithms=["HS256"], keys=JWT_KEY)).verify(token)
+    assert (principal.id, principal.scopes) == ("alice", {"items:read"})
+    assert "Traceback" not in result.stderr
 
 
 def test_mint_with_generated_keys(
@@ -658,6 +755,277 @@ def test_a_cli_revocation_reaches_local_caches(capsys: pytest.CaptureFixture[str
         cached.client.close()
 
 
+@pytest.mark.redis
+def test_prefix_defaults_to_the_environment(
+    capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str, store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTHMW_REDIS_URL", redis_url)
+    monkeypatch.setenv("AUTHMW_REDIS_PREFIX", prefix)
+    login(store, "alice")
+    code, out, err = run(capsys, "sessions", "list", "alice", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)) == 1
+    assert run(capsys, "tokens", "revoke-all", "alice")[0] == 0
+    assert store.token_state("alice", None)[0] is not None
+    # --prefix wins over the environment
+    code, out, _ = run(capsys, "sessions", "list", "alice", "--json", "--prefix", f"{prefix}other:")
+    assert (code, json.loads(out)) == (0, [])
+    # set but empty: a mistake, as the middleware's configuration says too
+    monkeypatch.setenv("AUTHMW_REDIS_PREFIX", "")
+    code, out, err = run(capsys, "sessions", "list", "alice")
+    assert (code, out) == (2, "")
+    assert "AUTHMW_REDIS_PREFIX" in err
+
+
+def test_prefix_default_without_the_environment() -> None:
+    assert build_parser().parse_args(["sessions", "list", "alice"]).prefix is None  # resolved when used
+    assert DEFAULT_PREFIX == "authmw:"
+    assert RedisStore(client=object()).prefix == DEFAULT_PREFIX  # the library's own default
+
+
+# --------------------------------------------------------------------------------------------------
+# tokens revoke: one access token on the middleware's jti denylist
+
+
+def bearer_app(store: RedisStore, **settings: Any) -> AuthMiddleware:
+    """The middleware as a deployment runs it: bearer JWTs, revocations in the Redis store."""
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    jwt_settings = JWTSettings(algorithms=["HS256"], keys=JWT_KEY, revocation_store=store, **settings)
+    return AuthMiddleware(ok, AuthConfig(jwt=jwt_settings, default=Policy.jwt()))
+
+
+Check = Callable[[str], Awaitable[str]]
+
+
+def with_app(app: AuthMiddleware, scenario: Callable[[Check], Awaitable[None]]) -> None:
+    """Run `scenario` with `check(token)`: "ok", or the error code of the 401 the app answers."""
+
+    async def session() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+
+            async def check(token: str) -> str:
+                response = await client.get("/api/items", headers={"Authorization": f"Bearer {token}"})
+                if response.status_code == 200:
+                    return "ok"
+                assert response.status_code == 401, response.text
+                challenge = response.headers["www-authenticate"]
+                return challenge.split('error="', 1)[1].split('"', 1)[0]
+
+            await scenario(check)
+
+    asyncio.run(session())
+
+
+def mint(capsys: pytest.CaptureFixture[str], user: str = "alice") -> str:
+    code, out, err = run(capsys, "token", "mint", "--sub", user, "--scope", "items:read")
+    assert code == 0, err
+    return out.strip()
+
+
+def denied_keys(redis_url: str, prefix: str) -> dict[str, int]:
+    """The jti denylist entries under `prefix`: key -> milliseconds left."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return {key.decode(): client.pttl(key) for key in client.scan_iter(match=f"{prefix}*:jti:*")}
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def jwt_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHMW_JWT_ALGORITHMS", "HS256")
+    monkeypatch.setenv("AUTHMW_JWT_KEY", JWT_KEY)
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("jwt_environment")
+def test_tokens_revoke_denies_one_token(
+    capsys: pytest.CaptureFixture[str],
+    redis_url: str,
+    prefix: str,
+    store: RedisStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    revoked, sibling, piped, dashed = (mint(capsys) for _ in range(4))
+    bob = mint(capsys, "bob")
+
+    async def scenario(check: Check) -> None:
+        for token in (revoked, sibling, piped, dashed, bob):
+            assert await check(token) == "ok"  # accepted, and remembered by this process
+
+        code, out, err = run(capsys, "tokens", "revoke", revoked, *redis_args(redis_url, prefix))
+        assert code == 0, err
+        assert f"revoked token {claims_of(revoked)['jti']} of user alice" in out
+        assert revoked not in out + err  # the token is a bearer secret
+        assert await check(revoked) == "invalid_token"
+        assert await check(sibling) == "ok"
+        assert await check(bob) == "ok"
+
+        # from stdin: no argument, or -
+        monkeypatch.setattr(sys, "stdin", io.StringIO(piped + "\n"))
+        assert run(capsys, "tokens", "revoke", *redis_args(redis_url, prefix))[0] == 0
+        monkeypatch.setattr(sys, "stdin", io.StringIO(dashed))
+        assert run(capsys, "tokens", "revoke", "-", *redis_args(redis_url, prefix))[0] == 0
+        assert [await check(token) for token in (piped, dashed, sibling)] == ["invalid_token", "invalid_token", "ok"]
+
+    with_app(bearer_app(store), scenario)
+
+    # Denied until exp plus the leeway (30 s by default), under the key the middleware reads (issuer.jti_key).
+    claims = claims_of(revoked)
+    key = store._user_key("alice", "jti", jti_key(None, claims["jti"]))
+    left = denied_keys(redis_url, prefix)
+    assert len(left) == 3
+    expected = (claims["exp"] + 30 - time.time()) * 1000
+    assert expected - 5000 < left[key] <= expected + 1000  # the server's clock and milliseconds
+    assert store.token_state("alice", jti_key(None, claims["jti"])) == (None, True)
+
+    # again: nothing changes, still done
+    assert run(capsys, "tokens", "revoke", revoked, *redis_args(redis_url, prefix))[0] == 0
+    assert len(denied_keys(redis_url, prefix)) == 3
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("jwt_environment")
+def test_tokens_revoke_reaches_other_processes_caches(
+    capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str
+) -> None:
+    """A middleware process with a local cache, which saw the token accepted, refuses it once the CLI revoked it."""
+    cached = RedisStore.from_url(redis_url, prefix=prefix, local_cache=True)
+    cache = cached.local_cache
+    assert cache is not None
+    revoked, sibling = mint(capsys), mint(capsys)
+
+    async def scenario(check: Check) -> None:
+        cache.ensure_listening()
+        deadline = time.monotonic() + 5
+        while not cache.healthy:
+            assert time.monotonic() < deadline, "the invalidation channel never came up"
+            await asyncio.sleep(0.01)
+        assert [await check(revoked), await check(sibling)] == ["ok", "ok"]
+        assert run(capsys, "tokens", "revoke", revoked, *redis_args(redis_url, prefix))[0] == 0
+        deadline = time.monotonic() + 1
+        while await check(revoked) == "ok":
+            assert time.monotonic() < deadline, "the CLI's revocation never reached the local cache"
+            await asyncio.sleep(0.005)
+        assert await check(revoked) == "invalid_token"
+        assert await check(sibling) == "ok"
+
+    try:
+        with_app(bearer_app(cached), scenario)
+    finally:
+        cache.close()
+        cached.client.close()
+
+
+@pytest.mark.redis
+def test_tokens_revoke_by_jti(
+    capsys: pytest.CaptureFixture[str],
+    redis_url: str,
+    prefix: str,
+    store: RedisStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUTHMW_JWT_KEY", JWT_KEY)
+    monkeypatch.setenv("AUTHMW_JWT_ISSUER", "https://issuer.example")
+    revoked, sibling, other = mint(capsys), mint(capsys), mint(capsys)
+
+    def by_claims(token: str, *extra: str) -> tuple[int, str, str]:
+        claims = claims_of(token)
+        named = ["--jti", claims["jti"], "--sub", claims["sub"], "--exp", str(claims["exp"])]
+        return run(capsys, "tokens", "revoke", *named, *extra, *redis_args(redis_url, prefix))
+
+    async def scenario(check: Check) -> None:
+        # --iss defaults to the one configured issuer: it is part of the denylist key
+        code, out, err = by_claims(revoked)
+        assert code == 0, err
+        assert f"revoked token {claims_of(revoked)['jti']} of user alice" in out
+        assert [await check(revoked), await check(sibling)] == ["invalid_token", "ok"]
+        code, _, err = by_claims(other, "--iss", "https://issuer.example")
+        assert code == 0, err
+        assert [await check(other), await check(sibling)] == ["invalid_token", "ok"]
+        # an issuer that is not accepted names no token that could be accepted
+        code, out, err = by_claims(sibling, "--iss", "https://elsewhere.example")
+        assert (code, out) == (2, "")
+        assert "--iss" in err
+        assert await check(sibling) == "ok"
+
+    with_app(bearer_app(store, issuer="https://issuer.example"), scenario)
+    assert len(denied_keys(redis_url, prefix)) == 2
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("jwt_environment")
+def test_tokens_revoke_expired_and_invalid_tokens(
+    capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = int(time.time())
+
+    def token(key: str = JWT_KEY, **claims: Any) -> str:
+        return jwt.encode({"sub": "alice", "iat": now, "exp": now + 60, "jti": uuid4().hex, **claims}, key, "HS256")
+
+    args = redis_args(redis_url, prefix)
+    # expired (past the leeway): nothing to do, and nothing written; not even Redis is needed
+    for argv in ([token(iat=now - 600, exp=now - 60)], ["--jti", "old", "--sub", "alice", "--exp", str(now - 60)]):
+        code, out, err = run(capsys, "tokens", "revoke", *argv, "--redis-url", UNREACHABLE)
+        assert code == 0, err
+        assert "expired" in out and "nothing to revoke" in out
+    # within the leeway the middleware still accepts it: denied
+    assert run(capsys, "tokens", "revoke", token(iat=now - 600, exp=now - 5), *args)[0] == 0
+    assert len(denied_keys(redis_url, prefix)) == 1
+
+    monkeypatch.setenv("AUTHMW_JWT_ISSUER", "https://issuer.example")
+    no_jti = jwt.encode({"sub": "alice", "iat": now, "exp": now + 60, "iss": "https://issuer.example"}, JWT_KEY)
+    cases = [
+        (token("f" * 40, iss="https://issuer.example"), "signature"),
+        ("not a token", "not a compact JWS"),
+        (no_jti, "no jti"),
+        (token(iss="https://elsewhere.example"), "issuer"),
+    ]
+    for text, message in cases:
+        code, out, err = run(capsys, "tokens", "revoke", text, *args)
+        assert (code, out) == (1, ""), (message, err)
+        assert err.startswith("authmw: error:") and message in err, err
+        assert text not in err
+    assert len(denied_keys(redis_url, prefix)) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--jti", "x", "--sub", "alice"], "--exp"),
+        (["--jti", "x", "--exp", "{soon}"], "--sub"),
+        (["a.b.c", "--sub", "alice"], "go with --jti"),
+        (["--jti", "x", "--sub", "alice", "--exp", "{soon_ms}"], "seconds"),
+        (["--jti", "", "--sub", "alice", "--exp", "{soon}"], "empty"),
+    ],
+    ids=["no-exp", "no-sub", "sub-with-token", "exp-in-ms", "empty-jti"],
+)
+@pytest.mark.usefixtures("jwt_environment")
+def test_tokens_revoke_argument_errors(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    soon = int(time.time()) + 60
+    argv = [arg.format(soon=soon, soon_ms=soon * 1000) for arg in argv]
+    code, out, err = run(capsys, "tokens", "revoke", *argv, "--redis-url", UNREACHABLE)
+    assert (code, out) == (2, "")
+    assert err.startswith("authmw: error:") and message in err, err
+
+
+def test_tokens_revoke_needs_jwt_configuration_and_a_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, err = run(capsys, "tokens", "revoke", "a.b.c", "--redis-url", UNREACHABLE)
+    assert (code, out) == (2, "")
+    assert "no JWT configuration" in err and "AUTHMW_JWT_KEY" in err
+    monkeypatch.setenv("AUTHMW_JWT_KEY", JWT_KEY)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("  \n"))
+    code, _, err = run(capsys, "tokens", "revoke", "--redis-url", UNREACHABLE)
+    assert code == 2 and "no token on stdin" in err
+
+
 # --------------------------------------------------------------------------------------------------
 # Redis missing or unreachable: a clear line and an exit code, never a traceback
 
@@ -666,10 +1034,12 @@ REDIS_COMMANDS = [
     ["sessions", "revoke", "alice", "0123456789abcdef"],
     ["sessions", "revoke-all", "alice"],
     ["tokens", "revoke-all", "alice"],
+    ["tokens", "revoke", "--jti", "x", "--sub", "alice", "--exp", str(int(time.time()) + 3600)],
 ]
 
 
 @pytest.mark.parametrize("command", REDIS_COMMANDS, ids=lambda c: " ".join(c[:2]))
+@pytest.mark.usefixtures("jwt_environment")
 def test_unreachable_redis_exits_1(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     level = logging.getLogger("authmw").level
     code, out, err = run(capsys, *command, "--redis-url", UNREACHABLE)
@@ -681,6 +1051,7 @@ def test_unreachable_redis_exits_1(capsys: pytest.CaptureFixture[str], command: 
 
 
 @pytest.mark.parametrize("command", REDIS_COMMANDS, ids=lambda c: " ".join(c[:2]))
+@pytest.mark.usefixtures("jwt_environment")
 def test_missing_redis_url_exits_2(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     code, out, err = run(capsys, *command)
     assert (code, out) == (2, "")
@@ -725,3 +1096,60 @@ def test_installed_console_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert env_lines(result.stdout)["AUTHMW_JWT_ALGORITHMS"] == "EdDSA"
+
+
+# --------------------------------------------------------------------------------------------------
+# a reader that goes away early (`authmw … | head -1`): exit 141, no traceback
+
+
+def closed_pipe_run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with stdout a pipe whose reader has gone, as `| head -1` leaves it once head exits."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "authmw.cli", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+
+def two_pems(directory: Path) -> list[str]:
+    paths = [directory / "a.pem", directory / "b.pem"]
+    for path in paths:
+        path.write_bytes(pem_private(ed25519.Ed25519PrivateKey.generate()))
+    return [str(path) for path in paths]
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", ["jwks", "mint", "hs"])
+def test_closed_stdout_exits_141_without_a_traceback(tmp_path: Path, command: str, unbuffered: bool) -> None:
+    env = clean_environment(AUTHMW_JWT_KEY=JWT_KEY, **({"PYTHONUNBUFFERED": "1"} if unbuffered else {}))
+    argv = {
+        "jwks": ["keys", "jwks", *two_pems(tmp_path)],
+        "mint": ["token", "mint", "--sub", "alice", "--json"],
+        "hs": ["keys", "hs"],
+    }[command]
+    result = closed_pipe_run(argv, env)
+    assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")
+
+
+def test_closed_stdout_after_help() -> None:
+    result = closed_pipe_run(["--help"], clean_environment())
+    assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")
+    # unbuffered, argparse itself drops the failed write and exits 0: still no traceback
+    result = closed_pipe_run(["tokens", "revoke", "--help"], clean_environment(PYTHONUNBUFFERED="1"))
+    assert (result.returncode, result.stderr) in ((0, ""), (EXIT_BROKEN_PIPE, ""))
+
+
+@pytest.mark.redis
+def test_closed_stdout_after_a_redis_command(redis_url: str, prefix: str, store: RedisStore) -> None:
+    login(store, "alice")
+    argv = ["sessions", "list", "alice", "--json", *redis_args(redis_url, prefix)]
+    result = closed_pipe_run(argv, clean_environment())
+    assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")

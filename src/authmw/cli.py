@@ -7,10 +7,18 @@
     authmw sessions list USER                        a user's sessions in Redis
     authmw sessions revoke USER HANDLE               end one session
     authmw sessions revoke-all USER                  end every session, refresh token and earlier access token
+    authmw tokens revoke [TOKEN|-]                   deny one access token (read from stdin without TOKEN)
+    authmw tokens revoke --jti JTI --sub USER --exp EPOCH     the same, named by its claims
     authmw tokens revoke-all USER                    revoke refresh tokens and earlier access tokens; sessions stay
 
-Exit codes: 0 done, 1 the operation failed (Redis unreachable, no such session, refusing to overwrite a
-file), 2 bad arguments or configuration. Errors are one line on stderr, never a traceback.
+A key pair's directory gets a .gitignore of "*" (unless it has one), so `git add .` never takes the private key.
+The Redis commands use --redis-url (default $AUTHMW_REDIS_URL) and --prefix (default $AUTHMW_REDIS_PREFIX, else
+"authmw:"); `tokens revoke` verifies a token with the AUTHMW_JWT_* settings, as `token mint` signs with them.
+
+Exit codes: 0 done, 1 the operation failed (Redis unreachable, no such session, a token that does not verify,
+refusing to overwrite a file), 2 bad arguments or configuration, 141 stdout was closed early (`authmw … | head`:
+the rest of the output is dropped, as a program killed by SIGPIPE; the operation itself may have been done).
+Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -31,22 +39,23 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from authmw import __version__
 from authmw.config import AuthConfig
-from authmw.errors import ConfigurationError
+from authmw.errors import ConfigurationError, InvalidToken, ServiceUnavailable
 from authmw.flows import run_sync
-from authmw.issuer import TokenIssuer, restamp_not_before
+from authmw.issuer import TokenIssuer, jti_key, restamp_not_before
 from authmw.keys import SUPPORTED_ALGORITHMS, KeySet, RemoteKeySet, VerificationKey
 from authmw.sessions import SessionInfo
 from authmw.stores import RedisStore, StoreUnavailable
-from authmw.tokens import JWTSettings
+from authmw.tokens import JWTSettings, JWTVerifier
 
 __all__ = ["CLIError", "jwk_thumbprint", "main", "public_jwk"]
 
@@ -61,6 +70,14 @@ _CURVES: dict[str, tuple[ec.EllipticCurve, str]] = {
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 _KID_LENGTH = 16
 _RESERVED_CLAIMS = frozenset({"sub"})
+DEFAULT_PREFIX = "authmw:"
+#: the exit code when stdout is closed early: 128 + SIGPIPE, what a shell reports for `yes | head`, so that
+#: `set -o pipefail` scripts treat authmw like any other program whose reader went away
+EXIT_BROKEN_PIPE = 141
+#: written into a key pair's directory, as `python -m venv` does: `git add .` then never takes the private key
+_GITIGNORE = b"# written by `authmw keys`: this directory holds a private key, never commit it\n*\n"
+#: the most read from stdin for `tokens revoke` (the verifier refuses tokens over 8 KiB by default anyway)
+_MAX_TOKEN_INPUT = 64 * 1024
 
 
 class CLIError(Exception):
@@ -83,6 +100,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _epoch(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a time in seconds since 1970, not {text!r}")
     return value
 
 
@@ -228,6 +255,19 @@ def _write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
         raise
 
 
+def _write_gitignore(directory: Path) -> Path | None:
+    """Write a `.gitignore` of ``*`` into `directory` unless it has one (then it is left as it is); its path if
+    written."""
+    path = directory / ".gitignore"
+    if path.exists() or path.is_symlink():
+        return None
+    try:
+        _write_file(path, _GITIGNORE, 0o644, replace=False)
+    except FileExistsError:  # written meanwhile
+        return None
+    return path
+
+
 def _generate(args: argparse.Namespace) -> tuple[Any, str]:
     kind: str = args.kind
     if kind == "rsa":
@@ -256,6 +296,7 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
     jwks = json.dumps({"keys": [jwk]}, indent=2) + "\n"
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ignore = _write_gitignore(out)  # before the private key: it is never in the tree un-ignored
         _write_file(paths["private.pem"], private_pem, 0o600, replace=args.force)
         _write_file(paths["public.pem"], public_pem, 0o644, replace=args.force)
         _write_file(paths["jwks.json"], jwks.encode("utf-8"), 0o644, replace=args.force)
@@ -264,6 +305,8 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CLIError(f"cannot write to {out}: {exc.strerror or exc}") from None
     private_path, public_path, jwks_path = (str(p) for p in paths.values())
+    if ignore is not None:
+        print(f"authmw: wrote {ignore} so that git ignores this directory and its private key", file=sys.stderr)
     print(f"# wrote {private_path} (private key, mode 0600: keep it secret)")
     print(f"# wrote {public_path}")
     print(f"# wrote {jwks_path} (kid {jwk['kid']})")
@@ -354,18 +397,23 @@ def _settings_from_key(material: bytes, args: argparse.Namespace) -> JWTSettings
     return JWTSettings(algorithms=[alg], keys=KeySet.from_key(material, kid=args.kid, algorithm=alg), **options)
 
 
-def _settings_from_env(args: argparse.Namespace) -> JWTSettings:
-    """The middleware's JWT settings from the AUTHMW_* environment, with --alg/--iss/--aud/--ttl applied."""
-    # Only the JWT variables: the session side (secret keys, Redis) has no say in minting a token.
+def _env_jwt_settings(missing: str) -> JWTSettings:
+    """The middleware's JWT settings from the AUTHMW_* environment; `missing` says what to set when there are none."""
+    # Only the JWT variables: the session side (secret keys, Redis) has no say in minting or checking a token.
     env = {k: v for k, v in os.environ.items() if k.startswith(("AUTHMW_JWT_", "AUTHMW_ACCESS_TOKEN_"))}
     with _quiet_logs():
         settings = AuthConfig.from_env(env).jwt
     if settings is None:
-        raise CLIError(
-            "no JWT configuration: set AUTHMW_JWT_KEY (or AUTHMW_JWT_JWKS) and, for RS/ES/EdDSA keys, "
-            "AUTHMW_JWT_SIGNING_KEY; or pass --key / --key-file",
-            code=2,
-        )
+        raise CLIError(f"no JWT configuration: {missing}", code=2)
+    return settings
+
+
+def _settings_from_env(args: argparse.Namespace) -> JWTSettings:
+    """The middleware's JWT settings from the AUTHMW_* environment, with --alg/--iss/--aud/--ttl applied."""
+    settings = _env_jwt_settings(
+        "set AUTHMW_JWT_KEY (or AUTHMW_JWT_JWKS) and, for RS/ES/EdDSA keys, AUTHMW_JWT_SIGNING_KEY; "
+        "or pass --key / --key-file"
+    )
     changes: dict[str, Any] = {}
     if args.alg is not None:
         changes["algorithms"] = [args.alg]
@@ -426,7 +474,9 @@ def _cmd_token_mint(args: argparse.Namespace) -> int:
         issuer.headers["kid"] = args.kid
     token, claims = issuer.mint(args.sub, scopes, extra=extra or None)
     if args.json:
-        print(json.dumps({"token": token, "header": issuer.headers, "claims": claims}, indent=2))
+        # Read back from the token itself (with the alg PyJWT adds): it can never disagree with what was signed.
+        header = jwt.get_unverified_header(token)
+        print(json.dumps({"token": token, "header": header, "claims": claims}, indent=2))
     else:
         print(token)
     return 0
@@ -442,8 +492,13 @@ def _redis_store(args: argparse.Namespace) -> Iterator[RedisStore]:
     if url is None:
         raise CLIError("no Redis URL: pass --redis-url URL or set AUTHMW_REDIS_URL", code=2)
     shown = _redact(url)
+    prefix: str | None = args.prefix
+    if prefix is None:
+        prefix = os.environ.get("AUTHMW_REDIS_PREFIX", DEFAULT_PREFIX)
+        if not prefix:  # set but empty: refused by the middleware's configuration too
+            raise CLIError("AUTHMW_REDIS_PREFIX is empty: set it as the middleware has it, or unset it", code=2)
     try:
-        store = RedisStore.from_url(url, prefix=args.prefix, socket_timeout=args.timeout, max_connections=4)
+        store = RedisStore.from_url(url, prefix=prefix, socket_timeout=args.timeout, max_connections=4)
     except ImportError:
         raise CLIError("the redis package is not installed: pip install 'authmw[redis]'") from None
     except ValueError as exc:
@@ -542,6 +597,102 @@ def _cmd_tokens_revoke_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_input(text: str | None) -> str:
+    """The token given as an argument, or (for none or ``-``) read from stdin, which keeps it out of `ps` and the
+    shell's history."""
+    if text is not None and text != "-":
+        return text.strip()
+    if sys.stdin is None:
+        raise CLIError("no token: pass it, or pipe it to stdin", code=2)
+    if sys.stdin.isatty():
+        print("authmw: reading the token from stdin (end with Ctrl-D)", file=sys.stderr)
+    token = sys.stdin.read(_MAX_TOKEN_INPUT).strip()
+    if not token:
+        raise CLIError("no token on stdin: pipe it in, pass it as an argument, or use --jti", code=2)
+    return token
+
+
+def _verified_token(settings: JWTSettings, token: str) -> tuple[str, str, float, str] | None:
+    """The user, denylist key, exp and jti of a token the middleware accepts now; None if it has expired.
+
+    Verified in full first (signature, then claims), as the middleware does: an unverified token would let
+    anyone deny any token id of any user.
+    """
+    try:
+        with _quiet_logs():
+            settings.keyset.ensure_fresh()  # a JWKS URL: its keys, fetched now
+            principal = JWTVerifier(settings).verify(token)
+    except InvalidToken as exc:
+        if exc.reason == "expired":
+            return None
+        raise CLIError(f"the token does not verify, nothing revoked: {exc.description}") from None
+    except ServiceUnavailable:
+        raise CLIError("cannot check the token: the JWKS could not be fetched") from None
+    if principal.token_id is None or principal.expires_at is None:
+        raise CLIError(
+            f"the token has no {'jti' if principal.token_id is None else 'exp'} claim, so it cannot be denied "
+            f"alone: `authmw tokens revoke-all {shlex.quote(_printable(principal.id))}` refuses all earlier tokens"
+        )
+    key = jti_key(principal.issuer, principal.token_id)  # TokenService.revoke_access_token's key
+    return principal.id, key, float(principal.expires_at), principal.token_id
+
+
+def _jti_issuer(settings: JWTSettings, given: str | None) -> str | None:
+    """The iss of the token named by --jti: --iss, else the one configured issuer (part of the denylist key)."""
+    configured = settings.issuer
+    accepted = [configured] if isinstance(configured, str) else list(configured or ())
+    if given is None:
+        if len(accepted) > 1:
+            raise CLIError(f"give --iss: AUTHMW_JWT_ISSUER accepts {len(accepted)} issuers", code=2)
+        return accepted[0] if accepted else None
+    if accepted and given not in accepted:
+        raise CLIError(f"--iss {_printable(given)}: not an accepted issuer, so no such token is accepted", code=2)
+    return given
+
+
+def _named_token(settings: JWTSettings, args: argparse.Namespace) -> tuple[str, str, float, str] | None:
+    """The user, denylist key, exp and jti of the token named by --jti/--sub/--exp/--iss; None if it has expired."""
+    if args.sub is None or args.exp is None:
+        raise CLIError("--jti needs --sub USER and --exp EPOCH (the token's sub and exp claims)", code=2)
+    if not args.jti or not args.sub:
+        raise CLIError("--jti and --sub must not be empty", code=2)
+    issuer = _jti_issuer(settings, args.iss)
+    now = time.time()
+    if args.exp + settings.leeway <= now:
+        return None
+    # No token the middleware accepts now expires later (iat ≤ now + leeway, exp - iat ≤ max lifetime): a
+    # mistyped exp, or one in milliseconds, would otherwise keep a useless key in Redis for ages.
+    if args.exp > now + settings.leeway + settings.max_lifetime:
+        raise CLIError(
+            f"--exp {args.exp:.0f}: later than any token accepted now can expire "
+            f"({_iso(now + settings.leeway + settings.max_lifetime)}); it is in seconds since 1970",
+            code=2,
+        )
+    return args.sub, jti_key(issuer, args.jti), args.exp, args.jti
+
+
+def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    if args.jti is None and (args.sub, args.exp, args.iss) != (None, None, None):
+        raise CLIError("--sub, --exp and --iss go with --jti (a token carries its own claims)", code=2)
+    settings = _env_jwt_settings(
+        "set AUTHMW_JWT_KEY or AUTHMW_JWT_JWKS (and AUTHMW_JWT_ISSUER, AUTHMW_JWT_AUDIENCE, AUTHMW_JWT_LEEWAY) "
+        "as the middleware has them"
+    )
+    named = (
+        _named_token(settings, args) if args.jti is not None else _verified_token(settings, _token_input(args.token))
+    )
+    if named is None:
+        print("the token has expired (clock-skew leeway included): it is refused anyway, nothing to revoke")
+        return 0
+    user, key, expires, jti = named
+    # As TokenService.revoke_access_token: denied until the verifier would refuse it anyway, exp plus the leeway.
+    until = expires + settings.leeway
+    with _redis_store(args) as store:
+        store.revoke_jti(user, key, until)
+    print(f"revoked token {_printable(jti)} of user {_printable(user)}: refused until {_iso(until)}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # the parser
 
@@ -573,7 +724,10 @@ def _add_redis_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the sessions' Redis, e.g. redis://127.0.0.1:6379/0 (default: $AUTHMW_REDIS_URL)",
     )
-    group.add_argument("--prefix", default="authmw:", help="the key prefix the middleware's RedisStore uses")
+    group.add_argument(
+        "--prefix",
+        help=f"the key prefix the middleware's RedisStore uses (default: $AUTHMW_REDIS_PREFIX, else {DEFAULT_PREFIX})",
+    )
     group.add_argument(
         "--timeout", type=_positive_float, default=5.0, metavar="SECONDS", help="connect and command timeout"
     )
@@ -589,12 +743,11 @@ def _add_ttl_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="authmw", description=__doc__, formatter_class=_OverviewFormatter)
-    parser.add_argument("--version", action="version", version=f"authmw {__version__}")
-    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+#: what `add_subparsers` returns, to which each command group adds its parsers
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-    # ---- keys ----
+
+def _add_keys_commands(commands: _Commands) -> None:
     keys = commands.add_parser(
         "keys", help="generate signing keys and JWKS documents", description="Generate signing keys and JWKS."
     )
@@ -610,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pair_description = (
         "Write private.pem (mode 0600), public.pem and jwks.json (the public key as a JWK with kid, alg and "
-        "use=sig) into DIR, then print the AUTHMW_* lines that use them. Existing files are kept unless --force."
+        "use=sig) into DIR, then print the AUTHMW_* lines that use them. Existing files are kept unless --force. "
+        'DIR also gets a .gitignore of "*" unless it has one, so that git never takes the private key.'
     )
     for kind, what in (("rsa", "an RSA (RS256)"), ("ec", "an EC (ES256/384/512)"), ("ed25519", "an Ed25519 (EdDSA)")):
         sub = key_commands.add_parser(
@@ -640,17 +794,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jwks.set_defaults(handler=_cmd_keys_jwks)
 
-    # ---- token ----
+
+def _add_token_commands(commands: _Commands) -> None:
     token = commands.add_parser("token", help="mint an access token for testing", description="Access tokens.")
     token_commands = token.add_subparsers(title="token commands", dest="token_command", required=True, metavar="CMD")
     mint = token_commands.add_parser(
         "mint",
         help="print a signed access token",
         description=(
-            "Print an access token signed as the middleware's token issuer would sign it. The JWT settings come "
-            "from the AUTHMW_* environment (AUTHMW_JWT_KEY or AUTHMW_JWT_JWKS, AUTHMW_JWT_SIGNING_KEY, "
-            "AUTHMW_JWT_ALGORITHMS, AUTHMW_JWT_ISSUER, AUTHMW_JWT_AUDIENCE, AUTHMW_ACCESS_TOKEN_TTL); --alg, "
-            "--iss, --aud and --ttl override them. With --key or --key-file the environment is not read."
+            "Print an access token signed as the middleware's token issuer would sign it: only the token, on "
+            "stdout (warnings go to stderr). The JWT settings come from the AUTHMW_* environment (AUTHMW_JWT_KEY "
+            "or AUTHMW_JWT_JWKS, AUTHMW_JWT_SIGNING_KEY, AUTHMW_JWT_ALGORITHMS, AUTHMW_JWT_ISSUER, "
+            "AUTHMW_JWT_AUDIENCE, AUTHMW_ACCESS_TOKEN_TTL); --alg, --iss, --aud and --ttl override them. With "
+            "--key or --key-file the environment is not read."
         ),
         formatter_class=_Formatter,
     )
@@ -679,10 +835,13 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--iss", metavar="ISSUER", help="the iss claim")
     mint.add_argument("--aud", metavar="AUDIENCE", help="the aud claim")
     mint.add_argument("--kid", help="the kid header (default: the configured key's kid)")
-    mint.add_argument("--json", action="store_true", help="print the token with its header and claims as JSON")
+    mint.add_argument(
+        "--json", action="store_true", help="print the token with its header (as in the token) and claims as JSON"
+    )
     mint.set_defaults(handler=_cmd_token_mint)
 
-    # ---- sessions ----
+
+def _add_sessions_commands(commands: _Commands) -> None:
     sessions = commands.add_parser(
         "sessions", help="list or revoke a user's sessions in Redis", description="Server-side sessions in Redis."
     )
@@ -725,13 +884,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis_options(revoke_all)
     revoke_all.set_defaults(handler=_cmd_sessions_revoke_all)
 
-    # ---- tokens ----
+
+def _add_tokens_revoke(token_store_commands: _Commands) -> None:
+    revoke = token_store_commands.add_parser(
+        "revoke",
+        help="deny one access token",
+        description=(
+            "Put one access token on the middleware's jti denylist, which every process checks, until its exp "
+            "plus the leeway (AUTHMW_JWT_LEEWAY); the user's other tokens and sessions stay. The token is verified "
+            "first with the AUTHMW_JWT_* settings (keys, algorithms, issuer, audience), as the middleware has "
+            "them; an expired one needs no revocation (exit 0). Give the token as TOKEN, or pipe it to stdin "
+            "(no TOKEN, or -), which keeps it out of the shell's history; or name it by its claims with "
+            "--jti, --sub and --exp (and --iss when the tokens have an issuer)."
+        ),
+        formatter_class=_Formatter,
+    )
+    named = revoke.add_mutually_exclusive_group()
+    named.add_argument("token", nargs="?", metavar="TOKEN", help="the access token; - or none: read it from stdin")
+    named.add_argument("--jti", metavar="JTI", help="the token's jti claim, instead of the token")
+    revoke.add_argument("--sub", metavar="USER", help="with --jti: the token's sub claim")
+    revoke.add_argument("--exp", type=_epoch, metavar="EPOCH", help="with --jti: the token's exp claim (seconds)")
+    revoke.add_argument(
+        "--iss", metavar="ISSUER", help="with --jti: the token's iss claim (default: AUTHMW_JWT_ISSUER, if one)"
+    )
+    _add_redis_options(revoke)
+    revoke.set_defaults(handler=_cmd_tokens_revoke)
+
+
+def _add_tokens_commands(commands: _Commands) -> None:
     tokens = commands.add_parser(
-        "tokens", help="revoke a user's tokens in Redis", description="Refresh and access tokens in Redis."
+        "tokens",
+        help="revoke an access token, or all of a user's tokens, in Redis",
+        description="Refresh and access tokens in Redis.",
     )
     token_store_commands = tokens.add_subparsers(
         title="tokens commands", dest="tokens_command", required=True, metavar="CMD"
     )
+    _add_tokens_revoke(token_store_commands)
     tokens_revoke_all = token_store_commands.add_parser(
         "revoke-all",
         help="revoke a user's refresh tokens and earlier access tokens",
@@ -745,11 +934,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ttl_option(tokens_revoke_all)
     _add_redis_options(tokens_revoke_all)
     tokens_revoke_all.set_defaults(handler=_cmd_tokens_revoke_all)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authmw", description=__doc__, formatter_class=_OverviewFormatter)
+    parser.add_argument("--version", action="version", version=f"authmw {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    _add_keys_commands(commands)
+    _add_token_commands(commands)
+    _add_sessions_commands(commands)
+    _add_tokens_commands(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the `authmw` command; the exit code (0 done, 1 failed, 2 bad arguments or configuration)."""
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -768,6 +966,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("authmw: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `authmw` command; the exit code (0 done, 1 failed, 2 bad arguments or configuration, 141 stdout
+    closed early)."""
+    try:
+        code = _run(argv)
+        # Flushed here, not at exit: a reader that went away (`| head`) must be met where it can be handled.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The signal module docs' "Note on SIGPIPE": point stdout at devnull, so that the flush at exit does
+        # not fail again with an "Exception ignored" message; what was left to print is dropped.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":
