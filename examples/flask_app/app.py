@@ -1,4 +1,5 @@
-"""The Flask example app of DESIGN.md §6: the same behaviour over HTTP as the Starlette one.
+"""The Flask example app: the same behaviour over HTTP as the Starlette one (the example-app contract in README).
+Browsers get pages, API clients JSON, by the `Accept` header.
 
 Run from the repository root: ``gunicorn examples.flask_app.app:app`` (or ``flask --app examples.flask_app.app run``).
 """
@@ -11,28 +12,59 @@ from flask import Flask, Response, jsonify, redirect, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from authmw import AuthConfig, Policy
+from authmw import AuthConfig
 from authmw.flask import AuthFailed, AuthMW, current_principal, list_sessions, login, logout, logout_everywhere
 from authmw.flask import cross_site_reason as login_cross_site_reason
-from examples.common import ROUTES, Items, check_password, home_page, parse_form, parse_json
+from examples.common import (
+    LOGIN_ERROR,
+    NOTICE_CLEARED,
+    NOTICE_COOKIE,
+    Items,
+    account_page,
+    after_login,
+    check_password,
+    config_from_env,
+    home_page,
+    login_page,
+    notice_cookie,
+    parse_form,
+    parse_json,
+    wants_html,
+)
 
 items = Items()
+
+
+def _html(page: str, status: int = 200) -> Response:
+    return Response(page, status, content_type="text/html; charset=utf-8")
+
+
+def _wants_html() -> bool:
+    return wants_html(request.headers.get("Accept"))
 
 
 def create_app(config: AuthConfig | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # same JSON as the Starlette app
-    auth = AuthMW(app, config or AuthConfig.from_env(routes=ROUTES, default=Policy.optional()))
+    auth = AuthMW(app, config or config_from_env())
 
     @app.get("/")
     def home() -> Response:
         principal = current_principal if current_principal.is_authenticated else None
         sessions = list_sessions() if principal is not None else []
-        return Response(home_page(principal, sessions), content_type="text/html; charset=utf-8")  # type: ignore[arg-type]
+        notice = request.cookies.get(NOTICE_COOKIE)
+        response = _html(home_page(principal, sessions, notice))  # type: ignore[arg-type]
+        if notice is not None:  # shown once
+            response.headers.add("Set-Cookie", NOTICE_CLEARED)
+        return response
 
     @app.get("/health")
     def health() -> Any:
         return jsonify(status="ok")
+
+    @app.get("/login")
+    def login_form() -> Response:
+        return _html(login_page(next_path=request.args.get("next")))
 
     @app.post("/login")
     def do_login() -> Any:
@@ -42,24 +74,36 @@ def create_app(config: AuthConfig | None = None) -> Flask:
         fields = parse_form(request.get_data(), request.content_type or "")
         scopes = check_password(fields.get("username", ""), fields.get("password", ""))
         if scopes is None:
+            if _wants_html():
+                page = login_page(next_path=fields.get("next"), username=fields.get("username", ""), error=LOGIN_ERROR)
+                return _html(page, 401)
             return jsonify(detail="invalid username or password"), 401
         login(fields["username"], scopes, remember=fields.get("remember") == "1")
-        return redirect("/account", code=303)
+        return redirect(after_login(fields.get("next")), code=303)
 
     @app.get("/account")
     @auth.session_required
     def account() -> Any:
-        return jsonify(current_principal.to_dict())  # type: ignore[union-attr]
+        if _wants_html():
+            response = _html(account_page(current_principal, list_sessions()))  # type: ignore[arg-type]
+        else:
+            response = jsonify(current_principal.to_dict())  # type: ignore[union-attr]
+        response.headers.add("Vary", "Accept")
+        return response
 
     @app.post("/logout")
     def do_logout() -> Any:
         logout()
-        return redirect("/", code=303)
+        response = redirect("/", code=303)
+        response.headers.add("Set-Cookie", notice_cookie("logged-out"))
+        return response
 
     @app.post("/logout-everywhere")
     def do_logout_everywhere() -> Any:
-        logout_everywhere()
-        return redirect("/", code=303)
+        logout_everywhere()  # every session of the user, and every token issued to them
+        response = redirect("/", code=303)
+        response.headers.add("Set-Cookie", notice_cookie("logged-out-everywhere"))
+        return response
 
     @app.get("/api/me")
     def me() -> Any:

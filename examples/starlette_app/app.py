@@ -1,4 +1,5 @@
-"""The Starlette example app of DESIGN.md §6, configured only through `AuthConfig.from_env()`.
+"""The Starlette example app, configured only through `AuthConfig.from_env()`: the same behaviour over HTTP as the
+Flask one (the example-app contract in README). Browsers get pages, API clients JSON, by the `Accept` header.
 
 Run from the repository root: ``make demo`` or ``uvicorn examples.starlette_app.app:app``.
 """
@@ -15,7 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from authmw import AuthConfig, Policy, Principal
+from authmw import AuthConfig, Principal
 from authmw.starlette import (
     AuthMiddleware,
     jwks_endpoint,
@@ -27,19 +28,46 @@ from authmw.starlette import (
     session,
     token_endpoint,
 )
-from examples.common import ROUTES, Items, check_password, home_page, parse_form, parse_json
+from examples.common import (
+    LOGIN_ERROR,
+    NOTICE_CLEARED,
+    NOTICE_COOKIE,
+    Items,
+    account_page,
+    after_login,
+    check_password,
+    config_from_env,
+    home_page,
+    login_page,
+    notice_cookie,
+    parse_form,
+    parse_json,
+    wants_html,
+)
 
 items = Items()
+
+
+def _wants_html(request: Request) -> bool:
+    return wants_html(",".join(request.headers.getlist("accept")))
 
 
 async def home(request: Request) -> HTMLResponse:
     principal: Principal | None = request.user if request.user.is_authenticated else None
     sessions = await list_sessions(request) if principal is not None else []
-    return HTMLResponse(home_page(principal, sessions))
+    notice = request.cookies.get(NOTICE_COOKIE)
+    response = HTMLResponse(home_page(principal, sessions, notice))
+    if notice is not None:  # shown once
+        response.headers.append("set-cookie", NOTICE_CLEARED)
+    return response
 
 
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
+
+
+async def login_form(request: Request) -> HTMLResponse:
+    return HTMLResponse(login_page(next_path=request.query_params.get("next")))
 
 
 async def do_login(request: Request) -> Response:
@@ -49,9 +77,22 @@ async def do_login(request: Request) -> Response:
     fields = parse_form(await request.body(), request.headers.get("content-type", ""))
     scopes = check_password(fields.get("username", ""), fields.get("password", ""))
     if scopes is None:
+        if _wants_html(request):
+            page = login_page(next_path=fields.get("next"), username=fields.get("username", ""), error=LOGIN_ERROR)
+            return HTMLResponse(page, status_code=401)
         return JSONResponse({"detail": "invalid username or password"}, status_code=401)
     await login(request, fields["username"], scopes, remember=fields.get("remember") == "1")
-    return RedirectResponse("/account", status_code=303)
+    return RedirectResponse(after_login(fields.get("next")), status_code=303)
+
+
+async def account(request: Request) -> Response:
+    principal: Principal = request.user
+    if _wants_html(request):
+        response: Response = HTMLResponse(account_page(principal, await list_sessions(request)))
+    else:
+        response = JSONResponse(principal.to_dict())
+    response.headers.append("vary", "Accept")
+    return response
 
 
 async def whoami(request: Request) -> JSONResponse:
@@ -61,12 +102,16 @@ async def whoami(request: Request) -> JSONResponse:
 
 async def do_logout(request: Request) -> Response:
     await logout(request)
-    return RedirectResponse("/", status_code=303)
+    response = RedirectResponse("/", status_code=303)
+    response.headers.append("set-cookie", notice_cookie("logged-out"))
+    return response
 
 
 async def do_logout_everywhere(request: Request) -> Response:
-    await logout_everywhere(request)
-    return RedirectResponse("/", status_code=303)
+    await logout_everywhere(request)  # every session of the user, and every token issued to them
+    response = RedirectResponse("/", status_code=303)
+    response.headers.append("set-cookie", notice_cookie("logged-out-everywhere"))
+    return response
 
 
 @requires("items:read")
@@ -96,13 +141,14 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(config: AuthConfig | None = None) -> Starlette:
-    config = config or AuthConfig.from_env(routes=ROUTES, default=Policy.optional())
+    config = config or config_from_env()
     app = Starlette(
         routes=[
             Route("/", home),
             Route("/health", health),
+            Route("/login", login_form, methods=["GET"]),
             Route("/login", do_login, methods=["POST"]),
-            Route("/account", whoami),
+            Route("/account", account),
             Route("/logout", do_logout, methods=["POST"]),
             Route("/logout-everywhere", do_logout_everywhere, methods=["POST"]),
             Route("/api/me", whoami),
