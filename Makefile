@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The demos install only what they run (the `demo` extra); `make test` installs everything (`dev` and `bench`).
+DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: test demo lint typecheck unit clean browser bench bench-smoke
+.PHONY: test demo demo-flask demo-redis lint typecheck unit clean browser bench bench-smoke docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +14,11 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP) $(VENV)/.installed-docs
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
@@ -64,11 +70,30 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --smoke
 
-demo: $(STAMP)
-	AUTHMW_COOKIE_SECURE=$${AUTHMW_COOKIE_SECURE:-0} \
-	AUTHMW_JWT_ALGORITHMS=$${AUTHMW_JWT_ALGORITHMS:-HS256} \
-	AUTHMW_JWT_KEY=$${AUTHMW_JWT_KEY:-demo-only-jwt-secret-change-me-0123456789abcdef} \
-	$(BIN)/uvicorn examples.starlette_app.app:app --host 127.0.0.1 --port 8000
+# The example apps on http://127.0.0.1:8000 with demo keys (examples/__main__.py prints the URL, the demo users and
+# how to get a token once the server answers). Any AUTHMW_* variable already set wins over the demo's.
+demo: $(DEMO_STAMP)
+	$(BIN)/python -m examples starlette
+
+demo-flask: $(DEMO_STAMP)
+	$(BIN)/python -m examples flask
+
+# Sessions in the Redis at AUTHMW_REDIS_URL (default redis://127.0.0.1:6379/0), under the prefix authmw-demo:,
+# signed with a fixed demo key, so they survive a restart of the app.
+demo-redis: $(DEMO_STAMP)
+	$(BIN)/python -m examples starlette --redis
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis site
+
+# The documentation site (mkdocs.yml, docs/) into site/, with only the `docs` extra installed. --strict turns every
+# warning into a failure, and mkdocs.yml's `validation` makes a broken link or anchor, or a page left out of the
+# nav, a warning. tests/test_docs.py builds it too, and runs every ```python block of docs/ and README.md.
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs build --strict
