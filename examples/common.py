@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 from authmw import AuthConfig, Policy, Principal, Route
 from authmw.sessions import SessionInfo
+from authmw.throttle import LoginThrottle, ThrottleSettings
 
 ROUTES = [
     Route("/", Policy.optional(accept=("session",))),
@@ -97,6 +98,17 @@ def config_from_env() -> AuthConfig:
     """The apps' configuration: the `AUTHMW_*` variables, with browsers sent to `/login` unless
     `AUTHMW_LOGIN_URL` says otherwise (set it empty for plain 401s)."""
     return AuthConfig.from_env({"AUTHMW_LOGIN_URL": "/login", **os.environ}, routes=ROUTES, default=Policy.optional())
+
+
+def throttle_from(config: AuthConfig) -> LoginThrottle:
+    """The login throttle: counters in `config`'s session store (Redis: shared by every worker), settings from the
+    `AUTHMW_LOGIN_THROTTLE_*` variables."""
+    return LoginThrottle.from_config(config, ThrottleSettings.from_env())
+
+
+def too_many_attempts(seconds: int) -> str:
+    """What a throttled login says: in the page to browsers, as `detail` to API clients."""
+    return f"Too many attempts; try again in {seconds} second{'' if seconds == 1 else 's'}."
 
 
 # ---- content negotiation ----

@@ -742,18 +742,21 @@ def test_p29_websocket_query_token_is_not_accepted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "status"),
-    [([], 401), ([(b"authorization", b"Bearer " + make_token(key=OTHER_SECRET).encode())], 401)],
+    ("headers", "error"),
+    [([], None), ([(b"authorization", b"Bearer " + make_token(key=OTHER_SECRET).encode())], "invalid_token")],
     ids=["none", "invalid"],
 )
-def test_p29_websocket_denial_response_extension(headers: list[tuple[bytes, bytes]], status: int) -> None:
+def test_p29_websocket_denial_response_extension(headers: list[tuple[bytes, bytes]], error: str | None) -> None:
     inner = RawSocketApp()
     scope = ws_scope(headers, extensions={"websocket.http.response": {}})
     sent = raw_ws(AuthMiddleware(inner, make_config()), scope)
     assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
-    assert sent[0]["status"] == 403  # DESIGN.md §1: a refused handshake is HTTP 403; the body says why
+    assert sent[0]["status"] == 403  # a refused handshake is HTTP 403, as a close before accept gives
     assert header_values(sent[0]["headers"], "www-authenticate")
-    assert json.loads(sent[1]["body"])["status"] == status
+    problem = json.loads(sent[1]["body"])
+    assert problem["status"] == 403  # the status sent, not the 401 an HTTP request gets (it said 401)
+    assert problem.get("error") == error  # and why
+    assert header_values(sent[0]["headers"], "content-length") == [str(len(sent[1]["body"]))]
     assert not inner.called
 
 

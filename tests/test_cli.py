@@ -684,6 +684,37 @@ def test_sessions_revoke_one(
 
 
 @pytest.mark.redis
+def test_sessions_revoke_one_also_ends_the_tokens_issued_from_that_session(
+    capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str, store: RedisStore
+) -> None:
+    """The handle names the session as before (its public name, never the id), and ending it revokes the refresh
+    families issued from it: their refresh tokens, and the access tokens that name them (claim `sid`)."""
+    login(store, "alice")
+    login(store, "alice")
+    alice = handles(store, "alice")
+    target, kept = sorted(alice)
+    now = time.time()
+    families = {}
+    for handle in (target, kept):
+        record = RefreshRecord(
+            token_hash=uuid4().hex + uuid4().hex,
+            user_id="alice",
+            family=uuid4().hex,
+            scopes=(),
+            expires=now + 3600,
+            session_sid=alice[handle],
+        )
+        assert store.refresh_create(record, now + 3600, True)
+        families[handle] = record
+    code, _, err = run(capsys, "sessions", "revoke", "alice", target, *redis_args(redis_url, prefix))
+    assert code == 0, err
+    assert store.token_state("alice", None, 0.0, families[target].family) == (None, True)
+    assert refresh_outcome(store, "alice", families[target].token_hash) == "revoked"
+    assert store.token_state("alice", None, 0.0, families[kept].family) == (None, False)
+    assert refresh_outcome(store, "alice", families[kept].token_hash) == "ok"
+
+
+@pytest.mark.redis
 def test_sessions_revoke_all(
     capsys: pytest.CaptureFixture[str], redis_url: str, prefix: str, store: RedisStore
 ) -> None:

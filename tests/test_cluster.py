@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import secrets
 import subprocess
 import time
@@ -31,7 +32,12 @@ import redis.sentinel
 from redis.crc import key_slot
 from tests.conftest import RedisProcess, free_port, require_binary
 
+from authmw import AuthConfig, InvalidToken, JWTSettings, Policy
+from authmw.engine import Authenticator
+from authmw.flows import run_async, run_sync
 from authmw.localcache import LocalCache
+from authmw.request import WSGIRequestView
+from authmw.sessions import SessionSettings, SessionState
 from authmw.stores import RedisStore, RefreshRecord, SessionRecord, StoreUnavailable, user_tag
 
 pytestmark = pytest.mark.slow
@@ -432,7 +438,7 @@ def test_invalidation_channel_reaches_a_local_cache_on_another_client(backend: C
                     writer.create(again)
                     assert reader.load(again.sid, 60.0) is not None
                     assert reader.token_state(user, "jti-z") == (None, False)
-                    assert (user, "jti-z") in cache._token_states
+                    assert (user, "jti-z", None) in cache._token_states
                     assert runner.run(writer.arevoke_user(user, time.time(), 60)) == 1
                     _wait(lambda s=again: s.sid not in cache._sessions, 2, f"{user}'s logout-everywhere seen", 0.005)
                     assert reader.load(again.sid, 60.0) is None
@@ -447,6 +453,75 @@ def test_invalidation_channel_reaches_a_local_cache_on_another_client(backend: C
         _purge(writer.client, prefix)
         reader.client.close()
         writer.client.close()
+
+
+# ---- masked ids (issue 3) and family-bound access tokens (issue 4), end to end through the middleware's flows ------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_masked_ids_leave_each_users_keys_in_one_slot_through_login_tokens_refresh_and_logouts(
+    cluster: Cluster, mode: str
+) -> None:
+    """Cookies and refresh tokens show a masked tag, but inside nothing changed: every key of a user (sessions,
+    index, refresh tokens, families, the families of each session) shares the user's slot, so login, token issue,
+    refresh, a logout (which now also revokes the session's families, with their keys declared) and logout-everywhere
+    run as single-slot scripts on the master that serves it; a cross-slot script would be refused (CROSSSLOT)."""
+    prefix = f"mask:{uuid4().hex[:8]}:"
+    store = RedisStore(cluster.sync_client(), cluster.async_client(), prefix=prefix)
+    settings = SessionSettings(secret_keys=["cluster-test-session-key-" + "c" * 30], store=store, cookie_secure=False)
+    auth = Authenticator(AuthConfig(jwt=JWTSettings(algorithms=["HS256"], keys="j" * 40), sessions=settings))
+    assert auth.sessions is not None and auth.tokens is not None
+    sessions, tokens = auth.sessions, auth.tokens
+    users = _users(cluster)
+    with contextlib.ExitStack() as stack:
+        runner = stack.enter_context(asyncio.Runner()) if mode == "async" else None
+
+        def run(flow: Any) -> Any:
+            return run_sync(flow) if runner is None else runner.run(run_async(flow))
+
+        def accepted(access: str) -> bool:
+            view = WSGIRequestView(
+                {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_AUTHORIZATION": f"Bearer {access}"}
+            )
+            try:
+                return run(auth.flow(view, Policy.jwt())) is not None
+            except InvalidToken:
+                return False
+
+        try:
+            for user in users:
+                laptop, phone = (SessionState(sessions, WSGIRequestView({"REQUEST_METHOD": "POST"})) for _ in range(2))
+                for state in (laptop, phone):
+                    run(sessions.login(state, user, ["items:read"]))
+                pairs = {}
+                for name, state in (("laptop", laptop), ("phone", phone)):
+                    assert state.record is not None
+                    principal = sessions.principal_of(state.record)
+                    pairs[name] = run(tokens.issue_for_session(principal, state.record.sid))
+                renewed = run(tokens.refresh(json.dumps({"refresh_token": pairs["laptop"]["refresh_token"]}).encode()))
+                public = [s.set_cookie.split(";")[0].partition("=")[2][:4] for s in (laptop, phone) if s.set_cookie]
+                public += [pair["refresh_token"][:4] for pair in (*pairs.values(), renewed)]
+                assert len(public) == 5 and public != [user_tag(user)] * 5  # masked: not the tag, not all alike
+                assert all(accepted(pair["access_token"]) for pair in (*pairs.values(), renewed))
+                slots = set()
+                for port in cluster.ports:
+                    with contextlib.closing(redis.Redis(port=port, socket_timeout=1)) as node:
+                        slots |= {key_slot(key) for key in node.scan_iter(match=f"{prefix}{{{user_tag(user)}}}*")}
+                assert slots == {key_slot(f"{{{user_tag(user)}}}".encode())}
+                assert run(sessions.logout(laptop)) is True  # its families revoked with it
+                assert not accepted(renewed["access_token"]) and accepted(pairs["phone"]["access_token"])
+                time.sleep(0.002)  # the phone's token is minted strictly before the not-before
+                assert run(sessions.logout_everywhere(phone)) == 1
+                assert not accepted(pairs["phone"]["access_token"])
+            for port in cluster.ports:  # nothing of any user left outside that user's own slot
+                with contextlib.closing(redis.Redis(port=port, socket_timeout=1)) as node:
+                    owned = {key_slot(f"{{{user_tag(user)}}}".encode()) for user in users}
+                    assert {key_slot(key) for key in node.scan_iter(match=f"{prefix}*")} <= owned
+        finally:
+            if runner is not None:
+                runner.run(store.async_client.aclose())
+            _purge(store.client, prefix)
+            store.client.close()
 
 
 # ---- what does not hold on a Cluster today --------------------------------------------------------------------------

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import RSAAlgorithm
 
 from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, RemoteKeySet
+from authmw.issuer import TokenIssuer
 from authmw.sessions import SessionSettings
 from authmw.stores import MemoryStore, RedisStore
+from authmw.tokens import JWTVerifier
 
 SECRET = "a-jwt-secret-of-enough-length-0123456789"
 COOKIE_KEY = "a-cookie-key-of-enough-length-0123456789"
@@ -232,3 +235,187 @@ def test_code_configuration_validates_session_settings() -> None:
     with pytest.raises(ConfigurationError):
         SessionSettings(secret_keys=[COOKIE_KEY], cookie_name="__Host-x", cookie_secure=False)
     assert SessionSettings(secret_keys=[COOKIE_KEY], idle_timeout=100).touch_interval == 25
+
+
+# --- the signing key is checked when the configuration is built, never at a request --------------------------------
+
+
+def _private_pem(key: Any) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _jwks(*keys: Any) -> str:
+    return json.dumps(
+        {"keys": [json.loads(RSAAlgorithm.to_jwk(k.public_key())) | {"kid": f"k{i}"} for i, k in enumerate(keys)]}
+    )
+
+
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory: pytest.TempPathFactory, rsa_key: rsa.RSAPrivateKey) -> dict[str, str]:
+    """PEM and JWKS files, as a deployment has them: `AUTHMW_*` variables name their paths."""
+    folder = tmp_path_factory.mktemp("keys")
+    other_rsa = rsa.generate_private_key(65537, 2048)
+    p256, ed = ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()
+    files = {
+        "rsa.pub.pem": _pem(rsa_key),
+        "rsa.key.pem": _private_pem(rsa_key),
+        "rsa.jwks.json": _jwks(rsa_key).encode(),
+        "other-rsa.jwks.json": _jwks(other_rsa).encode(),
+        "p256.pub.pem": _pem(p256),
+        "p256.key.pem": _private_pem(p256),
+        "ed25519.pub.pem": _pem(ed),
+        "ed25519.key.pem": _private_pem(ed),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: str(folder / name) for name in files}
+
+
+SIGNING_MISMATCHES = [
+    # The report: the public half given as the signing key (the Starlette example then answered 500 to everything).
+    pytest.param("RS256", "AUTHMW_JWT_KEY", "rsa.pub.pem", "rsa.pub.pem", "is a public key", id="public-key"),
+    pytest.param("HS256", "AUTHMW_JWT_KEY", None, "rsa.key.pem", "none of the configured algorithms", id="rsa-hs256"),
+    pytest.param(
+        "RS256",
+        "AUTHMW_JWT_JWKS",
+        "rsa.jwks.json",
+        "ed25519.key.pem",
+        "none of the configured algorithms",
+        id="ed25519-rs256-jwks",
+    ),
+    pytest.param(
+        "RS256",
+        "AUTHMW_JWT_JWKS",
+        "other-rsa.jwks.json",
+        "rsa.key.pem",
+        "not among the verification keys",
+        id="rsa-not-in-jwks",
+    ),
+    pytest.param("HS256", "AUTHMW_JWT_KEY", None, "q" * 40, "not among the verification keys", id="other-secret"),
+]
+
+
+@pytest.mark.parametrize(("algorithm", "source", "verify", "sign", "failure"), SIGNING_MISMATCHES)
+def test_a_signing_key_that_does_not_fit_the_verification_side_fails_at_startup(
+    key_files: dict[str, str], algorithm: str, source: str, verify: str | None, sign: str, failure: str
+) -> None:
+    env = {
+        "AUTHMW_SECRET_KEYS": COOKIE_KEY,
+        "AUTHMW_JWT_ALGORITHMS": algorithm,
+        source: key_files[verify] if verify is not None else SECRET,
+        "AUTHMW_JWT_SIGNING_KEY": key_files.get(sign, sign),
+    }
+    with pytest.raises(ConfigurationError) as raised:
+        AuthConfig.from_env(env)
+    message = str(raised.value)
+    assert failure in message  # which check failed
+    assert "AUTHMW_JWT_SIGNING_KEY" in message and "JWTSettings.signing_key" in message  # which setting
+    assert any(advice in message for advice in ("set it to", "sign with", "leave it unset"))  # what to do
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "verify", "sign"),
+    [
+        pytest.param("RS256", "rsa.pub.pem", "rsa.key.pem", id="RS256"),
+        pytest.param("HS256", None, None, id="HS256-signs-with-AUTHMW_JWT_KEY"),
+        pytest.param("HS256", None, SECRET, id="HS256-the-same-secret"),
+        pytest.param("ES256", "p256.pub.pem", "p256.key.pem", id="ES256"),
+        pytest.param("EdDSA", "ed25519.pub.pem", "ed25519.key.pem", id="EdDSA"),
+        pytest.param("RS256", "rsa.jwks.json", "rsa.key.pem", id="RS256-jwks"),
+    ],
+)
+def test_a_signing_key_that_fits_is_accepted_and_mints_tokens_the_app_accepts(
+    key_files: dict[str, str], algorithm: str, verify: str | None, sign: str | None
+) -> None:
+    env = {"AUTHMW_SECRET_KEYS": COOKIE_KEY, "AUTHMW_JWT_ALGORITHMS": algorithm}
+    env["AUTHMW_JWT_JWKS" if verify and verify.endswith(".json") else "AUTHMW_JWT_KEY"] = (
+        key_files[verify] if verify else SECRET
+    )
+    if sign is not None:
+        env["AUTHMW_JWT_SIGNING_KEY"] = key_files.get(sign, sign)
+    config = AuthConfig.from_env(env)
+    assert config.jwt is not None
+    token, _ = TokenIssuer(config.jwt).mint("alice")
+    assert JWTVerifier(config.jwt).verify(token).id == "alice"
+
+
+def test_a_signing_key_is_checked_without_the_keys_of_a_jwks_url_not_fetched_yet(key_files: dict[str, str]) -> None:
+    """The keys behind a JWKS URL come at the first fetch: the key itself is checked at start-up all the same."""
+    env = {"AUTHMW_JWT_JWKS": "http://127.0.0.1:9/jwks.json", "AUTHMW_JWT_ALGORITHMS": "RS256"}
+    with pytest.raises(ConfigurationError, match="is a public key"):
+        AuthConfig.from_env(env | {"AUTHMW_JWT_SIGNING_KEY": key_files["rsa.pub.pem"]})
+    with pytest.raises(ConfigurationError, match="none of the configured algorithms"):
+        AuthConfig.from_env(env | {"AUTHMW_JWT_SIGNING_KEY": key_files["p256.key.pem"]})
+    assert AuthConfig.from_env(env | {"AUTHMW_JWT_SIGNING_KEY": key_files["rsa.key.pem"]}).jwt is not None
+
+
+def test_checks_the_middleware_made_when_built_are_made_when_the_config_is() -> None:
+    """A Starlette app builds its middleware at its first request: every check that can fail on the configuration
+    is made by the settings or `AuthConfig` instead, so that `from_env` at import stops the app."""
+    with pytest.raises(ConfigurationError, match="unknown required claims"):
+        JWTSettings(algorithms=["HS256"], keys=SECRET, required_claims=("exp", "role"))
+
+    class TwoArgumentRevocations:
+        def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
+            return None, False
+
+    jwt = JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=TwoArgumentRevocations(), revocation_grace=5)
+    with pytest.raises(ConfigurationError, match="grace"):
+        AuthConfig(jwt=jwt)
+
+
+# --- forwarded headers and CSRF origins ----------------------------------------------------------------------------
+
+
+def test_from_env_proxies_and_origins() -> None:
+    default = AuthConfig.from_env({"AUTHMW_SECRET_KEYS": COOKIE_KEY})
+    assert default.trusted_proxies == 0 and default.sessions is not None
+    assert default.sessions.origins == () and default.sessions.require_origin is False
+    config = AuthConfig.from_env(
+        {
+            "AUTHMW_SECRET_KEYS": COOKIE_KEY,
+            "AUTHMW_TRUSTED_PROXIES": "2",
+            "AUTHMW_ORIGINS": "https://app.example:443, http://LOCALHOST:8000/",
+            "AUTHMW_CSRF_REQUIRE_ORIGIN": "1",
+        }
+    )
+    assert config.trusted_proxies == 2 and config.sessions is not None
+    assert config.sessions.origins == ("https://app.example", "http://localhost:8000")
+    assert config.sessions.require_origin is True
+    mapped = AuthConfig.from_mapping({"trusted_proxies": 1, "sessions": {"secret_keys": [COOKIE_KEY], "origins": []}})
+    assert mapped.trusted_proxies == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "one", "1.5", "33", "\u0661"])
+def test_a_bad_proxy_count_fails_at_startup(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="AUTHMW_TRUSTED_PROXIES"):
+        AuthConfig.from_env({"AUTHMW_TRUSTED_PROXIES": value})
+    for bad in (-1, True, 1.0, 100):
+        with pytest.raises(ConfigurationError, match="trusted_proxies"):
+            AuthConfig(trusted_proxies=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "app.example",
+        "https://",
+        "ftp://app.example",
+        "https://app.example/path",
+        "https://app.example?x=1",
+        "https://app.example#top",
+        "https://user@app.example",
+        "https://app.example:99999",
+        "null",
+        "*",
+    ],
+)
+def test_a_malformed_origin_fails_at_startup(origin: str) -> None:
+    for variable in ("AUTHMW_ORIGINS", "AUTHMW_TRUSTED_ORIGINS"):
+        with pytest.raises(ConfigurationError) as raised:
+            AuthConfig.from_env({"AUTHMW_SECRET_KEYS": COOKIE_KEY, variable: f"https://ok.example, {origin}"})
+        assert variable in str(raised.value) and repr(origin) in str(raised.value)
+    with pytest.raises(ConfigurationError, match=r"SessionSettings\.origins"):
+        SessionSettings(secret_keys=[COOKIE_KEY], origins=[origin])

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -122,6 +123,44 @@ def test_p23_cross_site_post_is_refused(app_url: str) -> None:
     assert same.status_code == 303
 
 
+@pytest.mark.parametrize("proxies", ["unset", "1"])
+def test_p23_forwarded_host_counts_only_behind_trusted_proxies_on_both_apps(proxies: str) -> None:
+    """The report: the Flask example believed any client's X-Forwarded-Host (ProxyFix), so `Origin: evil` with
+    `X-Forwarded-Host: evil` passed the CSRF check and got a token pair. Now both apps ignore the header unless
+    AUTHMW_TRUSTED_PROXIES says a proxy sets it, and then read only the value that proxy appended."""
+    env = _env(None) | ({} if proxies == "unset" else {"AUTHMW_TRUSTED_PROXIES": proxies})
+    evil = {"Origin": "http://evil.example"}
+    cases = {
+        "forwarded-evil": evil | {"X-Forwarded-Host": "evil.example"},
+        "forwarded-app": evil | {"X-Forwarded-Host": "app.example"},
+        "spoofed-left": evil | {"X-Forwarded-Host": "evil.example, app.example"},
+    }
+    answers: dict[str, dict[str, tuple[int, Any]]] = {}
+    for framework in sorted(APPS):
+        with APPS[framework](env) as server:
+            client = _login(server.url)
+            answers[framework] = {}
+            for name, headers in cases.items():
+                response = client.post("/api/token", headers=headers)
+                body = response.json()
+                answers[framework][name] = (response.status_code, body if response.status_code != 200 else "pair")
+                if response.status_code == 200:
+                    assert set(body) >= {"access_token", "refresh_token"}
+    refused = (403, {"type": "urn:authmw:problem:csrf_failed", "error": "csrf_failed"})
+    expected = {
+        "forwarded-evil": refused if proxies == "unset" else (200, "pair"),
+        "forwarded-app": refused,
+        "spoofed-left": refused,
+    }
+    for framework, seen in answers.items():
+        for name, (status, body) in seen.items():
+            want_status, want = expected[name]
+            assert status == want_status, (framework, name, body)
+            if want_status == 403:
+                assert {k: body[k] for k in want} == want and body["detail"] == "Origin is not this site"
+    assert answers["starlette"] == answers["flask"]  # the same answers, body for body
+
+
 def test_p21_cookie_flags_over_plain_http_demo(app_url: str) -> None:
     response = httpx.post(app_url + "/login", data={"username": "alice", "password": "wonderland"}, timeout=5)
     cookie = response.headers["set-cookie"]
@@ -202,6 +241,26 @@ def test_p29_websocket_refused_before_accept(starlette_url: str, case: str) -> N
     with pytest.raises(InvalidStatus) as refused:
         _ws(starlette_url, **headers)
     assert refused.value.response.status_code in (401, 403)
+
+
+@pytest.mark.parametrize(("case", "error"), [("anonymous", None), ("bad_token", "invalid_token")])
+def test_p29_websocket_denial_body_says_the_status_sent(starlette_url: str, case: str, error: str | None) -> None:
+    """uvicorn offers the denial-response extension: a refused handshake is HTTP 403, and its problem body says 403
+    too (it said 401, the status an HTTP request would get), and why, beside the Bearer challenge."""
+    from websockets.exceptions import InvalidStatus
+
+    headers = {"Authorization": "Bearer not.a.token"} if case == "bad_token" else {}
+    with pytest.raises(InvalidStatus) as refused:
+        _ws(starlette_url, **headers)
+    response = refused.value.response
+    assert response.status_code == 403
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = json.loads(response.body)
+    assert problem["status"] == response.status_code
+    assert problem.get("error") == error
+    challenges = response.headers.get_all("WWW-Authenticate")
+    assert challenges and challenges[0].startswith('Bearer realm="authmw"')
+    assert (error is not None) == any(f'error="{error}"' in c for c in challenges)
 
 
 # ---- several worker processes sharing Redis, with the local cache on ----

@@ -4,6 +4,7 @@ whose keys are deleted afterwards).
 
 Login → ``/api/token`` → ``/api/items`` with the access token → refresh → the old refresh token again (401, and
 the whole family revoked) → ``/logout-everywhere`` (earlier access tokens refused) → log in again → new tokens work.
+A reused refresh token and a logout also end the access tokens minted from that family / session, on every worker.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from tests.conftest import APPS, SessionRedis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.conftest import APPS, RedisSpace, SessionRedis, gunicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -103,10 +107,12 @@ def test_token_lifecycle(app_url: str) -> None:
     assert 'error="invalid_token"' in reused.headers["www-authenticate"]
     assert refresh(app_url, second["refresh_token"]).status_code == 401
     assert alice.get("/account").status_code == 200  # the session itself lives on
+    for access in (pair["access_token"], second["access_token"]):  # the family's access tokens end with it
+        assert httpx.get(app_url + "/api/me", headers=bearer(access), timeout=5).status_code == 401
 
     # Logout everywhere: sessions, refresh families and earlier access tokens, at once.
     third = alice.post("/api/token").json()
-    assert httpx.get(app_url + "/api/me", headers=bearer(pair["access_token"]), timeout=5).status_code == 200
+    assert httpx.get(app_url + "/api/me", headers=bearer(third["access_token"]), timeout=5).status_code == 200
     time.sleep(0.002)  # the tokens above are minted strictly before the not-before
     assert alice.post("/logout-everywhere").status_code == 303
     for access in (pair["access_token"], second["access_token"], third["access_token"]):
@@ -176,3 +182,108 @@ def test_concurrent_presentations_of_one_refresh_token(app_url: str) -> None:
             assert refresh(app_url, response.json()["refresh_token"]).status_code == 401
     assert refresh(app_url, token).status_code == 401
     browser.close()
+
+
+@pytest.mark.parametrize("framework", sorted(APPS))
+def test_a_public_key_as_signing_key_stops_the_example_app_at_start_up(framework: str, tmp_path: Path) -> None:
+    """The report: with the public half as AUTHMW_JWT_SIGNING_KEY, the Starlette example answered 500 to every
+    request, /health included. Both apps now refuse to start, saying what is wrong."""
+    key = rsa.generate_private_key(65537, 2048).public_key()
+    public = tmp_path / "public.pem"
+    public.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    env = {
+        "AUTHMW_SECRET_KEYS": COOKIE_KEY,
+        "AUTHMW_COOKIE_SECURE": "0",
+        "AUTHMW_JWT_ALGORITHMS": "RS256",
+        "AUTHMW_JWT_KEY": str(public),
+        "AUTHMW_JWT_SIGNING_KEY": str(public),
+    }
+    with pytest.raises(RuntimeError) as raised, APPS[framework](env):
+        pass
+    output = str(raised.value)
+    assert output.startswith("server exited")  # at start-up, not after answering /health with a 500
+    assert "ConfigurationError" in output
+    assert "AUTHMW_JWT_SIGNING_KEY" in output and "is a public key or a certificate, not a private key" in output
+
+
+def _me(url: str, access: str) -> httpx.Response:
+    return httpx.get(url + "/api/me", headers=bearer(access), timeout=5)
+
+
+def _refused(response: httpx.Response) -> bool:
+    return response.status_code == 401 and 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+def test_reuse_and_logout_end_the_access_tokens_they_cover(app_url: str) -> None:
+    """Access tokens name their refresh family (claim `sid`): a reused refresh token revokes its family and a logout
+    the families issued from that session, and the access tokens minted from them are refused at once, not when
+    they expire. Another session of the same user keeps its tokens through both."""
+    laptop, phone = login(app_url), login(app_url)
+    first = laptop.post("/api/token").json()
+    kept = phone.post("/api/token").json()
+    for _ in range(3):  # repeated: a shell may remember the decision, which must not outlive the revocation
+        assert _me(app_url, first["access_token"]).status_code == 200
+    second = refresh(app_url, first["refresh_token"]).json()
+    assert _me(app_url, second["access_token"]).status_code == 200
+
+    # (a) The first refresh token again: reuse, the family is revoked, and both pairs' access tokens with it.
+    assert _refused(refresh(app_url, first["refresh_token"]))
+    for access in (first["access_token"], second["access_token"]):
+        assert _refused(_me(app_url, access))
+    assert _me(app_url, kept["access_token"]).status_code == 200
+
+    # (b) Logout of the laptop session: the access token of the pair it got is refused too.
+    third = laptop.post("/api/token").json()  # the session outlived the reuse: a new family
+    for _ in range(3):
+        assert _me(app_url, third["access_token"]).status_code == 200
+    assert laptop.post("/logout").status_code == 303
+    assert _refused(_me(app_url, third["access_token"]))
+    assert _refused(refresh(app_url, third["refresh_token"]))
+
+    # (c) The phone session's tokens of the same user: untouched by both.
+    assert _me(app_url, kept["access_token"]).json()["id"] == "alice"
+    assert phone.get("/account").status_code == 200
+    assert refresh(app_url, kept["refresh_token"]).status_code == 200
+    # The link: each access token's `sid` claim names its refresh family, one per POST /api/token.
+    claims = [jwt.decode(p["access_token"], JWT_KEY, algorithms=["HS256"]) for p in (first, second, third, kept)]
+    families = [c["sid"] for c in claims]
+    assert families[0] == families[1] and len(set(families)) == 3
+    for client in (laptop, phone):
+        client.close()
+
+
+@pytest.mark.redis
+def test_reuse_and_logout_reach_every_worker_with_the_local_cache(redis_space: RedisSpace) -> None:
+    """Three gunicorn workers, each with its own local cache of revocation state: a family revoked by one worker
+    (reuse, logout) is refused by all of them within the propagation bound of every other revocation."""
+    env = {
+        "AUTHMW_SECRET_KEYS": COOKIE_KEY,
+        "AUTHMW_JWT_ALGORITHMS": "HS256",
+        "AUTHMW_JWT_KEY": JWT_KEY,
+        "AUTHMW_COOKIE_SECURE": "0",
+        "AUTHMW_REDIS_URL": redis_space.url,
+        "AUTHMW_REDIS_PREFIX": redis_space.prefix,
+        "AUTHMW_LOCAL_CACHE": "1",
+    }
+    with gunicorn_server("examples.flask_app.app:app", env, workers=3) as app:
+        laptop, phone = login(app.url), login(app.url)
+        first, kept = laptop.post("/api/token").json(), phone.post("/api/token").json()
+        for _ in range(15):  # spread over the workers: every one caches "alive" for both families
+            assert _me(app.url, first["access_token"]).status_code == 200
+            assert _me(app.url, kept["access_token"]).status_code == 200
+        assert refresh(app.url, first["refresh_token"]).status_code == 200
+        assert _refused(refresh(app.url, first["refresh_token"]))  # reuse, on one of the workers
+        time.sleep(0.1)  # the invalidation's way to the other workers (as for a logout: ~1-20 ms)
+        for _ in range(15):
+            assert _refused(_me(app.url, first["access_token"]))
+            assert _me(app.url, kept["access_token"]).status_code == 200
+        third = laptop.post("/api/token").json()
+        for _ in range(15):
+            assert _me(app.url, third["access_token"]).status_code == 200
+        assert laptop.post("/logout").status_code == 303
+        time.sleep(0.1)
+        for _ in range(15):
+            assert _refused(_me(app.url, third["access_token"]))
+            assert _me(app.url, kept["access_token"]).status_code == 200
+        for client in (laptop, phone):
+            client.close()

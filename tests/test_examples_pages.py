@@ -7,16 +7,20 @@ the same status codes, JSON and redirects from the Starlette and the Flask app. 
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 from examples import common
 from examples.flask_app import app as flask_example
 from examples.starlette_app import app as starlette_example
+from tests.attack_harness import ServerLikeWSGITransport
 
 BROWSER = {
     "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
@@ -439,6 +443,22 @@ PARITY_STEPS: list[Step] = [
     ("anon", "POST", "/login", {"data": {"username": "alice"}, "headers": {"Origin": "https://evil.example"}}, 403),
     ("anon", "PUT", "/login", {}, 405),
     ("anon", "DELETE", "/account", {}, 401),
+    ("anon", "OPTIONS", "/api/items", {}, 405),
+    (
+        "anon",
+        "OPTIONS",
+        "/api/items",
+        {"headers": {"Origin": "https://x.example", "Access-Control-Request-Method": "GET"}},
+        405,
+    ),
+    (
+        "anon",
+        "OPTIONS",
+        "/account",
+        {"headers": {"Origin": "https://x.example", "Access-Control-Request-Method": "GET"}},
+        405,
+    ),
+    ("anon", "OPTIONS", "/account", {}, 401),
     ("a", "POST", "/login", {"data": {"username": "alice", "password": "wonderland", "next": "//evil.example"}}, 303),
     ("a", "GET", "/account", {}, 200),
     ("a", "GET", "/account", {"headers": BROWSER}, 200),
@@ -514,3 +534,77 @@ def test_both_apps_answer_the_same_requests_identically() -> None:
     assert not wrong, "\n".join(wrong)
     locations = [answer["location"] for answer in answers[0] if answer["location"]]
     assert all(location.startswith("/") and not location.startswith("//") for location in locations)
+
+
+# ---- OPTIONS, CORS preflights and a repeated Authorization field: the same answer from both apps ----
+
+PREFLIGHT = [("Origin", "https://other.example"), ("Access-Control-Request-Method", "GET")]
+
+
+def _wire_clients() -> dict[str, Client]:
+    """Both apps handed requests as their servers hand them over: uvicorn passes a repeated field on as is (so does
+    TestClient, given a list), gunicorn joins it with ',' into one environ value (httpx's WSGITransport would keep
+    only the last one)."""
+    from starlette.testclient import TestClient
+
+    return {
+        "starlette": TestClient(starlette_example.create_app(), follow_redirects=False),
+        "flask": httpx.Client(
+            transport=ServerLikeWSGITransport(app=flask_example.create_app()), base_url="http://testserver"
+        ),
+    }
+
+
+def _on_the_wire(response: httpx.Response) -> dict[str, Any]:
+    content_type = response.headers.get("content-type", "")
+    return {
+        "status": response.status_code,
+        "type": content_type.split(";")[0],
+        "body": response.json() if "json" in content_type else response.text,
+        "www-authenticate": response.headers.get_list("www-authenticate"),
+        "cache-control": response.headers.get("cache-control"),
+        "vary": response.headers.get("vary"),
+        "location": response.headers.get("location"),
+    }
+
+
+def test_both_apps_answer_options_and_repeated_authorization_identically() -> None:
+    """OPTIONS is 405 in both (Flask's automatic OPTIONS answer is off: the Starlette app has none); a CORS
+    preflight passes authmw unauthenticated and gets that 405 too; two Authorization fields are one 400 with the
+    same words, whether the server passed both on (ASGI) or joined them (WSGI)."""
+    now = int(time.time())
+    token = pyjwt.encode(
+        {"sub": "alice", "iat": now, "exp": now + 300, "scope": "items:read"}, os.environ["AUTHMW_JWT_KEY"], "HS256"
+    )
+    bearer = ("Authorization", f"Bearer {token}")
+    requests: list[tuple[str, str, list[tuple[str, str]], int]] = []
+    for path, options in (("/api/items", 405), ("/api/me", 401), ("/account", 401)):
+        requests += [
+            ("OPTIONS", path, [], options),
+            ("OPTIONS", path, PREFLIGHT, 405),
+            ("OPTIONS", path, [*PREFLIGHT, ("Access-Control-Request-Headers", "authorization")], 405),
+            ("OPTIONS", path, [bearer], 401 if path == "/account" else 405),
+        ]
+        twice = 401 if path == "/account" else 400  # a session-only route reads no Authorization field
+        for fields in ([bearer, bearer], [bearer, ("Authorization", "Basic YWxpY2U6d29uZGVybGFuZA==")]):
+            requests += [(method, path, fields, twice) for method in ("GET", "POST", "OPTIONS")]
+    clients = _wire_clients()
+    answers = {
+        name: [_on_the_wire(c.request(m, p, headers=h)) for m, p, h, _ in requests] for name, c in clients.items()
+    }
+    for client in clients.values():
+        client.close()
+    differences = [
+        f"{m} {p} {[n for n, _ in h]}:\n  starlette={s}\n  flask={f}"
+        for (m, p, h, _), s, f in zip(requests, answers["starlette"], answers["flask"], strict=True)
+        if s != f
+    ]
+    assert not differences, "\n".join(differences)
+    assert [a["status"] for a in answers["starlette"]] == [status for *_, status in requests]
+    for (*_, status), answer in zip(requests, answers["starlette"], strict=True):
+        if status == 400:
+            assert answer["www-authenticate"] == [
+                'Bearer realm="authmw", error="invalid_request", error_description="more than one Authorization header"'
+            ]
+        if status == 405:
+            assert answer["body"] == {"detail": "Method Not Allowed"} and answer["www-authenticate"] == []

@@ -37,6 +37,7 @@ import pytest
 from tests.conftest import APPS, RedisProcess, Server, gunicorn_server
 
 from authmw import stores
+from authmw.masking import TagMask
 from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
 
 pytestmark = pytest.mark.slow
@@ -442,7 +443,8 @@ def test_p27_paused_redis_fails_closed_within_the_socket_timeout_then_recovers(
 
 
 def _session_key(cookie: str) -> str:
-    tag, random_part = cookie.split(".")[:2]  # the signed value starts with the session id: <tag>.<random>
+    # The signed value starts with the session id, its tag masked: <masked tag>.<random>.
+    tag, random_part = TagMask(SECRET.encode()).unmask(".".join(cookie.split(".")[:2])).split(".")
     return f"authmw:{{{tag}}}:s:{random_part}"
 
 

@@ -46,7 +46,7 @@ from tests.jwt_helpers import (
 )
 
 import authmw.keys
-from authmw.errors import ConfigurationError, InvalidToken
+from authmw.errors import ConfigurationError, InvalidToken, render_error
 from authmw.keys import KeySet, VerificationKey
 from authmw.principal import Principal
 from authmw.tokens import JWTSettings, JWTVerifier
@@ -668,6 +668,86 @@ def test_p10_b64_false_unencoded_payload_rejected(hs: JWTVerifier) -> None:
     rejected(hs, f"{header}..{signature}")
 
 
+# RFC 7515 §4.1: the registered header parameters and the JSON type each must have.
+HEADER_STRINGS = ("alg", "jku", "kid", "x5u", "x5t", "x5t#S256", "typ", "cty")
+HEADER_STRING_ARRAYS = ("x5c", "crit")
+REGISTERED_HEADERS = (*HEADER_STRINGS, *HEADER_STRING_ARRAYS, "jwk")
+#: one key without a kid: a token naming any kid string is served by it, so only a type check can refuse these
+TYPED_HEADERS_VERIFIER = hs_verifier(cache_size=0)
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def of_its_type(name: str, value: Any) -> bool:
+    if name in HEADER_STRING_ARRAYS:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, dict) if name == "jwk" else isinstance(value, str)
+
+
+def typed_header(name: str, value: Any) -> dict[str, Any]:
+    return {**HS256, name: value}  # alg and typ are replaced when they are the parameter tested
+
+
+def refusal_for_its_value(name: str, value: Any) -> str | None:
+    """The reason a value of the right type is still refused for (crit is never supported, alg and typ must be
+    allowed, cty must not nest), or None: the others are never read."""
+    if name == "alg":
+        return None if value == "HS256" else "alg_not_allowed"
+    if name == "typ":
+        return None if value.lower() in ("jwt", "at+jwt", "application/jwt", "application/at+jwt") else "bad_typ"
+    if name == "cty":
+        return "nested" if value.lower() in ("jwt", "application/jwt") else None
+    return "crit" if name == "crit" else None
+
+
+@pytest.mark.parametrize("name", REGISTERED_HEADERS)
+def test_p10_registered_header_parameter_null_rejected(name: str) -> None:
+    # Found by an attack run: "kid": null, signed with the configured key, was served by the default key.
+    token = craft(typed_header(name, None))
+    for _ in range(2):  # a refused header is never memoized as a good one
+        error = rejected(TYPED_HEADERS_VERIFIER, token)
+        assert (error.code, error.reason) == ("invalid_token", f"bad_{name}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(REGISTERED_HEADERS).flatmap(
+        lambda n: st.tuples(st.just(n), any_json.filter(lambda v: not of_its_type(n, v)))
+    )
+)
+def test_p10_registered_header_parameter_of_the_wrong_type_rejected(case: tuple[str, Any]) -> None:
+    """Null, numbers, booleans, objects, arrays (of non-strings, for the array parameters): all invalid_token."""
+    name, value = case
+    token = craft(typed_header(name, value))
+    for _ in range(2):
+        error = rejected(TYPED_HEADERS_VERIFIER, token)
+        assert (error.code, error.reason) == ("invalid_token", f"bad_{name}")
+    assert '"' not in error.description
+
+
+strings = st.text(max_size=12) | st.sampled_from(["HS256", "JWT", "at+jwt", "AT+JWT", "jwt", "application/jwt", ""])
+typed_values = {
+    **{name: strings for name in HEADER_STRINGS},
+    **{name: st.lists(st.text(max_size=8), max_size=3) for name in HEADER_STRING_ARRAYS},
+    "jwk": st.dictionaries(st.text(max_size=4), any_json, max_size=3),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(REGISTERED_HEADERS).flatmap(lambda n: st.tuples(st.just(n), typed_values[n])))
+def test_p10_registered_header_parameter_of_its_type_is_not_refused_for_its_type(case: tuple[str, Any]) -> None:
+    name, value = case
+    token = craft(typed_header(name, value))
+    expected = refusal_for_its_value(name, value)
+    if expected is None:
+        assert accepted(TYPED_HEADERS_VERIFIER, token).id == "alice"
+    else:
+        assert rejected(TYPED_HEADERS_VERIFIER, token).reason == expected
+
+
 # ---------------------------------------------------------------- P11: JWS compact serialization only
 
 
@@ -964,6 +1044,42 @@ def test_p1_unexpected_error_in_principal_hook_becomes_invalid_token() -> None:
         raise KeyError("role")
 
     rejected(hs_verifier(to_principal=broken), craft())
+
+
+# ---------------------------------------------------------------- P28: descriptions sent as written
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"exp": None},
+        {"iat": None},
+        {"sub": None},
+        {"iss": None},
+        {"aud": None},
+        {"exp": "soon"},
+        {"nbf": [1]},
+        {"iat": True},
+        {"sub": 1},
+        {"jti": ""},
+        {"scope": 1},
+        {"scp": {"a": 1}},
+        {"auth_time": "x"},
+    ],
+)
+def test_p28_claim_refusals_name_the_claim_without_quotes(overrides: dict[str, Any]) -> None:
+    """The renderer turns a double quote into a space (RFC 6750 §3 forbids it in `error_description`): a
+    description that needed it read 'the token has no  iat  claim'. Ours need none, and are sent as written."""
+    verifier = hs_verifier(issuer=ISSUER, audience=AUDIENCE)
+    everything = claims(iss=ISSUER, aud=AUDIENCE)
+    token = craft(HS256, {k: v for k, v in {**everything, **overrides}.items() if v is not None})
+    error = rejected(verifier, token)
+    (name,) = overrides
+    assert name in error.description.split()
+    assert '"' not in error.description
+    (challenge,) = [v for k, v in render_error(error, realm="authmw").headers if k == "www-authenticate"]
+    assert challenge.endswith(f'error_description="{error.description}"')
+    assert "  " not in challenge
 
 
 # ---------------------------------------------------------------- P15: PyJWT's algorithm objects, constant time

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from tests.conftest import RedisProcess
 
 from authmw.localcache import LocalCache
-from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
+from authmw.stores import RedisStore, RefreshRecord, SessionRecord, StoreUnavailable, user_tag
 
 pytestmark = pytest.mark.redis
 
@@ -157,6 +157,54 @@ def test_revocation_state_is_invalidated(redis_url: str, prefix: str) -> None:
     while reader.token_state("bob", None)[0] != pytest.approx(now):
         assert time.monotonic() < deadline
         time.sleep(0.001)
+
+
+def _family(store: RedisStore, user: str, family: str, session: SessionRecord | None = None) -> RefreshRecord:
+    now = time.time()
+    record = RefreshRecord(
+        token_hash=uuid4().hex * 2,
+        user_id=user,
+        family=family,
+        scopes=("items:read",),
+        expires=now + 600,
+        session_sid=session.sid if session is not None else None,
+        created=now,
+    )
+    assert store.refresh_create(record, now + 900, True) is True
+    return record
+
+
+def _revoked_within(reader: RedisStore, user: str, family: str, started: float, bound: float = 1.0) -> float:
+    """How long after `started` the reader's cache stopped saying the family's access tokens are alive."""
+    while reader.token_state(user, "jti-1", 0.0, family) != (None, True):
+        assert time.monotonic() - started < bound, "the family's revocation never reached the other cache"
+        time.sleep(0.0005)
+    return time.monotonic() - started
+
+
+def test_a_revoked_refresh_family_reaches_the_other_processes_caches(redis_url: str, prefix: str) -> None:
+    """Issue 4: a cached "family alive" (an access token's `sid`) must not outlive the family: reuse detection and a
+    logout of the session it was issued from announce `t:<user>`, as every other token revocation does. Prints the
+    delays observed (two stores, each with its own listener, as two worker processes have)."""
+    writer, reader = _cached_store(redis_url, prefix), _cached_store(redis_url, prefix)
+    delays = []
+    for round_ in range(10):
+        session = _record("bob")
+        writer.create(session)
+        reused, bound = _family(writer, "bob", f"reused-{round_}"), _family(writer, "bob", f"bound-{round_}", session)
+        for family in (reused.family, bound.family):
+            assert reader.token_state("bob", "jti-1", 0.0, family) == (None, False)
+            assert reader.peek_token_state("bob", "jti-1", 0.0, family) == (None, False)  # served from the cache
+        assert writer.refresh_use(user_tag("bob"), reused.token_hash, time.time(), 0.0)[0] == "ok"
+        started = time.monotonic()
+        assert writer.refresh_use(user_tag("bob"), reused.token_hash, time.time(), 0.0)[0] == "reuse"
+        delays.append(_revoked_within(reader, "bob", reused.family, started))
+        assert reader.token_state("bob", "jti-1", 0.0, bound.family) == (None, False)  # the other family lives
+        started = time.monotonic()
+        assert writer.delete(session.sid, "bob") is True  # a logout: the families issued from the session end
+        delays.append(_revoked_within(reader, "bob", bound.family, started))
+    p50, worst = statistics.median(delays) * 1000, max(delays) * 1000
+    print(f"family revocation propagation over {len(delays)} observations: p50 {p50:.2f} ms, max {worst:.2f} ms")
 
 
 def test_dropped_channel_stops_the_cache_until_it_is_back(redis_url: str, prefix: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from authmw.errors import AuthError, InvalidRequest, InvalidToken
 from authmw.request import (
@@ -313,6 +314,84 @@ def test_wsgi_view_reads_environ_fields() -> None:
     )
     assert WSGIRequestView({"PATH_INFO": ""}).path == "/"
     assert WSGIRequestView({"CONTENT_TYPE": "text/plain"}).header_values("content-type") == ["text/plain"]
+
+
+# --- X-Forwarded-* behind trusted proxies (AuthConfig.trusted_proxies) -------------------------------------------
+
+FORWARDED = {"for": "REMOTE_ADDR", "proto": "wsgi.url_scheme", "host": "HTTP_HOST"}
+
+
+def _forwarded_views(hops: int, lines: dict[str, list[str]]) -> tuple[RequestView, RequestView, dict[str, Any]]:
+    """An ASGI view (one header tuple per line), a WSGI view (lines joined, as servers do) and the environ werkzeug's
+    ProxyFix, trusting `hops` proxies for each header, hands to the app."""
+    headers = [(b"host", b"app.internal")]
+    environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "HTTP_HOST": "app.internal"}
+    environ |= {"wsgi.url_scheme": "http", "REMOTE_ADDR": "10.0.0.2"}
+    for name, values in lines.items():
+        headers += [(f"x-forwarded-{name}".encode(), value.encode()) for value in values]
+        if values:
+            environ[f"HTTP_X_FORWARDED_{name.upper()}"] = ",".join(values)
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "scheme": "http"}
+    asgi = ASGIRequestView(scope | {"client": ("10.0.0.2", 5000)})
+    wsgi = WSGIRequestView(dict(environ))
+    seen: dict[str, Any] = {}
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(env)
+        return []
+
+    ProxyFix(app, x_for=hops, x_proto=hops, x_host=hops)(environ, lambda *args: None)  # type: ignore[arg-type]
+    for view in (asgi, wsgi):
+        view.trusted_proxies = hops
+    return asgi, wsgi, seen
+
+
+_ITEM = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.:-[]", max_size=12)
+_LINE = st.lists(st.tuples(st.sampled_from(["", " ", "  "]), _ITEM), max_size=4).map(
+    lambda items: ",".join(pad + item + pad for pad, item in items)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(hops=st.integers(0, 4), lines=st.fixed_dictionaries({name: st.lists(_LINE, max_size=3) for name in FORWARDED}))
+def test_forwarded_values_are_the_ones_werkzeugs_proxyfix_takes(hops: int, lines: dict[str, list[str]]) -> None:
+    """Both views read X-Forwarded-For/-Proto/-Host as ProxyFix does with the same hop count: the value the
+    `hops`-th proxy from the app appended, never one further left (the client's), and the request's own when
+    there are fewer values than proxies, or none, or no trusted proxy at all."""
+    asgi, wsgi, proxied = _forwarded_views(hops, lines)
+    for view in (asgi, wsgi):
+        read = {"for": view.client_address, "proto": view.public_scheme, "host": view.public_host}
+        assert read == {name: proxied[key] for name, key in FORWARDED.items()}
+
+
+@pytest.mark.parametrize(
+    ("hops", "forwarded_host", "expected"),
+    [
+        (0, ["evil.example"], "app.internal"),  # not behind a trusted proxy: the header is the client's
+        (1, ["evil.example, app.example"], "app.example"),  # the client's spoofed value, left of the proxy's
+        (1, ["evil.example", "app.example"], "app.example"),  # the same, as two fields
+        (2, ["evil.example, app.example, edge.internal"], "app.example"),
+        (2, ["app.example"], "app.internal"),  # fewer values than proxies: ignored
+        (1, [" , ,"], "app.internal"),  # only empty items
+    ],
+)
+def test_forwarded_host_counts_hops_from_the_right(hops: int, forwarded_host: list[str], expected: str) -> None:
+    for view in _forwarded_views(hops, {"host": forwarded_host})[:2]:
+        assert view.public_host == expected
+        assert view.forwarded("host") == (None if expected == "app.internal" else expected)
+
+
+def test_forwarded_client_address_and_scheme_follow_the_trusted_proxy() -> None:
+    lines = {"for": ["198.51.100.66, 203.0.113.9"], "proto": ["http, https"]}
+    for view in _forwarded_views(1, lines)[:2]:
+        assert (view.client_address, view.public_scheme, view.client, view.scheme) == (
+            "203.0.113.9",
+            "https",
+            "10.0.0.2",  # the peer itself stays readable
+            "http",
+        )
+    for view in _forwarded_views(0, lines)[:2]:
+        assert (view.client_address, view.public_scheme) == ("10.0.0.2", "http")
 
 
 # --- P31: with_identity_headers ------------------------------------------------------------------------------

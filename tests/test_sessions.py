@@ -20,6 +20,7 @@ import math
 import re
 import secrets
 import signal
+import string
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Route
 from authmw.engine import Authenticator
 from authmw.errors import MissingCredentials
 from authmw.flows import run_sync
+from authmw.masking import TagMask
 from authmw.request import ASGIRequestView, RequestView, WSGIRequestView
 from authmw.sessions import COOKIE_CLOCK_SKEW, SessionManager, SessionSettings, SessionState
 from authmw.stores import MemoryStore, RedisStore, SessionRecord, StoreUnavailable, user_tag
@@ -218,13 +220,14 @@ def wsgi_app(config: AuthConfig, gate: Gate) -> authmw.wsgi.AuthMiddleware:
     return authmw.wsgi.AuthMiddleware(app, config)
 
 
-def make_config(store: Any, **session_options: Any) -> AuthConfig:
+def make_config(store: Any, *, trusted_proxies: int = 0, **session_options: Any) -> AuthConfig:
     options: dict[str, Any] = {"secret_keys": [SECRET], "store": store, "cookie_secure": False}
     options.update(session_options)
     return AuthConfig(
         sessions=SessionSettings(**options),
         routes=ROUTES,
         jwt=JWTSettings(algorithms=["HS256"], keys=JWT_KEY),
+        trusted_proxies=trusted_proxies,
     )
 
 
@@ -453,9 +456,9 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def sid_of(cookie_value: str) -> str:
-    """The session id inside a signed cookie value (``<sid>.<timestamp>.<signature>``)."""
-    return cookie_value.rsplit(".", 2)[0]
+def sid_of(cookie_value: str, key: str = SECRET) -> str:
+    """The session id a signed cookie value (``<masked sid>.<timestamp>.<signature>``) names: its tag unmasked."""
+    return TagMask(key.encode()).unmask(cookie_value.rsplit(".", 2)[0])
 
 
 def signer(key: str = SECRET) -> TimestampSigner:
@@ -551,6 +554,70 @@ def test_p16_cookie_carries_no_user_id_in_clear(memory_lab: Lab) -> None:
     assert response.json()["handle"] not in header  # the public handle is not the id either
 
 
+def test_p16_cookies_do_not_start_with_the_users_tag_and_look_unrelated() -> None:
+    """The id a cookie carries shows its user tag masked with a keyed hash of the random part: never
+    sha256(user)[:4], which would let whoever reads a cookie in a log test a guessed user name and link one user's
+    cookies, and the first parts of one user's sessions are spread like random values."""
+    manager = SessionManager(SessionSettings(secret_keys=[SECRET], store=MemoryStore(), cookie_secure=False))
+    firsts = []
+    for _ in range(200):
+        state = _login_state(manager)
+        assert state.set_cookie is not None and state.record is not None
+        value = state.set_cookie.split(";", 1)[0].partition("=")[2]
+        public = value.rsplit(".", 2)[0]
+        assert SID.fullmatch(public)  # the same shape as the id inside
+        assert sid_of(value) == state.record.sid  # unmasked, the store's id
+        firsts.append(public[:4])
+    assert firsts.count(user_tag("alice@example.com")) <= 2  # 200 / 65536 expected
+    assert len(set(firsts)) >= 195  # about 0.3 equal pairs expected among 200 random 16-bit values
+    for position in range(4):  # each hex digit takes (nearly) every value
+        assert len({first[position] for first in firsts}) >= 12
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tag=st.integers(0, 0xFFFF),
+    random_part=st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=43, max_size=43),
+    key=st.binary(min_size=32, max_size=96),
+)
+def test_p16_unmask_undoes_mask(tag: int, random_part: str, key: bytes) -> None:
+    internal = f"{tag:04x}.{random_part}"
+    tag_mask = TagMask(key)
+    public = tag_mask.mask(internal)
+    assert SID.fullmatch(public) and public[4:] == internal[4:]  # only the tag changes
+    assert tag_mask.unmask(public) == internal
+
+
+def test_p16_a_tampered_masked_tag_gives_no_session_never_an_error(lab: Lab) -> None:
+    app = lab.app()
+    client = app.client()
+    client.login()
+    value = client.cookie
+    for position in range(4):
+        forged = value[:position] + ("0" if value[position] != "0" else "f") + value[position + 1 :]
+        response = app.send_cookie(f"{NAME}={forged}")
+        assert_problem(response, 401)  # the signature covers the masked tag
+        assert_cleared(response)
+    assert client.get("/account").status_code == 200
+
+
+def test_p16_a_cookie_of_the_unmasked_scheme_finds_no_session(lab: Lab) -> None:
+    """A cookie written before ids were masked (the id itself signed) names no session now: the usual 401 and a
+    clearing cookie, never a 500. Such sessions simply end (their users log in again)."""
+    app = lab.app()
+    client = app.client()
+    client.login()
+    sid = sid_of(client.cookie)
+    if client.cookie.startswith(sid):  # the one case in 65536 where the mask is 0000: another session will do
+        client.login()
+        sid = sid_of(client.cookie)
+    assert alive(app.store, sid)
+    response = app.send_cookie(f"{NAME}={signer().sign(sid).decode()}")
+    assert_problem(response, 401)
+    assert_cleared(response)
+    assert client.get("/account").status_code == 200
+
+
 # --- P17: a signed cookie only allows a store lookup ----------------------------------------------------------------
 
 
@@ -559,8 +626,8 @@ def test_p17_cookie_is_a_sha256_timestamp_signature_with_the_session_salt(lab: L
     client = app.client()
     client.login()
     value = client.cookie
-    sid = signer().unsign(value, max_age=60).decode()
-    assert SID.fullmatch(sid) and alive(app.store, sid)
+    public = signer().unsign(value, max_age=60).decode()
+    assert SID.fullmatch(public) and alive(app.store, TagMask(SECRET.encode()).unmask(public))
     for wrong in (
         TimestampSigner(SECRET, salt="authmw.session"),  # SHA-1, the itsdangerous default
         TimestampSigner(SECRET, salt="authmw.csrf", digest_method=hashlib.sha256),
@@ -634,7 +701,7 @@ def test_p17_key_rotation_old_cookies_keep_working(lab: Lab) -> None:
 
     fresh = rotated.client()
     fresh.login("bob")
-    assert signer(NEW_SECRET).unsign(fresh.cookie).decode() == sid_of(fresh.cookie)  # the first key signs
+    assert signer(NEW_SECRET).unsign(fresh.cookie).decode() == fresh.cookie.rsplit(".", 2)[0]  # the first key signs
     with pytest.raises(BadSignature):
         signer(SECRET).unsign(fresh.cookie)
 
@@ -642,6 +709,22 @@ def test_p17_key_rotation_old_cookies_keep_working(lab: Lab) -> None:
     response = retired.send_cookie(f"{NAME}={old_cookie}")
     assert_problem(response, 401)
     assert_cleared(response)
+
+
+def test_p17_a_cookie_signed_by_an_older_key_is_unmasked_with_that_keys_mask(lab: Lab) -> None:
+    old_app = lab.app()
+    client = old_app.client()
+    client.login()
+    old_cookie = client.cookie
+    rotated = lab.app(store=old_app.store, secret_keys=[NEW_SECRET, SECRET])
+    response = rotated.send_cookie(f"{NAME}={old_cookie}")
+    assert response.status_code == 200 and response.json()["id"] == "alice"
+    # The key that verified the signature names the mask: the signing key's mask would name another id.
+    assert alive(old_app.store, sid_of(old_cookie, SECRET))
+    assert not alive(old_app.store, sid_of(old_cookie, NEW_SECRET))
+    fresh = rotated.client()
+    fresh.login()
+    assert alive(old_app.store, sid_of(fresh.cookie, NEW_SECRET))  # new cookies: the new key signs and masks
 
 
 @pytest.mark.parametrize(
@@ -1108,7 +1191,7 @@ def test_a_cookie_signed_by_a_clock_a_little_ahead_is_accepted_one_far_ahead_is_
     base = float(int(time.time())) + 0.95
     for ahead, accepted in ((0.1, True), (1.5, True), (COOKIE_CLOCK_SKEW - 1, True), (COOKIE_CLOCK_SKEW + 2, False)):
         monkeypatch.setattr(time, "time", lambda ahead=ahead: base + ahead)  # the host that sets the cookie
-        value = signer().sign(sid).decode()
+        value = signer().sign(TagMask(SECRET.encode()).mask(sid)).decode()
         monkeypatch.setattr(time, "time", lambda: base)  # the host that reads it
         manager = SessionManager(SessionSettings(secret_keys=[SECRET], store=MemoryStore(), cookie_secure=False))
         assert _read(manager, [f"{NAME}={value}"]) == ((sid, False) if accepted else (None, True)), ahead
@@ -1212,6 +1295,95 @@ def test_p23_csrf_token_is_required_when_configured(memory_lab: Lab, monkeypatch
     client.login()
     assert client.get("/account").json()["csrf"] != token
     assert_problem(client.post("/account", headers={"X-CSRF-Token": token}), 403)
+
+
+@pytest.mark.parametrize(
+    ("proxies", "headers", "accepted"),
+    [
+        # Without trusted proxies a client's X-Forwarded-Host is ignored: its Origin is compared with Host.
+        (0, {"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"}, False),
+        (0, {"Origin": BASE, "X-Forwarded-Host": "evil.example"}, True),
+        # Behind one proxy, the host (and scheme) it forwarded is the site's own...
+        (1, {"Origin": "https://app.example", "X-Forwarded-Host": "app.example", "X-Forwarded-Proto": "https"}, True),
+        (1, {"Origin": "http://testserver", "X-Forwarded-Host": "app.example"}, False),
+        # ...and only the value the proxy appended counts, never what the client put before it.
+        (1, {"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example, app.example"}, False),
+        (2, {"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example, app.example"}, True),
+        # Fewer values than proxies: the header is ignored (as ProxyFix does), and Host decides.
+        (2, {"Origin": BASE, "X-Forwarded-Host": "evil.example"}, True),
+        (2, {"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"}, False),
+    ],
+)
+def test_p23_forwarded_host_is_believed_only_behind_configured_proxies(
+    memory_lab: Lab, proxies: int, headers: dict[str, str], accepted: bool
+) -> None:
+    client = memory_lab.app(trusted_proxies=proxies).client()
+    client.login()
+    response = client.post("/account", headers=headers)
+    if accepted:
+        assert response.status_code == 200, response.text
+    else:
+        assert assert_problem(response, 403)["detail"] == "Origin is not this site"
+
+
+@pytest.mark.parametrize(
+    ("headers", "accepted"),
+    [
+        ({"Origin": "https://app.example"}, True),
+        ({"Origin": "https://app.example:443"}, True),  # the same origin, spelt with its default port
+        ({"Origin": "https://partner.example"}, True),  # a trusted origin, as before
+        ({"Referer": "https://app.example/form"}, True),
+        ({"Origin": BASE}, False),  # the Host header is not consulted once the origins are configured
+        ({"Origin": "http://evil.example", "Host": "evil.example"}, False),
+        ({"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"}, False),
+        ({"Origin": "http://app.example"}, False),  # another scheme
+        ({"Referer": BASE + "/form"}, False),
+    ],
+)
+def test_p23_configured_origins_replace_the_host_header(
+    memory_lab: Lab, headers: dict[str, str], accepted: bool
+) -> None:
+    app = memory_lab.app(
+        origins=["https://app.example"], trusted_origins=["https://partner.example"], trusted_proxies=1
+    )
+    client = app.client()
+    client.login()
+    response = client.post("/account", headers=headers)
+    if accepted:
+        assert response.status_code == 200, response.text
+    else:
+        assert assert_problem(response, 403)["error"] == "csrf_failed"
+
+
+def test_p23_require_origin_refuses_unsafe_cookie_requests_without_browser_headers(memory_lab: Lab) -> None:
+    strict = memory_lab.app(require_origin=True).client()
+    strict.login()
+    body = assert_problem(strict.post("/account"), 403)
+    assert body["error"] == "csrf_failed"
+    assert body["detail"] == authmw.sessions.MISSING_ORIGIN
+    assert all(name in body["detail"] for name in ("Origin", "Referer", "Sec-Fetch-Site"))
+    for present in ({"Origin": BASE}, {"Referer": BASE + "/form"}, {"Sec-Fetch-Site": "same-origin"}):
+        assert strict.post("/account", headers=present).status_code == 200, present
+    assert strict.get("/account").status_code == 200  # safe methods are never checked
+    # The default accepts it: only a non-browser client sends such a request, and it holds the cookie itself.
+    lenient = memory_lab.app().client()
+    lenient.login()
+    assert lenient.post("/account").status_code == 200
+
+
+def test_p23_login_form_check_uses_the_configured_origins_and_require_origin() -> None:
+    manager = SessionManager(
+        SessionSettings(secret_keys=[SECRET], cookie_secure=False, origins=["https://app.example"], require_origin=True)
+    )
+
+    def reason(**headers: str) -> str | None:
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "HTTP_HOST": "testserver"}
+        environ |= {"HTTP_" + name.upper(): value for name, value in headers.items()}
+        return authmw.sessions.SessionHandle(SessionState(manager, WSGIRequestView(environ))).cross_site_reason()
+
+    assert reason(origin="https://app.example") is None
+    assert reason(origin=BASE) == "Origin is not this site"
+    assert reason() == authmw.sessions.MISSING_ORIGIN
 
 
 # --- P27: store faults fail closed ---------------------------------------------------------------------------------

@@ -1134,9 +1134,9 @@ def test_websocket_cross_site_session_handshake_is_refused(client: TestClient) -
 def test_websocket_denial_response_carries_authmws_answer(client: TestClient) -> None:
     with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/ws/session"):
         pass  # pragma: no cover - never accepted
-    assert refused.value.status_code == 403  # DESIGN.md §1: a refused handshake is HTTP 403
+    assert refused.value.status_code == 403  # a refused handshake is HTTP 403, and its body says so
     assert refused.value.headers["www-authenticate"] == 'Session realm="authmw"'
-    assert refused.value.json()["status"] == 401
+    assert refused.value.json()["status"] == 403
 
 
 def test_websocket_without_the_denial_extension_closes_with_1008(config: AuthConfig) -> None:

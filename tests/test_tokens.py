@@ -51,8 +51,9 @@ from authmw import (
 from authmw.engine import Authenticator
 from authmw.flows import Flow, run_async, run_sync
 from authmw.issuer import NOT_CONFIGURED, TokenIssuer, TokenService, jti_key
+from authmw.masking import TagMask
 from authmw.request import WSGIRequestView
-from authmw.sessions import SessionSettings, SessionState
+from authmw.sessions import SessionSettings, SessionState, session_handle
 from authmw.stores import MemoryStore, RedisStore, SessionRecord, user_tag
 
 SECRET = "k" * 40
@@ -340,6 +341,31 @@ def test_signing_key_must_be_among_the_verification_keys(keys: dict[str, Any]) -
         TokenIssuer(JWTSettings(algorithms=["RS256"], keys=public_pem(keys["RS256"]), signing_key=keys["ES256"]))
 
 
+def test_a_signing_key_that_cannot_sign_fails_when_the_settings_are_built(keys: dict[str, Any]) -> None:
+    """Before, these were taken as they were: the token endpoints then answered 501, or a request failed (500)
+    when the key was loaded or first used to sign."""
+    private = keys["RS256"]
+    encrypted = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
+    for signing_key, failure in (
+        (private.public_key(), "is a public key"),
+        (public_pem(private), "is a public key"),
+        (public_pem(private).decode(), "is a public key"),
+        (encrypted, "encrypted PEM private key"),
+        (42, "of type int"),
+        (keys["EdDSA"], "is an Ed25519 private key, which signs ['EdDSA'], none of the configured algorithms"),
+        (keys["other-rsa"], "not among the verification keys"),
+    ):
+        with pytest.raises(ConfigurationError, match=re.escape(failure)) as raised:
+            JWTSettings(algorithms=["RS256"], keys=public_pem(private), signing_key=signing_key)
+        assert "AUTHMW_JWT_SIGNING_KEY" in str(raised.value) and "JWTSettings.signing_key" in str(raised.value)
+    with pytest.raises(ConfigurationError, match="is an RSA private key"):
+        JWTSettings(algorithms=["HS256"], keys=SECRET, signing_key=private_pem(private))
+    with pytest.raises(ConfigurationError, match="HMAC secret that is not among the verification keys"):
+        JWTSettings(algorithms=["HS256"], keys=SECRET, signing_key="q" * 40)
+
+
 def test_asymmetric_config_without_signing_key_cannot_mint(keys: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="signing key"):
         TokenIssuer(JWTSettings(algorithms=["RS256"], keys=public_pem(keys["RS256"])))
@@ -408,7 +434,7 @@ def test_issue_gives_a_pair_with_an_opaque_refresh_token(harness: Harness) -> No
     assert pair["token_type"] == "Bearer" and pair["expires_in"] == 120
     refresh = pair["refresh_token"]
     assert REFRESH_SHAPE.fullmatch(refresh)
-    assert refresh.split(".")[0] == user_tag("alice")
+    assert service.tag_masks[0].unmask(refresh).split(".")[0] == user_tag("alice")  # the tag inside, masked
     principal = JWTVerifier(service.settings).verify(pair["access_token"])
     assert (principal.id, principal.scopes) == ("alice", frozenset(ALICE_SCOPES))
     with pytest.raises(pyjwt.DecodeError):  # never a JWT
@@ -420,13 +446,15 @@ def test_refresh_tokens_are_stored_only_hashed(harness: Harness) -> None:
     first = harness.run(service.issue(session_principal()))
     second = harness.run(service.refresh(body(first["refresh_token"])))
     raw_tokens = [first["refresh_token"], second["refresh_token"]]
-    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in raw_tokens]
+    # The hash of the internal form (the user tag unmasked): neither the token nor its internal form is kept.
+    internal = [service.tag_masks[0].unmask(t) for t in raw_tokens]
+    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in internal]
     store = harness.store
     if isinstance(store, RedisStore):
         contents = redis_contents(store)
         assert contents
         blob = b"\n".join(contents)
-        for token in raw_tokens:
+        for token in raw_tokens + internal:
             assert token.encode() not in blob
             assert token.split(".")[1].encode() not in blob  # not even the random part
         keys = [k.decode() for k in store.client.scan_iter(match=store.prefix + "*")]
@@ -434,7 +462,7 @@ def test_refresh_tokens_are_stored_only_hashed(harness: Harness) -> None:
             assert any(k.endswith(":rt:" + digest) for k in keys)
     else:
         assert set(store._refresh) == set(hashes)
-        assert all(token not in repr(record) for record in store._refresh.values() for token in raw_tokens)
+        assert all(token not in repr(record) for record in store._refresh.values() for token in raw_tokens + internal)
 
 
 def test_rotation_then_reuse_revokes_the_family(harness: Harness) -> None:
@@ -500,7 +528,7 @@ def test_reuse_grace_window(harness: Harness, monkeypatch: pytest.MonkeyPatch) -
 
 def test_store_refresh_use_outcomes_with_explicit_times(harness: Harness) -> None:
     service = harness.service()
-    token = harness.run(service.issue(session_principal()))["refresh_token"]
+    token = service.tag_masks[0].unmask(harness.run(service.issue(session_principal()))["refresh_token"])
     digest = hashlib.sha256(token.encode()).hexdigest()
     tag = token[:4]
     now = time.time()
@@ -580,6 +608,171 @@ def test_a_refresh_family_is_never_bound_to_another_users_session(harness: Harne
     with pytest.raises(MissingCredentials) as info:
         harness.run(harness.service().issue_for_session(session_principal(), theirs.sid))
     assert info.value.reason == "session_ended"
+
+
+# --- issue 3: refresh tokens do not reveal their user (a masked tag) ----------------------------------------------
+
+
+def test_refresh_tokens_do_not_start_with_their_users_tag_and_look_unrelated(harness: Harness) -> None:
+    """The token's first part is the user tag XOR a keyed hash of its random part: not sha256(user)[:4], and the
+    first parts of one user's tokens (new families and successors alike) are spread like random values."""
+    service = harness.service()
+    tokens = [harness.run(service.issue(session_principal()))["refresh_token"] for _ in range(150)]
+    chain = tokens[0]
+    for _ in range(50):
+        chain = harness.run(service.refresh(body(chain)))["refresh_token"]
+        tokens.append(chain)
+    firsts = [token.split(".")[0] for token in tokens]
+    assert firsts.count(user_tag("alice")) <= 2  # 200 / 65536 expected
+    assert len(set(firsts)) >= 195  # about 0.3 equal pairs expected among 200 random 16-bit values
+    for position in range(4):  # each hex digit takes (nearly) every value
+        assert len({first[position] for first in firsts}) >= 12
+    assert all(REFRESH_SHAPE.fullmatch(token) for token in tokens)
+    assert {service.tag_masks[0].unmask(token).split(".")[0] for token in tokens} == {user_tag("alice")}
+
+
+def test_a_refresh_token_masked_with_an_older_key_still_refreshes_at_one_more_round_trip(harness: Harness) -> None:
+    old, new = b"older-session-key-" + b"o" * 30, b"newer-session-key-" + b"n" * 30
+    recorder = RecordingStore(harness.store)
+
+    def service(*masks: bytes) -> TokenService:
+        return TokenService(TokenIssuer(JWTSettings(algorithms=["HS256"], keys=SECRET)), recorder, None, None, masks)
+
+    before, rotated, retired = service(old), service(new, old), service(new)
+    token = harness.run(before.issue(session_principal()))["refresh_token"]
+    successor = harness.run(rotated.refresh(body(token)))["refresh_token"]
+    assert recorder.outcomes == ["invalid", "ok"]  # the current key's mask first, then the older one's
+    assert retired.tag_masks[0].unmask(successor).split(".")[0] == user_tag("alice")  # the successor: current mask
+    assert harness.run(retired.refresh(body(successor)))["token_type"] == "Bearer"
+    assert recorder.outcomes[2:] == ["ok"]
+    stale = harness.run(before.issue(session_principal()))["refresh_token"]
+    with pytest.raises(InvalidToken) as info:  # its key is gone: no record found, an ordinary 401
+        harness.run(retired.refresh(body(stale)))
+    assert info.value.reason == "refresh_invalid"
+
+
+def test_refresh_token_masks_come_from_the_session_keys_else_from_the_signing_key(
+    harness: Harness, keys: dict[str, Any]
+) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    token = harness.run(auth.tokens.issue(session_principal()))["refresh_token"]
+    assert TagMask(COOKIE_KEY.encode()).unmask(token).split(".")[0] == user_tag("alice")
+    # Without session keys: the signing key's, which every process that mints and refreshes holds.
+    for settings in (
+        JWTSettings(algorithms=["HS256"], keys=SECRET),
+        JWTSettings(algorithms=["RS256"], keys=public_pem(keys["RS256"]), signing_key=keys["RS256"]),
+    ):
+        one, other = (TokenService(TokenIssuer(settings), harness.store) for _ in range(2))
+        token = harness.run(one.issue(session_principal()))["refresh_token"]
+        assert harness.run(other.refresh(body(token)))["token_type"] == "Bearer"
+    elsewhere = JWTSettings(algorithms=["RS256"], keys=public_pem(keys["other-rsa"]), signing_key=keys["other-rsa"])
+    foreign = harness.run(TokenService(TokenIssuer(elsewhere), harness.store).issue(session_principal()))
+    with pytest.raises(InvalidToken):
+        harness.run(other.refresh(body(foreign["refresh_token"])))
+
+
+# --- issue 4: a revoked refresh family ends the access tokens minted from it -------------------------------------
+
+
+def _logged_in(harness: Harness, auth: Authenticator, user: str = "alice") -> SessionState:
+    assert auth.sessions is not None
+    state = SessionState(auth.sessions, WSGIRequestView({"REQUEST_METHOD": "POST", "PATH_INFO": "/login"}))
+    harness.run(auth.sessions.login(state, user, ALICE_SCOPES))
+    return state
+
+
+def _pair_of(harness: Harness, auth: Authenticator, state: SessionState) -> dict[str, Any]:
+    """`POST /api/token` for the session of `state`."""
+    assert auth.tokens is not None and auth.sessions is not None and state.record is not None
+    principal = auth.sessions.principal_of(state.record)
+    pair: dict[str, Any] = harness.run(auth.tokens.issue_for_session(principal, state.record.sid))
+    return pair
+
+
+def _family_of(access: str) -> str:
+    family: str = pyjwt.decode(access, options={"verify_signature": False})["sid"]
+    return family
+
+
+def test_p30_reuse_detection_ends_the_access_tokens_of_the_family(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    laptop, phone = _logged_in(harness, auth), _logged_in(harness, auth)
+    first, kept = _pair_of(harness, auth, laptop), _pair_of(harness, auth, phone)
+    second = harness.run(auth.tokens.refresh(body(first["refresh_token"])))
+    for access in (first["access_token"], second["access_token"]):
+        assert harness.verify(auth, access).id == "alice"
+    with pytest.raises(InvalidToken) as reuse:
+        harness.run(auth.tokens.refresh(body(first["refresh_token"])))
+    assert reuse.value.reason == "refresh_reuse"
+    for access in (first["access_token"], second["access_token"]):
+        assert harness.refused(auth, access) == "revoked"
+    assert harness.verify(auth, kept["access_token"]).id == "alice"  # another family of the same user
+    assert harness.run(auth.tokens.refresh(body(kept["refresh_token"])))["token_type"] == "Bearer"
+    # The link is the `sid` claim: the refresh family (never the session id), revoked for good.
+    family = _family_of(first["access_token"])
+    assert _family_of(second["access_token"]) == family != _family_of(kept["access_token"])
+    assert laptop.record is not None and family not in laptop.record.sid
+    assert harness.call("token_state", "alice", None, 0.0, family) == (None, True)
+
+
+def test_p20_logout_and_revoking_a_session_end_the_access_tokens_of_its_families(harness: Harness) -> None:
+    auth = harness.authenticator()
+    assert auth.sessions is not None and auth.tokens is not None
+    laptop, tablet, phone = (_logged_in(harness, auth) for _ in range(3))
+    laptop_pairs = [_pair_of(harness, auth, laptop) for _ in range(2)]  # two families from one session
+    tablet_pair, kept = _pair_of(harness, auth, tablet), _pair_of(harness, auth, phone)
+    assert harness.run(auth.sessions.logout(laptop)) is True
+    for pair in laptop_pairs:
+        assert harness.refused(auth, pair["access_token"]) == "revoked"
+    assert harness.verify(auth, tablet_pair["access_token"]).id == "alice"
+    assert tablet.record is not None
+    handle = session_handle(tablet.record.sid)  # "your devices": end one session by its public handle
+    assert harness.run(auth.sessions.revoke_session(None, "alice", handle)) is True
+    assert harness.refused(auth, tablet_pair["access_token"]) == "revoked"
+    assert harness.verify(auth, kept["access_token"]).id == "alice"
+    assert harness.run(auth.tokens.refresh(body(kept["refresh_token"])))["token_type"] == "Bearer"
+
+
+def test_a_sid_claim_of_a_token_minted_elsewhere_is_not_taken_for_a_refresh_family(
+    harness: Harness, keys: dict[str, Any]
+) -> None:
+    """Identity providers put their own session id in `sid` (OpenID Connect): only tokens with the `iss` this app
+    mints with are checked against its refresh families, and an app that mints none checks none."""
+    idp = "https://idp.example"
+    auth = harness.authenticator(issuer=[ISSUER, idp])
+    now = time.time()
+    claims = {"sub": "alice", "iat": now, "exp": int(now + 60), "jti": uuid4().hex, "sid": "idp-session-1"}
+    assert harness.verify(auth, pyjwt.encode({**claims, "iss": idp}, SECRET, algorithm="HS256")).id == "alice"
+    ours = pyjwt.encode({**claims, "iss": ISSUER}, SECRET, algorithm="HS256")
+    assert harness.refused(auth, ours) == "revoked"  # no such family of ours
+    assert harness.verify(auth, pyjwt.encode({**claims, "iss": ISSUER, "sid": 7}, SECRET, algorithm="HS256"))
+    verifying_only = JWTSettings(algorithms=["RS256"], keys=public_pem(keys["RS256"]), revocation_store=harness.store)
+    reader = Authenticator(AuthConfig(jwt=verifying_only))
+    assert reader.tokens is None
+    signed = pyjwt.encode({**claims, "sid": "anything"}, keys["RS256"], algorithm="RS256")
+    assert harness.verify(reader, signed).id == "alice"
+
+
+def test_a_revoked_family_counts_as_a_revocation_of_the_memory_store() -> None:
+    """Remembered decisions (`Authenticator.still_holds`) are reused while `MemoryStore.revocations` is unchanged:
+    ending a family (reuse, logout) must change it, as a jti denial does."""
+    harness = Harness(MemoryStore(), None)
+    auth = harness.authenticator()
+    assert auth.revocation_counter is harness.store and auth.tokens is not None and auth.sessions is not None
+    state = _logged_in(harness, auth)
+    pair = _pair_of(harness, auth, state)
+    harness.run(auth.tokens.refresh(body(pair["refresh_token"])))
+    count = harness.store.revocations
+    with pytest.raises(InvalidToken):
+        harness.run(auth.tokens.refresh(body(pair["refresh_token"])))
+    assert harness.store.revocations > count
+    again = _pair_of(harness, auth, state)
+    count = harness.store.revocations
+    harness.run(auth.sessions.logout(state))
+    assert harness.store.revocations > count
+    assert harness.refused(auth, again["access_token"]) == "revoked"
 
 
 class LogoutDuringIssue:
@@ -1031,6 +1224,18 @@ def test_a_refresh_racing_revoke_all_tokens_mints_no_token_that_outlives_it(harn
     assert harness.refused(auth, stolen["access_token"]) == "revoked"
     fresh = harness.run(auth.tokens.issue(session_principal(), None))  # a new login afterwards: accepted
     assert harness.verify(auth, fresh["access_token"]).id == "alice"
+
+
+def test_a_token_refused_after_revoke_all_tokens_says_the_tokens_were_revoked(harness: Harness) -> None:
+    """`tokens revoke-all` keeps the sessions, so the refusal must not say they were revoked (it did)."""
+    auth = harness.authenticator()
+    assert auth.tokens is not None
+    token, _ = auth.tokens.issuer.mint("alice", now=time.time() - 5)
+    harness.run(auth.tokens.revoke_all_tokens("alice"))
+    with pytest.raises(InvalidToken) as refused:
+        harness.verify(auth, token)
+    assert refused.value.reason == "revoked"
+    assert refused.value.description == "the token was issued before the user's tokens were revoked"
 
 
 # --- the endpoints, in-process, on both adapters ------------------------------------------------------------------

@@ -10,10 +10,18 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, redirect, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from authmw import AuthConfig
-from authmw.flask import AuthFailed, AuthMW, current_principal, list_sessions, login, logout, logout_everywhere
+from authmw.flask import (
+    AuthFailed,
+    AuthMW,
+    client_address,
+    current_principal,
+    list_sessions,
+    login,
+    logout,
+    logout_everywhere,
+)
 from authmw.flask import cross_site_reason as login_cross_site_reason
 from examples.common import (
     LOGIN_ERROR,
@@ -29,6 +37,8 @@ from examples.common import (
     notice_cookie,
     parse_form,
     parse_json,
+    throttle_from,
+    too_many_attempts,
     wants_html,
 )
 
@@ -43,10 +53,23 @@ def _wants_html() -> bool:
     return wants_html(request.headers.get("Accept"))
 
 
+def _login_refused(fields: dict[str, str], error: str, detail: str, status: int, headers: dict[str, str] | None) -> Any:
+    """The login form again with `error` for browsers, `{"detail": detail}` for API clients."""
+    if _wants_html():
+        page = login_page(next_path=fields.get("next"), username=fields.get("username", ""), error=error)
+        return _html(page, status), headers or {}
+    return jsonify(detail=detail), status, headers or {}
+
+
 def create_app(config: AuthConfig | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # same JSON as the Starlette app
-    auth = AuthMW(app, config or config_from_env())
+    # No automatic OPTIONS answers (200 + Allow): like the Starlette app, OPTIONS is 405 where a route does not
+    # serve it. CORS preflights pass authmw unauthenticated; neither app answers them, a CORS middleware would.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    config = config or config_from_env()
+    auth = AuthMW(app, config)
+    throttle = throttle_from(config)
 
     @app.get("/")
     def home() -> Response:
@@ -72,13 +95,16 @@ def create_app(config: AuthConfig | None = None) -> Flask:
         if reason is not None:  # login CSRF: a foreign site must not log the browser in as someone else
             return jsonify(detail=reason), 403
         fields = parse_form(request.get_data(), request.content_type or "")
-        scopes = check_password(fields.get("username", ""), fields.get("password", ""))
+        user, address = fields.get("username", ""), client_address()
+        wait = throttle.check(user, address)  # before the password: a locked name or address is not tried
+        if wait:
+            message = too_many_attempts(wait)
+            return _login_refused(fields, message, message, 429, {"Retry-After": str(wait)})
+        scopes = check_password(user, fields.get("password", ""))
         if scopes is None:
-            if _wants_html():
-                page = login_page(next_path=fields.get("next"), username=fields.get("username", ""), error=LOGIN_ERROR)
-                return _html(page, 401)
-            return jsonify(detail="invalid username or password"), 401
-        login(fields["username"], scopes, remember=fields.get("remember") == "1")
+            return _login_refused(fields, LOGIN_ERROR, "invalid username or password", 401, None)
+        throttle.success(user, address)
+        login(user, scopes, remember=fields.get("remember") == "1")
         return redirect(after_login(fields.get("next")), code=303)
 
     @app.get("/account")
@@ -137,5 +163,3 @@ def create_app(config: AuthConfig | None = None) -> Flask:
 
 
 app = create_app()
-# Behind a reverse proxy, trust one hop of X-Forwarded-* (scheme and host feed the CSRF origin check).
-app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1, x_host=1)  # type: ignore[method-assign]

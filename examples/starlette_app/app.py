@@ -28,6 +28,7 @@ from authmw.starlette import (
     session,
     token_endpoint,
 )
+from authmw.throttle import LoginThrottle
 from examples.common import (
     LOGIN_ERROR,
     NOTICE_CLEARED,
@@ -42,6 +43,8 @@ from examples.common import (
     notice_cookie,
     parse_form,
     parse_json,
+    throttle_from,
+    too_many_attempts,
     wants_html,
 )
 
@@ -70,18 +73,32 @@ async def login_form(request: Request) -> HTMLResponse:
     return HTMLResponse(login_page(next_path=request.query_params.get("next")))
 
 
+def _login_refused(
+    request: Request, fields: dict[str, str], error: str, detail: str, status: int, headers: dict[str, str] | None
+) -> Response:
+    """The login form again with `error` for browsers, `{"detail": detail}` for API clients."""
+    if _wants_html(request):
+        page = login_page(next_path=fields.get("next"), username=fields.get("username", ""), error=error)
+        return HTMLResponse(page, status_code=status, headers=headers)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
 async def do_login(request: Request) -> Response:
     reason = session(request).cross_site_reason()
     if reason is not None:  # login CSRF: a foreign site must not log the browser in as someone else
         return JSONResponse({"detail": reason}, status_code=403)
     fields = parse_form(await request.body(), request.headers.get("content-type", ""))
-    scopes = check_password(fields.get("username", ""), fields.get("password", ""))
+    user, address = fields.get("username", ""), session(request).client_address
+    throttle: LoginThrottle = request.app.state.throttle
+    wait = await throttle.acheck(user, address)  # before the password: a locked name or address is not tried
+    if wait:
+        message = too_many_attempts(wait)
+        return _login_refused(request, fields, message, message, 429, {"retry-after": str(wait)})
+    scopes = check_password(user, fields.get("password", ""))
     if scopes is None:
-        if _wants_html(request):
-            page = login_page(next_path=fields.get("next"), username=fields.get("username", ""), error=LOGIN_ERROR)
-            return HTMLResponse(page, status_code=401)
-        return JSONResponse({"detail": "invalid username or password"}, status_code=401)
-    await login(request, fields["username"], scopes, remember=fields.get("remember") == "1")
+        return _login_refused(request, fields, LOGIN_ERROR, "invalid username or password", 401, None)
+    await throttle.asuccess(user, address)
+    await login(request, user, scopes, remember=fields.get("remember") == "1")
     return RedirectResponse(after_login(fields.get("next")), status_code=303)
 
 
@@ -163,6 +180,7 @@ def create_app(config: AuthConfig | None = None) -> Starlette:
         exception_handlers={HTTPException: http_error},
     )
     app.router.redirect_slashes = False  # answer exactly what the Flask app answers: no slash redirects
+    app.state.throttle = throttle_from(config)
     return app
 
 

@@ -8,6 +8,7 @@ session `Set-Cookie`) are changed in a `send` wrapper. Lifespan and other scope 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -49,6 +50,23 @@ def get_session(scope: Scope) -> AsyncSessionHandle:
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+def _denial(response: ErrorResponse) -> ErrorResponse:
+    """A refused websocket handshake's denial response: HTTP 403, as close-before-accept gives (a store that cannot
+    be reached stays 503 + Retry-After), and a problem body whose `status` is the one sent (RFC 9457 §3.1.2)."""
+    status = 503 if response.status == 503 else 403
+    body = response.body
+    if status != response.status and body.startswith(b"{"):
+        try:
+            problem = json.loads(body)
+        except ValueError:  # an on_error hook's own body: sent as it is
+            problem = None
+        if isinstance(problem, dict) and problem.get("status") == response.status:
+            problem["status"] = status
+            body = json.dumps(problem, separators=(",", ":")).encode()
+    headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in response.headers]
+    return ErrorResponse(status, headers, body)
 
 
 async def _answer(send: Send, response: ErrorResponse) -> None:
@@ -332,15 +350,16 @@ class AuthMiddleware:
 
     async def _refuse(self, error: AuthError, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.authenticator.error_response(error, exchange.view, exchange.policy)
+        websocket = scope["type"] == "websocket"
+        denial = websocket and "websocket.http.response" in (scope.get("extensions") or {})
+        if denial:
+            response = _denial(response)
         headers = _encode(exchange.error_headers(response))
-        if scope["type"] == "websocket":
+        if websocket:
             # P29: refuse at the handshake, before any accept.
             await receive()  # websocket.connect
-            if "websocket.http.response" in (scope.get("extensions") or {}):
-                # DESIGN.md §1: a refused handshake is HTTP 403 (as close-before-accept gives) and the body says
-                # why; a store that cannot be reached stays 503 + Retry-After.
-                status = 503 if response.status == 503 else 403
-                start = {"type": "websocket.http.response.start", "status": status, "headers": headers}
+            if denial:
+                start = {"type": "websocket.http.response.start", "status": response.status, "headers": headers}
                 await send(start)
                 await send({"type": "websocket.http.response.body", "body": response.body})
             else:

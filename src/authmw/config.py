@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -41,6 +42,22 @@ class AuthConfig:
     on_error: ErrorHook | None = None
     #: receives every `authmw.audit.AuditEvent` (default: the ``authmw.audit`` logger)
     audit: AuditHook | None = None
+    #: how many reverse proxies in front of the app add to `X-Forwarded-Proto`/`-Host`/`-For`: the value each header
+    #: got from the proxy nearest the client is used (as werkzeug's ProxyFix does). 0: those headers are ignored
+    trusted_proxies: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigurationError` for what the settings cannot check alone; the middleware calls it again when
+        it is built (the fields may have been changed since)."""
+        ConfigurationError.unless_count(self, "trusted_proxies", 0, 32)
+        jwt = self.jwt
+        if jwt is not None and jwt.revocation_grace:
+            store = jwt.revocation_store or (self.sessions.store if self.sessions is not None else None)
+            if store is not None and not _takes_grace(store):
+                raise ConfigurationError("revocation_grace needs a store whose token_state() takes a grace argument")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> AuthConfig:
@@ -51,7 +68,7 @@ class AuthConfig:
          "routes": [{"path": "/api/{rest:path}", "policy": "jwt", "scopes": ["items:read"], "methods": ["GET"]}],
          "default": "optional", "realm": "my-app"}
         """
-        known = {"jwt", "sessions", "routes", "default", "realm"}
+        known = {"jwt", "sessions", "routes", "default", "realm", "trusted_proxies"}
         unknown = set(data) - known
         if unknown:
             raise ConfigurationError(f"unknown configuration keys: {sorted(unknown)}")
@@ -76,6 +93,8 @@ class AuthConfig:
             kwargs["default"] = Policy.parse(data["default"])
         if "realm" in data:
             kwargs["realm"] = data["realm"]
+        if "trusted_proxies" in data:
+            kwargs["trusted_proxies"] = data["trusted_proxies"]
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -91,13 +110,15 @@ class AuthConfig:
         Sessions are always on: `AUTHMW_SECRET_KEYS` (unset: a random key, with a warning),
         `AUTHMW_REDIS_URL` (unset: the in-memory store), `AUTHMW_REDIS_PREFIX` (the Redis key prefix, default
         ``authmw:``), `AUTHMW_COOKIE_SECURE`,
-        `AUTHMW_SESSION_IDLE_TIMEOUT`, `AUTHMW_SESSION_ABSOLUTE_TIMEOUT`, `AUTHMW_TRUSTED_ORIGINS`,
-        `AUTHMW_LOGIN_URL`.
+        `AUTHMW_SESSION_IDLE_TIMEOUT`, `AUTHMW_SESSION_ABSOLUTE_TIMEOUT`, `AUTHMW_ORIGINS`, `AUTHMW_TRUSTED_ORIGINS`,
+        `AUTHMW_CSRF_REQUIRE_ORIGIN`, `AUTHMW_LOGIN_URL`. `AUTHMW_TRUSTED_PROXIES`: the number of reverse proxies in
+        front of the app whose `X-Forwarded-*` headers are believed (default 0: none).
         """
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {"jwt": _jwt_from_env(env), "sessions": _sessions_from_env(env)}
         if env.get("AUTHMW_REALM"):
             kwargs["realm"] = env["AUTHMW_REALM"]
+        kwargs["trusted_proxies"] = _proxy_count(env)
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -124,6 +145,19 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(number):  # "nan" and "inf" parse, and NaN passes every `<=` check
         raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
     return number
+
+
+def _proxy_count(env: Mapping[str, str]) -> int:
+    value = (env.get("AUTHMW_TRUSTED_PROXIES") or "").strip()
+    if not value:
+        return 0
+    if not (value.isascii() and value.isdigit()) or int(value) > 32:
+        raise ConfigurationError(
+            f"AUTHMW_TRUSTED_PROXIES must be the number of reverse proxies in front of the app (0 to 32), not "
+            f"{value!r}: 1 behind one proxy that sets X-Forwarded-Proto/-Host/-For, or unset when clients reach the "
+            "app directly"
+        )
+    return int(value)
 
 
 def _key_material(value: str) -> str | bytes:
@@ -240,7 +274,9 @@ def _sessions_from_env(env: Mapping[str, str]) -> SessionSettings:
         absolute_timeout=_number(env, "AUTHMW_SESSION_ABSOLUTE_TIMEOUT", 8 * 3600.0),
         touch_interval=_number(env, "AUTHMW_SESSION_TOUCH_INTERVAL", min(60.0, idle / 4)),
         cookie_secure=secure,
+        origins=_split(env.get("AUTHMW_ORIGINS")),
         trusted_origins=_split(env.get("AUTHMW_TRUSTED_ORIGINS")),
+        require_origin=_flag(env, "AUTHMW_CSRF_REQUIRE_ORIGIN"),
         login_url=env.get("AUTHMW_LOGIN_URL") or None,
     )
 
@@ -257,3 +293,13 @@ def _jwt_from_mapping(data: Mapping[str, Any]) -> JWTSettings:
         return JWTSettings(algorithms=algorithms, keys=keyset, **options)
     except TypeError as exc:
         raise ConfigurationError(f"invalid jwt settings: {exc}") from None
+
+
+def _takes_grace(store: Any) -> bool:
+    try:
+        parameters = inspect.signature(store.token_state).parameters
+    except (TypeError, ValueError):  # no signature to read: trust it
+        return True
+    kinds = [p.kind for p in parameters.values()]
+    positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+    return positional >= 3 or inspect.Parameter.VAR_POSITIONAL in kinds

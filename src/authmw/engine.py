@@ -146,6 +146,7 @@ class Authenticator(metaclass=_WatchesSteps):
     principal_override: Principal | None = None
 
     def __init__(self, config: AuthConfig) -> None:
+        config.validate()  # again: its fields may have changed since it was built
         self.config = config
         self.table = RouteTable(config.routes, config.default)
         # Whether the decision methods are authmw's own: decisions are only remembered (see `rememberable`) when
@@ -160,6 +161,7 @@ class Authenticator(metaclass=_WatchesSteps):
         self.sessions = SessionManager(config.sessions, self.auditor) if config.sessions is not None else None
         self._max_token_bytes = config.jwt.max_token_bytes if config.jwt is not None else 8192
         self._grace = config.jwt.revocation_grace if config.jwt is not None else 0.0
+        self._proxies = config.trusted_proxies
         # Revocations (jti denylist, per-user not-before) and refresh tokens live with the sessions by default.
         self.token_store: Any = None
         self.tokens: TokenService | None = None
@@ -167,8 +169,16 @@ class Authenticator(metaclass=_WatchesSteps):
             self.token_store = config.jwt.revocation_store or (config.sessions.store if config.sessions else None)
             if self.token_store is not None:
                 sessions_in = config.sessions.store if config.sessions is not None else None
+                # Refresh tokens' tags are masked with keys derived from the session keys, as cookies' are.
+                masks = config.sessions.secret_keys if config.sessions is not None else None
                 try:
-                    self.tokens = TokenService(TokenIssuer(config.jwt), self.token_store, self.auditor, sessions_in)
+                    self.tokens = TokenService(
+                        TokenIssuer(config.jwt),
+                        self.token_store,
+                        self.auditor,
+                        sessions_in,
+                        [k.encode() if isinstance(k, str) else bytes(k) for k in masks] if masks else None,
+                    )
                 except ConfigurationError as exc:
                     log.info("authmw: token issuance is off: %s", exc)
                 if self.tokens is not None and not self.tokens.binds_sessions:
@@ -176,8 +186,6 @@ class Authenticator(metaclass=_WatchesSteps):
                         "authmw: JWTSettings.revocation_store is not the session store, so POST /api/token answers"
                         " 501: refresh tokens are bound to their session, which needs both in one store"
                     )
-        if self._grace and self.token_store is not None and not _takes_grace(self.token_store):
-            raise ConfigurationError("revocation_grace needs a store whose token_state() takes a grace argument")
         # An in-process store's token_state, called straight from `_verify_jwt` (it cannot need I/O, so no I/O
         # point is needed for it); None for a store that does I/O, or when a grace argument must be passed.
         # A store's answer without I/O when it has one (a local-cache hit), for `still_holds`; None: it never has.
@@ -198,6 +206,18 @@ class Authenticator(metaclass=_WatchesSteps):
                 and "token_state" not in vars(store)
             ):
                 self.revocation_counter = store
+        #: the `iss` of the tokens this app mints (their `sid` names a refresh family in the token store), or
+        #: `_NO_FAMILIES`: an app that mints none checks no `sid` (an identity provider's `sid` is its session)
+        self._family_issuer: Any = _NO_FAMILIES
+        if self.tokens is not None and config.jwt is not None:
+            if _takes_family(self.token_store):
+                issuer = config.jwt.issuer
+                self._family_issuer = issuer if issuer is None or isinstance(issuer, str) else next(iter(issuer))
+            else:
+                log.warning(
+                    "authmw: the token store's token_state() takes no family argument, so an access token is not"
+                    " refused when its refresh family is revoked (a reused refresh token, a logout)"
+                )
         if self.sessions is not None and config.jwt is not None:
             self.sessions.token_store = self.token_store
             # A not-before must outlive every access token issued before it.
@@ -235,6 +255,8 @@ class Authenticator(metaclass=_WatchesSteps):
 
     def begin(self, view: RequestView, policy: Policy | None = None) -> Exchange:
         """Start a request: its policy (from the route table unless given) and, with sessions on, its state."""
+        if self._proxies:
+            view.trusted_proxies = self._proxies
         if policy is None:
             policy = self.policy_for(view)
         public = not policy.accept or (view.method_as_sent == "OPTIONS" and self.is_cors_preflight(view))
@@ -329,18 +351,29 @@ class Authenticator(metaclass=_WatchesSteps):
         store = self.token_store
         if store is not None:
             # After the signature and after the cache: a revoked token is refused even when cached.
-            key = _revocation_key(principal)
-            # The grace argument only when one is configured: a store written to the two-argument form still works.
+            args = self._token_state_args(principal)
             if self._token_state_now is not None:
-                state = self._token_state_now(principal.id, key)
-            elif self._grace:
-                state = io_store(io, "token_state", store, "token_state", principal.id, key, self._grace)
+                state = self._token_state_now(*args)
             else:
-                state = io_store(io, "token_state", store, "token_state", principal.id, key)
+                state = io_store(io, "token_state", store, "token_state", *args)
             why = _revoked(principal, state)
             if why is not None:
                 raise InvalidToken(why, reason="revoked")
         return principal
+
+    def _token_state_args(self, principal: Principal) -> tuple[Any, ...]:
+        """The arguments of the token store's `token_state` for `principal`'s token: the user and the jti key; then
+        the grace only when one is configured (a store written to the two-argument form still works), and the refresh
+        family a token minted here names (claim `sid`, when its `iss` is this app's: tokens minted elsewhere have none
+        of ours), so that one lookup also says whether that family still lives."""
+        key = _revocation_key(principal)
+        if principal.issuer == self._family_issuer:  # never `_NO_FAMILIES`: then no token has a family of ours
+            family = principal.claims.get("sid")
+            if type(family) is str:
+                return principal.id, key, self._grace, family
+        if self._grace:
+            return principal.id, key, self._grace
+        return principal.id, key
 
     # ---- decisions a shell may remember (see authmw.asgi: repeated bearer requests) ----
 
@@ -398,12 +431,12 @@ class Authenticator(metaclass=_WatchesSteps):
         if revocations is not None:
             counter = self.revocation_counter
             return counter is not None and counter.revocations == revocations
-        key = _revocation_key(principal)
+        args = self._token_state_args(principal)
         try:
             if self._token_state_now is not None:
-                state = self._token_state_now(principal.id, key)
+                state = self._token_state_now(*args)
             elif self._token_state_peek is not None:
-                state = self._token_state_peek(principal.id, key)
+                state = self._token_state_peek(*args)
                 if state is None:  # not in the local cache (or it is not serving): ask the store, the full way
                     return False
             else:
@@ -486,21 +519,27 @@ def _revocation_key(principal: Principal) -> str | None:
     return key
 
 
-def _revoked(principal: Principal, state: tuple[float | None, bool]) -> str | None:
-    """Why the revocation state `(not_before, denied)` refuses `principal`'s token, or None."""
-    not_before, denied = state
-    if denied:
-        return "the token has been revoked"
-    if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):
-        return "the token was issued before the user's sessions were revoked"
-    return None
+#: `Authenticator._family_issuer` when tokens' `sid` claims are not checked
+_NO_FAMILIES = object()
 
 
-def _takes_grace(store: Any) -> bool:
+def _takes_family(store: Any) -> bool:
+    """Does the store's token_state take a fourth argument (the refresh family)?"""
     try:
         parameters = inspect.signature(store.token_state).parameters
     except (TypeError, ValueError):  # no signature to read: trust it
         return True
     kinds = [p.kind for p in parameters.values()]
     positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
-    return positional >= 3 or inspect.Parameter.VAR_POSITIONAL in kinds
+    return positional >= 4 or inspect.Parameter.VAR_POSITIONAL in kinds
+
+
+def _revoked(principal: Principal, state: tuple[float | None, bool]) -> str | None:
+    """Why the revocation state `(not_before, denied)` refuses `principal`'s token, or None."""
+    not_before, denied = state
+    if denied:
+        return "the token has been revoked"
+    if not_before is not None and (principal.issued_at is None or principal.issued_at < not_before):
+        # Both logout-everywhere and a tokens-only revoke-all (sessions kept) set this not-before: say tokens.
+        return "the token was issued before the user's tokens were revoked"
+    return None

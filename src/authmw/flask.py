@@ -46,6 +46,7 @@ from authmw.wsgi import serve
 __all__ = [
     "AuthFailed",
     "AuthMW",
+    "client_address",
     "csrf_token",
     "current_principal",
     "list_sessions",
@@ -188,6 +189,11 @@ def revoke_all_tokens(user_id: str) -> None:
 
 def cross_site_reason() -> str | None:
     return _handle().cross_site_reason()
+
+
+def client_address() -> str | None:
+    """The caller's address, after the trusted proxies (see `SessionHandle.client_address`)."""
+    return _handle().client_address
 
 
 class AuthMW:

@@ -1,10 +1,11 @@
 """The token side of the hybrid: short access JWTs minted for a principal, and opaque rotating refresh tokens.
 
-Refresh tokens are never JWTs: a random value (``<user tag>.<256 random bits>``) that the store keeps only as
-a SHA-256 hash, bound to its user, its family and, when issued from a session, to that session. Each use
-rotates it; presenting a used one again after a short grace window revokes the whole family (reuse
-detection, OAuth 2.0 Security BCP §4.14). Revocation of access tokens is a jti denylist (until `exp` plus the
-leeway) and a per-user not-before, both checked by the verifier after the signature.
+Refresh tokens are never JWTs: a random value (``<user tag>.<256 random bits>``, its tag masked when it leaves the
+server: `authmw.masking`) that the store keeps only as a SHA-256 hash, bound to its user, its family and, when
+issued from a session, to that session. Each use rotates it; presenting a used one again after a short grace window
+revokes the whole family (reuse detection, OAuth 2.0 Security BCP §4.14). Revocation of access tokens is a jti
+denylist (until `exp` plus the leeway) and a per-user not-before, both checked by the verifier after the signature;
+the access tokens minted here also name their refresh family (claim `sid`), and are refused once it is revoked.
 
 `TokenService` holds the two endpoints of DESIGN.md §6 as flows; the adapters serve them.
 """
@@ -12,27 +13,28 @@ leeway) and a per-user not-before, both checked by the verifier after the signat
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import jwt as pyjwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from authmw.audit import Auditor
-from authmw.errors import ConfigurationError, InvalidRequest, InvalidToken, MissingCredentials
+from authmw.errors import InvalidRequest, InvalidToken, MissingCredentials
 from authmw.flows import Flow, StoreCall
-from authmw.keys import ALGORITHM_OBJECTS, VerificationKey
+from authmw.keys import ALGORITHM_OBJECTS
+from authmw.masking import TagMask
 from authmw.principal import Principal
 from authmw.stores import RefreshRecord, user_tag
-from authmw.tokens import JWTSettings, token_revocation_key
+from authmw.tokens import JWTSettings, signing_parameters, token_revocation_key
 
 __all__ = ["NOT_CONFIGURED", "SESSIONS_ELSEWHERE", "TokenIssuer", "TokenService", "jti_key", "signing_parameters"]
 
@@ -58,51 +60,6 @@ MAX_REFRESH_BODY = 4096
 def jti_key(issuer: str | None, jti: str) -> str:
     """The denylist key of a token: ``(iss, jti)``, never the raw token string (P30: JWT malleability)."""
     return token_revocation_key(issuer, jti)
-
-
-def _private_key(material: Any) -> Any:
-    if isinstance(material, str | bytes):
-        data = material.encode() if isinstance(material, str) else material
-        if data.lstrip().startswith(b"-----BEGIN"):
-            from cryptography.hazmat.primitives import serialization
-
-            return serialization.load_pem_private_key(data, password=None)
-    return material
-
-
-def signing_parameters(settings: JWTSettings, key: Any = None) -> tuple[Any, str, str | None]:
-    """The key, algorithm and kid to sign tokens that `settings` will verify.
-
-    `key` defaults to the configured signing key, else (HS* only) the verification secret. The algorithm is
-    the first configured one the key's type allows; the kid is the one of the matching verification key.
-    """
-    key = _private_key(settings.signing_key if key is None else key)
-    if key is None:
-        hmac_keys = [k for k in settings.keyset.keys if k.is_hmac]
-        if not hmac_keys:
-            raise ConfigurationError(
-                "minting tokens needs a signing key: set AUTHMW_JWT_SIGNING_KEY (a PEM private key path)"
-            )
-        key = hmac_keys[0].material
-    if isinstance(key, str | bytes):
-        raw = key.encode() if isinstance(key, str) else bytes(key)
-        usable = VerificationKey.hmac(raw).algorithms
-        matches = [k for k in settings.keyset.keys if k.is_hmac and hmac.compare_digest(k.material, raw)]
-        key = raw
-    else:
-        public = key.public_key() if hasattr(key, "public_key") else key
-        usable = VerificationKey.public(public).algorithms
-        matches = [
-            k
-            for k in settings.keyset.keys
-            if not k.is_hmac and type(k.material) is type(public) and _same_public_key(k.material, public)
-        ]
-    if not matches:
-        raise ConfigurationError("the signing key is not among the verification keys: its tokens would be refused")
-    algorithm = next((name for name in settings.algorithms if name in usable and name in matches[0].algorithms), None)
-    if algorithm is None:
-        raise ConfigurationError(f"the signing key fits none of the configured algorithms {list(settings.algorithms)}")
-    return key, algorithm, matches[0].kid
 
 
 class TokenIssuer:
@@ -177,18 +134,16 @@ class TokenIssuer:
         return {"keys": keys}
 
 
-def _same_public_key(a: Any, b: Any) -> bool:
-    from cryptography.hazmat.primitives import serialization
-
-    encoding, fmt = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    return bool(a.public_bytes(encoding, fmt) == b.public_bytes(encoding, fmt))
-
-
 class TokenService:
     """``POST /api/token`` (a session's principal → a token pair) and ``POST /api/token/refresh``, sans-IO."""
 
     def __init__(
-        self, issuer: TokenIssuer, store: Any, auditor: Auditor | None = None, session_store: Any = None
+        self,
+        issuer: TokenIssuer,
+        store: Any,
+        auditor: Auditor | None = None,
+        session_store: Any = None,
+        mask_secrets: Sequence[bytes] | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -196,12 +151,19 @@ class TokenService:
         self.session_store = session_store
         self.settings = issuer.settings
         self.auditor = auditor or Auditor(None, secrets.token_bytes(32))
+        # The refresh tokens' tag masks: from the session keys (the Authenticator passes them; the first masks, all
+        # unmask), else from the signing key, the one secret every process that mints or refreshes holds.
+        sources = list(mask_secrets) if mask_secrets else [_key_bytes(issuer._key)]
+        self.tag_masks = [TagMask(secret) for secret in sources]
 
     def _pair(self, record: RefreshRecord, token: str, now: float) -> dict[str, Any]:
         # `now` was taken before the store call: a logout-everywhere that lands during it writes a not-before
         # later than this iat once it has landed (`restamp_not_before`), so the access token minted here is
         # refused like every other older one.
-        access, _ = self.issuer.mint(record.user_id, record.scopes, auth_time=record.auth_time or None, now=now)
+        # `sid` names the refresh family (never the session): revoking the family (reuse, logout) ends this token.
+        access, _ = self.issuer.mint(
+            record.user_id, record.scopes, auth_time=record.auth_time or None, now=now, extra={"sid": record.family}
+        )
         return {
             "access_token": access,
             "token_type": "Bearer",
@@ -213,9 +175,9 @@ class TokenService:
     def _new_refresh(
         self, user_id: str, family: str, scopes: Iterable[str], session_sid: str | None, auth_time: float, now: float
     ) -> tuple[RefreshRecord, str]:
-        token = f"{user_tag(user_id)}.{secrets.token_urlsafe(32)}"
+        internal = f"{user_tag(user_id)}.{secrets.token_urlsafe(32)}"
         record = RefreshRecord(
-            token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            token_hash=_refresh_hash(internal),
             user_id=user_id,
             family=family,
             scopes=tuple(sorted(set(scopes))),
@@ -224,7 +186,7 @@ class TokenService:
             auth_time=auth_time,
             created=now,
         )
-        return record, token
+        return record, self.tag_masks[0].mask(internal)
 
     @property
     def binds_sessions(self) -> bool:
@@ -264,13 +226,22 @@ class TokenService:
         presentations exactly one wins (grace 0), and no successor can outlive a family revoked meanwhile.
         """
         token = _refresh_token_from(body)
-        token_hash = hashlib.sha256(token.encode()).hexdigest()
         now = time.time()
-        new_token = f"{token[:4]}.{secrets.token_urlsafe(32)}"
-        successor = (hashlib.sha256(new_token.encode()).hexdigest(), now + self.settings.refresh_token_ttl)
-        outcome, record = yield StoreCall(
-            self.store, "refresh_use", (token[:4], token_hash, now, self.settings.refresh_reuse_grace, successor)
-        )
+        random_part = secrets.token_urlsafe(32)
+        # Each key's mask in turn, the current one first: a token masked before a key rotation is found on a later
+        # try (one more store round trip, once per family: its successor gets the current mask).
+        for tag_mask in self.tag_masks:
+            internal = tag_mask.unmask(token)
+            new_internal = f"{internal[:4]}.{random_part}"
+            successor = (_refresh_hash(new_internal), now + self.settings.refresh_token_ttl)
+            outcome, record = yield StoreCall(
+                self.store,
+                "refresh_use",
+                (internal[:4], _refresh_hash(internal), now, self.settings.refresh_reuse_grace, successor),
+            )
+            if outcome != "invalid":
+                break
+        new_token = self.tag_masks[0].mask(new_internal)
         if outcome == "reuse":
             self.auditor.emit("refresh_reuse", user_id=record.user_id if record else None, reason="family revoked")
             raise InvalidToken("the refresh token was already used; its family is revoked", reason="refresh_reuse")
@@ -311,6 +282,20 @@ def restamp_not_before(store: Any, user_id: str, ttl: float) -> Flow[float]:
     now = time.time()
     yield StoreCall(store, "revoke_tokens", (user_id, now, ttl))
     return now
+
+
+def _refresh_hash(internal: str) -> str:
+    """What the store keeps of a refresh token: the SHA-256 of its internal (unmasked) form."""
+    return hashlib.sha256(internal.encode()).hexdigest()
+
+
+def _key_bytes(key: Any) -> bytes:
+    """A signing key as bytes to derive from: an HMAC secret as it is, a private key as its PKCS#8 DER."""
+    if isinstance(key, bytes):
+        return key
+    return bytes(
+        key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def _refresh_token_from(body: bytes) -> str:

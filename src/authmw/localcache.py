@@ -60,7 +60,8 @@ class LocalCache:
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionRecord] = {}
         self._user_sessions: dict[str, set[str]] = {}
-        self._token_states: dict[tuple[str, str | None], tuple[float | None, bool, float]] = {}
+        #: (user, jti key, refresh family) -> (not-before, revoked, when fetched)
+        self._token_states: dict[tuple[str, str | None, str | None], tuple[float | None, bool, float]] = {}
         #: bumped on every invalidation; a read that raced one is not cached
         self.epoch = 0
         self.healthy = False
@@ -168,7 +169,8 @@ class LocalCache:
         return self.healthy and time.monotonic() - self._last_heard <= self._silence_limit
 
     def invalidate(self, messages: Iterable[str]) -> None:
-        """Apply invalidation messages: ``s:<sid>``, ``u:<user>`` (sessions and tokens), ``t:<user>`` (tokens)."""
+        """Apply invalidation messages: ``s:<sid>``, ``u:<user>`` (sessions and tokens), ``t:<user>`` (tokens:
+        also a revoked refresh family of the user, whose access tokens a cached state may still call alive)."""
         with self._lock:
             self.epoch += 1
             for message in messages:
@@ -213,29 +215,37 @@ class LocalCache:
             self._sessions[record.sid] = record.clone(record.last_seen)
             self._user_sessions.setdefault(record.user_id, set()).add(record.sid)
 
-    def token_state(self, user_id: str, jti_key: str | None, now: float) -> tuple[float | None, bool] | None:
+    def token_state(
+        self, user_id: str, jti_key: str | None, now: float, family: str | None = None
+    ) -> tuple[float | None, bool] | None:
         if not self._serving():
             return None
-        entry = self._token_states.get((user_id, jti_key))
+        entry = self._token_states.get((user_id, jti_key, family))
         if entry is None or now - entry[2] >= _MAX_TOKEN_STATE_AGE:
             return None
         return entry[0], entry[1]
 
     def stale_token_state(
-        self, user_id: str, jti_key: str | None, now: float, grace: float
+        self, user_id: str, jti_key: str | None, now: float, grace: float, family: str | None = None
     ) -> tuple[float | None, bool] | None:
         """While Redis is unreachable: revocation state fetched within `grace` seconds (an explicit opt-in)."""
-        entry = self._token_states.get((user_id, jti_key))
+        entry = self._token_states.get((user_id, jti_key, family))
         if entry is None or now - entry[2] > grace:
             return None
         return entry[0], entry[1]
 
     def put_token_state(
-        self, user_id: str, jti_key: str | None, state: tuple[float | None, bool], now: float, epoch: int
+        self,
+        user_id: str,
+        jti_key: str | None,
+        state: tuple[float | None, bool],
+        now: float,
+        epoch: int,
+        family: str | None = None,
     ) -> None:
         with self._lock:
             if epoch != self.epoch or not self.healthy:
                 return
             if len(self._token_states) >= self.max_entries:
                 self._token_states.clear()
-            self._token_states[(user_id, jti_key)] = (state[0], state[1], now)
+            self._token_states[(user_id, jti_key, family)] = (state[0], state[1], now)

@@ -19,19 +19,24 @@ __all__ = ["ASGIRequestView", "RequestView", "WSGIRequestView", "bearer_token", 
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _SCHEME = re.compile(r"[^ \t]+")
 _JOINED_BEARER = re.compile(r",\s*bearer(\s|$)", re.IGNORECASE)
+#: a comma, then another credential's auth-scheme: two fields joined into one (RFC 9110 §5.3), as WSGI servers do
+_JOINED_CREDENTIAL = re.compile(r",[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]|$)")
 
 
 class RequestView:
     """Method, route path, scheme, query string and header access; subclasses adapt ASGI and WSGI.
     What most requests never need (scheme, query string, client) is read from the request only when asked."""
 
-    __slots__ = ("is_websocket", "method", "method_as_sent", "path")
+    __slots__ = ("is_websocket", "method", "method_as_sent", "path", "trusted_proxies")
 
     #: upper-cased, as werkzeug routes it, so that `delete` meets the rules written for `DELETE`
     method: str
     method_as_sent: str
     path: str
     is_websocket: bool
+    #: how many reverse proxies in front of the app add to the `X-Forwarded-*` headers (`AuthConfig.trusted_proxies`,
+    #: set when the middleware begins the request); 0: the headers are ignored
+    trusted_proxies: int
 
     @property
     def scheme(self) -> str:
@@ -59,6 +64,36 @@ class RequestView:
         values = self.header_values(name)
         return values[0] if len(values) == 1 else None
 
+    def forwarded(self, name: str) -> str | None:
+        """What the trusted proxy nearest the client put in `X-Forwarded-<name>` (``proto``, ``host``, ``for``), or
+        None: no trusted proxies, or fewer values than there are proxies.
+
+        As werkzeug's ProxyFix: each proxy appends a value, so the `trusted_proxies`-th from the right is the first
+        that a trusted proxy wrote; values further left came from the client and are never read. Repeated fields
+        count as one comma-separated list, whether the server joined them (WSGI) or not (ASGI).
+        """
+        hops = self.trusted_proxies
+        if not hops:
+            return None
+        values = [item.strip() for value in self.header_values("x-forwarded-" + name) for item in value.split(",")]
+        values = [item for item in values if item]
+        return values[-hops] if len(values) >= hops else None
+
+    @property
+    def public_scheme(self) -> str:
+        """The scheme the client used: the forwarded one behind trusted proxies, else the server's."""
+        return self.forwarded("proto") or self.scheme
+
+    @property
+    def public_host(self) -> str | None:
+        """The host the client asked for: the forwarded one behind trusted proxies, else the Host header."""
+        return self.forwarded("host") or self.header("host")
+
+    @property
+    def client_address(self) -> str | None:
+        """The client's address: the forwarded one behind trusted proxies, else the peer's (`client`)."""
+        return self.forwarded("for") or self.client
+
 
 class ASGIRequestView(RequestView):
     # Plain attributes (read once, at no cost worth a property call) and no reference to the scope itself: the
@@ -68,6 +103,7 @@ class ASGIRequestView(RequestView):
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self.is_websocket = websocket = scope["type"] == "websocket"
+        self.trusted_proxies = 0
         self.method_as_sent = method = "GET" if websocket else scope["method"]
         self.method = method if method == "GET" or method == "POST" else method.upper()
         root_path = scope.get("root_path")
@@ -123,6 +159,7 @@ class WSGIRequestView(RequestView):
     def __init__(self, environ: Mapping[str, Any]) -> None:
         self._environ = environ
         self.is_websocket = False
+        self.trusted_proxies = 0
         self.method_as_sent = method = environ.get("REQUEST_METHOD", "GET")
         self.method = method if method == "GET" or method == "POST" else method.upper()
         # PATH_INFO is what the app routes on; SCRIPT_NAME is the mount point.
@@ -208,6 +245,9 @@ def bearer_token(view: RequestView, *, max_bytes: int, known: Container[str] = (
     token = rest.lstrip(" ")
     if not token:
         raise InvalidRequest("the Bearer credential is empty", reason="empty_token")
+    if "," in token and _JOINED_CREDENTIAL.search(token):
+        # "Bearer A,Bearer B": worded as for the two fields an ASGI server passes on, so both shells agree (P25).
+        raise InvalidRequest("more than one Authorization header", reason="duplicate_authorization")
     if len(token) > max_bytes:
         raise InvalidToken("the token is too large", reason="token_too_large")
     if _TOKEN68.fullmatch(token) is None:

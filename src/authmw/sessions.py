@@ -31,6 +31,7 @@ from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
 from authmw.flows import INLINE, IO, Flow, StoreCall, io_shortcuts, io_store, restartable, run_async, run_sync
 from authmw.issuer import restamp_not_before
+from authmw.masking import TagMask
 from authmw.principal import CONTROL_CHARACTERS, Principal
 from authmw.request import RequestView
 from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
@@ -82,6 +83,12 @@ class SessionSettings:
     login_url: str | None = None
     #: largest data bag saved with a session, in bytes of JSON
     max_data_bytes: int = 4096
+    #: the app's own public origins (``https://app.example``). When set, the Origin (or Referer) of an unsafe cookie
+    #: request must be one of these or of `trusted_origins`, and the Host header (forwarded or not) is not consulted
+    origins: Sequence[str] = ()
+    #: refuse unsafe cookie requests that carry no Origin, Referer or Sec-Fetch-Site at all. Off by default: only
+    #: non-browser clients send such requests, and no page can make a browser send one (see `cross_site_reason`)
+    require_origin: bool = False
 
     def __post_init__(self) -> None:
         ConfigurationError.unless_finite(
@@ -116,7 +123,8 @@ class SessionSettings:
             raise ConfigurationError("a __Host- cookie must be Secure")
         if self.cookie_samesite not in ("Lax", "Strict"):
             raise ConfigurationError("cookie_samesite must be 'Lax' or 'Strict'")
-        self.trusted_origins = tuple(_origin_of(o) or o for o in self.trusted_origins)
+        self.origins = _configured_origins(self.origins, "origins", "AUTHMW_ORIGINS")
+        self.trusted_origins = _configured_origins(self.trusted_origins, "trusted_origins", "AUTHMW_TRUSTED_ORIGINS")
         self.csrf_header = self.csrf_header.lower()
 
 
@@ -167,6 +175,35 @@ def _origin_of(url: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def _configured_origins(values: Sequence[str], name: str, variable: str) -> tuple[str, ...]:
+    """Origins from configuration, normalized as `_origin_of` does a request's; anything but ``scheme://host[:port]``
+    is refused at start-up (a typo would otherwise refuse every browser request, or trust nothing it meant to)."""
+    if isinstance(values, str):
+        values = [part.strip() for part in values.split(",") if part.strip()]
+    found = []
+    for value in values:
+        normalized = None
+        if isinstance(value, str):
+            try:
+                parts = urlsplit(value.strip())
+                well_formed = (
+                    parts.scheme in ("http", "https")
+                    and parts.username is None
+                    and parts.path in ("", "/")
+                    and not (parts.query or parts.fragment or value.strip().endswith(("?", "#")))
+                )
+            except ValueError:
+                well_formed = False
+            normalized = _origin_of(value.strip()) if well_formed else None
+        if normalized is None:
+            raise ConfigurationError(
+                f"SessionSettings.{name} ({variable}) takes origins such as 'https://app.example' or "
+                f"'http://localhost:8000' (scheme://host[:port], no path), not {value!r}"
+            )
+        found.append(normalized)
+    return tuple(found)
 
 
 class SessionState:
@@ -235,8 +272,12 @@ class SessionManager:
         self.settings = settings
         self.store = settings.store
         keys = [k.encode() if isinstance(k, str) else bytes(k) for k in settings.secret_keys]
-        # itsdangerous signs with the *last* key of its list; ours signs with the first (P17: salt, SHA-256).
-        self._signer = TimestampSigner(list(reversed(keys)), salt="authmw.session", digest_method=hashlib.sha256)
+        # One signer per key (P17: salt, SHA-256), the signing key first: the key that verifies a cookie also
+        # names the mask to take off its id, and a cookie signed with the current key costs one HMAC.
+        self._signers = [
+            (TimestampSigner(key, salt="authmw.session", digest_method=hashlib.sha256), TagMask(key)) for key in keys
+        ]
+        self._signer, self.tag_mask = self._signers[0]
         self._csrf_signer = Signer(list(reversed(keys)), salt="authmw.csrf", digest_method=hashlib.sha256)
         self.auditor = auditor or Auditor(None, keys[0])
         self.cookie_name: str = settings.cookie_name or "authmw_session"
@@ -308,8 +349,8 @@ class SessionManager:
         try:
             # The age is checked below, not by itsdangerous, which refuses any signature from the future: a cookie
             # set by a host whose clock is a little ahead (or the second before an NTP step back) would log out.
-            sid_bytes, signed_at = self._signer.unsign(value, return_timestamp=True)
-            sid = sid_bytes.decode("ascii")
+            public_bytes, signed_at, tag_mask = self._unsign(value)
+            public = public_bytes.decode("ascii")
             age = self._signer.get_timestamp() - int(signed_at.timestamp())  # on the clock that signs
         except (BadSignature, UnicodeDecodeError, ValueError, OverflowError):
             state.bad_cookie = True
@@ -318,10 +359,12 @@ class SessionManager:
             state.bad_cookie = True
             return None
         signature = value.rsplit(".", 1)[-1]
-        if _SID.fullmatch(sid) is None or not _canonical_base64(signature):
+        if _SID.fullmatch(public) is None or not _canonical_base64(signature):
             # One issued value, one accepted spelling: no equivalent variants of a cookie (P22, P30).
             state.bad_cookie = True
             return None
+        # The cookie shows a masked tag (P16): unmasked with the mask of the key that signed it.
+        sid = tag_mask.unmask(public)
         # The signature check is the expensive part of a session request: remember verified values (bounded).
         # A remembered value only ever names its id; the store still decides whether that session lives.
         if len(self._verified) >= 10_000:
@@ -337,8 +380,19 @@ class SessionManager:
                 self._headers.clear()
             self._headers[values[0]] = verified
 
+    def _unsign(self, value: str) -> tuple[bytes, Any, TagMask]:
+        """A cookie value's payload, signing time, and the mask of the key that signed it; `BadSignature` when no
+        key did. itsdangerous's multi-key signer does not say which key verified, hence one signer per key."""
+        for signer, tag_mask in self._signers:
+            try:
+                payload, signed_at = signer.unsign(value, return_timestamp=True)
+            except BadSignature:
+                continue
+            return payload, signed_at, tag_mask
+        raise BadSignature("signed with none of the keys")
+
     def cookie_for(self, sid: str, remember: bool) -> str:
-        value = self._signer.sign(sid).decode("ascii")
+        value = self._signer.sign(self.tag_mask.mask(sid)).decode("ascii")
         cookie = f"{self.cookie_name}={value}; {self._attributes}"
         if remember:
             cookie += f"; Max-Age={int(self.settings.remember_absolute_timeout)}"
@@ -405,10 +459,21 @@ class SessionManager:
         """A signed double-submit token bound to the session id (send it back in the CSRF header)."""
         return self._csrf_signer.get_signature(sid.encode()).decode("ascii")
 
+    def cross_site_reason(self, view: RequestView, *, websocket: bool = False) -> str | None:
+        """`cross_site_reason` with these settings' origins."""
+        settings = self.settings
+        return cross_site_reason(
+            view,
+            settings.trusted_origins,
+            websocket=websocket,
+            origins=settings.origins,
+            require_origin=settings.require_origin,
+        )
+
     def check_cross_site(self, state: SessionState, *, websocket: bool = False) -> None:
         """Refuse an unsafe cookie-authenticated request that a browser says came from another site."""
         view = state.view
-        reason = cross_site_reason(view, self.settings.trusted_origins, websocket=websocket)
+        reason = self.cross_site_reason(view, websocket=websocket)
         if reason is not None:
             raise CSRFError(reason, reason="csrf_" + reason.split()[0].lower().replace("-", "_"))
         if self.settings.csrf_require_token and not websocket and view.method not in SAFE_METHODS:
@@ -442,7 +507,7 @@ class SessionManager:
             idle_timeout=idle,
             last_seen=now,
             user_agent=(view.header("user-agent") or "")[:256],
-            ip=view.client or "",
+            ip=view.client_address or "",
             remember=remember,
         )
 
@@ -571,18 +636,41 @@ def _canonical_base64(text: str) -> bool:
 
 
 def request_origin(view: RequestView) -> str | None:
-    host = view.header("host")
+    """The request's own origin: its scheme and Host, or what the trusted proxies forwarded (`RequestView.public_host`,
+    `public_scheme`); None when there is no usable Host."""
+    host = view.public_host
     if not host:
         return None
-    scheme = "https" if view.scheme in ("https", "wss") else "http"
-    return _origin_of(f"{scheme}://{host}")
+    scheme = _OWN_SCHEMES.get(view.public_scheme.lower())
+    return _origin_of(f"{scheme}://{host}") if scheme is not None else None
 
 
-def cross_site_reason(view: RequestView, trusted: Sequence[str] = (), *, websocket: bool = False) -> str | None:
+_OWN_SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
+
+#: why `require_origin` refuses a request (its first word gives the reason code, `csrf_missing`)
+MISSING_ORIGIN = (
+    "Missing Origin: the request has none of Origin, Referer and Sec-Fetch-Site (which browsers send), and this"
+    " service requires one"
+)
+
+
+def cross_site_reason(
+    view: RequestView,
+    trusted: Sequence[str] = (),
+    *,
+    websocket: bool = False,
+    origins: Sequence[str] = (),
+    require_origin: bool = False,
+) -> str | None:
     """Why a request must be refused as cross-site, or None. Unsafe methods only (and websocket handshakes).
 
-    Fetch Metadata first (`Sec-Fetch-Site`), then `Origin`, then `Referer`; requests with none of these
-    come from non-browser clients and pass (CSRF needs a browser's ambient cookies).
+    Fetch Metadata first (`Sec-Fetch-Site`), then `Origin`, then `Referer`. The site's own origin is `origins` when
+    configured, else the request's scheme and Host (`request_origin`); `trusted` origins are accepted besides.
+
+    A request with none of the three headers passes unless `require_origin`: CSRF needs a browser's ambient cookie,
+    and browsers send Origin on every request whose method is not GET or HEAD and on websocket handshakes (and
+    Sec-Fetch-Site on every request to an HTTPS or localhost site), so no page can make one send a request without
+    them; only non-browser clients, which hold the cookie themselves, do.
     """
     if view.method in SAFE_METHODS and not websocket:
         return None
@@ -590,21 +678,29 @@ def cross_site_reason(view: RequestView, trusted: Sequence[str] = (), *, websock
     if site and site[0].strip().lower() in ("cross-site", "same-site"):
         return "Sec-Fetch-Site says the request is cross-site"
     origin = view.header_values("origin")
-    own = request_origin(view)
     if origin:
         value = origin[0].strip()
         normalized = _origin_of(value) if value != "null" else None
-        if normalized is None or (normalized != own and normalized not in trusted):
+        if normalized is None or not _is_own(normalized, view, trusted, origins):
             return "Origin is not this site"
         return None
     if websocket:
-        return None
+        return MISSING_ORIGIN if require_origin and not site else None
     referer = view.header_values("referer")
     if referer and not site:
         normalized = _origin_of(referer[0].strip())
-        if normalized is None or (normalized != own and normalized not in trusted):
+        if normalized is None or not _is_own(normalized, view, trusted, origins):
             return "Referer is not this site"
+    elif require_origin and not site:
+        return MISSING_ORIGIN
     return None
+
+
+def _is_own(origin: str, view: RequestView, trusted: Sequence[str], origins: Sequence[str]) -> bool:
+    if origin in trusted:
+        return True
+    # Configured origins replace the Host header: a client (or a proxy passing X-Forwarded-Host on) chooses that.
+    return origin in origins if origins else origin == request_origin(view)
 
 
 class SessionHandle:
@@ -631,7 +727,13 @@ class SessionHandle:
 
     def cross_site_reason(self) -> str | None:
         """Why this request looks cross-site (e.g. a login CSRF attempt), or None; see `cross_site_reason`."""
-        return cross_site_reason(self._state.view, self.manager.settings.trusted_origins)
+        return self.manager.cross_site_reason(self._state.view)
+
+    @property
+    def client_address(self) -> str | None:
+        """The caller's address: the peer's, or the one the trusted proxies forwarded (`AuthConfig.trusted_proxies`),
+        as session records and a login throttle should see it."""
+        return self._state.view.client_address
 
     @property
     def csrf_token(self) -> str | None:

@@ -8,7 +8,8 @@ flight can never resurrect a deleted session.
 
 Redis keys: ``<prefix>{<tag>}:s:<random>`` per session and ``<prefix>{<tag>}:u:<user hash>`` per user
 index, where ``<tag>`` is a short hash of the user id carried in the session id: one user's records share
-a hash slot, so a Redis Cluster can run the multi-key scripts (logout everywhere, rotation) atomically.
+a hash slot, so a Redis Cluster can run the multi-key scripts (logout everywhere, rotation) atomically. Stores see
+only these internal ids; what leaves the server shows the tag masked (`authmw.masking`).
 
 Each Redis operation is written once as a plan (script, keys, arguments, reply parser); a thin sync or
 async runner executes it.
@@ -208,7 +209,9 @@ class SessionStore(Protocol):
 
     async def asave(self, record: SessionRecord) -> bool: ...
 
-    def delete(self, sid: str, user_id: str) -> bool: ...
+    def delete(self, sid: str, user_id: str) -> bool:
+        """End one session (a logout) and the refresh families issued from it: their access tokens with them."""
+        ...
 
     async def adelete(self, sid: str, user_id: str) -> bool: ...
 
@@ -224,13 +227,16 @@ class SessionStore(Protocol):
 
     # ---- token revocation (DESIGN.md §3) and refresh tokens ----
 
-    def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
-        """The user's not-before time (or None) and whether this token id is on the denylist. With `grace`, a
-        store that cannot be reached may answer from revocation state fetched at most that long ago."""
+    def token_state(
+        self, user_id: str, jti_key: str | None, grace: float = 0.0, family: str | None = None
+    ) -> tuple[float | None, bool]:
+        """The user's not-before time (or None) and whether this token is revoked: its id on the denylist or, given
+        the refresh `family` it was minted from, that family no longer alive. With `grace`, a store that cannot be
+        reached may answer from revocation state fetched at most that long ago."""
         ...
 
     async def atoken_state(
-        self, user_id: str, jti_key: str | None, grace: float = 0.0
+        self, user_id: str, jti_key: str | None, grace: float = 0.0, family: str | None = None
     ) -> tuple[float | None, bool]: ...
 
     def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
@@ -265,7 +271,7 @@ class SessionStore(Protocol):
     ) -> tuple[RefreshOutcome, RefreshRecord | None]:
         """Mark a refresh token used and, given ``successor=(hash, expires)``, store its successor in the same
         family, all atomically. A second use after `grace` seconds revokes the family. `tag` is the user tag
-        the token carries (its keys' hash slot)."""
+        of the token's internal (unmasked) form (its keys' hash slot); `token_hash` the SHA-256 of that form."""
         ...
 
     async def arefresh_use(
@@ -306,6 +312,29 @@ class _Revocations(dict[Any, Any]):
         return self
 
 
+class _Families(dict[str, tuple[str, float]]):
+    """The live refresh families (family -> (user, expiry)). Removing one revokes the access tokens minted from it,
+    so every removal counts on its store (`MemoryStore.revocations`), after making it, as `_Revocations` counts the
+    writes into the denylist."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
+        self._store = store
+
+    def __delitem__(self, family: str) -> None:
+        super().__delitem__(family)
+        self._store.revocations += 1
+
+    def pop(self, family: str, *default: Any) -> Any:
+        removed = family in self
+        found = super().pop(family, *default)
+        if removed:
+            self._store.revocations += 1
+        return found
+
+
 class MemoryStore:
     """The embedded default: a dict behind a lock (safe for WSGI threads and asyncio alike), with expiry
     and a bound on the number of sessions (expired ones are purged first, then the oldest).
@@ -324,7 +353,8 @@ class MemoryStore:
         self._denied: dict[tuple[str, str], float] = _Revocations(self)  # (user, jti key) -> expiry
         self._not_before: dict[str, tuple[float, float]] = _Revocations(self)  # user -> (not before, kept until)
         self._refresh: dict[str, RefreshRecord] = {}  # token hash -> record
-        self._families: dict[str, tuple[str, float]] = {}  # family -> (user, expiry)
+        self._families: dict[str, tuple[str, float]] = _Families(self)  # family -> (user, expiry)
+        self._session_families: dict[str, set[str]] = {}  # session id -> the families issued from it
         #: how many revocation writes (jti denials, per-user not-befores) this store has taken, counted by the two
         #: maps themselves after each write (whichever code writes): a token found unrevoked after reading count N is
         #: still unrevoked while the count is N
@@ -341,6 +371,7 @@ class MemoryStore:
         return entry
 
     def _drop(self, sid: str) -> None:
+        self._session_families.pop(sid, None)
         entry = self._sessions.pop(sid, None)
         if entry is not None:
             members = self._users.get(entry[0].user_id)
@@ -405,6 +436,8 @@ class MemoryStore:
     def delete(self, sid: str, user_id: str) -> bool:
         with self._lock:
             existed = sid in self._sessions
+            for family in self._session_families.get(sid, ()):
+                self._families.pop(family, None)
             self._drop(sid)
             return existed
 
@@ -422,12 +455,17 @@ class MemoryStore:
                     records.append(entry[0].clone(entry[2]))
             return records
 
-    def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
+    def token_state(
+        self, user_id: str, jti_key: str | None, grace: float = 0.0, family: str | None = None
+    ) -> tuple[float | None, bool]:
         now = self._clock()
-        # No lock: two single dict reads (each atomic); nothing here must be consistent with anything else.
+        # No lock: single dict reads (each atomic); nothing here must be consistent with anything else.
         entry = self._not_before.get(user_id)
         not_before = entry[0] if entry is not None and entry[1] > now else None
         denied = jti_key is not None and self._denied.get((user_id, jti_key), 0.0) > now
+        if family is not None and not denied:
+            alive = self._families.get(family)
+            denied = alive is None or alive[0] != user_id or alive[1] <= now
         return not_before, denied
 
     def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
@@ -476,6 +514,8 @@ class MemoryStore:
                 return False  # a logout-everywhere landed while these tokens were being issued
             if new_family:
                 self._families[record.family] = (record.user_id, family_expires)
+                if record.session_sid is not None:
+                    self._session_families.setdefault(record.session_sid, set()).add(record.family)
             elif record.family not in self._families:
                 return False
             if len(self._refresh) >= self.max_sessions:
@@ -512,8 +552,10 @@ class MemoryStore:
             return outcome, record
 
     # The async face: nothing here blocks, so the same code serves the event loop.
-    async def atoken_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
-        return self.token_state(user_id, jti_key)
+    async def atoken_state(
+        self, user_id: str, jti_key: str | None, grace: float = 0.0, family: str | None = None
+    ) -> tuple[float | None, bool]:
+        return self.token_state(user_id, jti_key, grace, family)
 
     async def arevoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:
         self.revoke_jti(user_id, jti_key, expires_at)
@@ -625,10 +667,21 @@ end
 return n
 """
 
-# KEYS[1] session, KEYS[2] user index; ARGV: sid
+# KEYS[1] session, KEYS[2] user index, KEYS[3] the refresh families issued from the session, KEYS[4] the user's
+# family index, then the keys of the families the caller expects; ARGV: sid, those families (sorted, '\n'-joined).
+# Returns the session's families when they are not the ones expected (the caller declares those and runs it again:
+# every key a script touches is declared, for Redis Cluster), else the number of sessions deleted.
 _DELETE = """
+local families = redis.call('SMEMBERS', KEYS[3])
+table.sort(families)
+if table.concat(families, '\\n') ~= ARGV[2] then return families end
 local n = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
+if #families > 0 then
+  for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+  redis.call('SREM', KEYS[4], unpack(families))
+  redis.call('DEL', KEYS[3])
+end
 return n
 """
 
@@ -636,14 +689,15 @@ return n
 _OUTCOMES: dict[str, RefreshOutcome] = {"ok": "ok", "grace": "grace", "reuse": "reuse", "revoked": "revoked"}
 
 # KEYS[1] token, KEYS[2] family, KEYS[3] family index, KEYS[4] the user's not-before, KEYS[5] the bound
-# session (when there is one); ARGV: uid, family, scopes, exp, session, auth_time, token_ttl_ms, family_ttl_ms,
-# new_family, created
+# session and KEYS[6] its families (when there is one); ARGV: uid, family, scopes, exp, session, auth_time,
+# token_ttl_ms, family_ttl_ms, new_family, created
 _REFRESH_CREATE = """
 if ARGV[10] ~= '0' then
   -- a logout-everywhere that landed while these tokens were being issued
   local revoked = redis.call('GET', KEYS[4])
   if revoked and tonumber(revoked) >= tonumber(ARGV[10]) then return 0 end
 end
+local absolute = nil
 if ARGV[5] ~= '' then
   -- the bound session must exist and be this user's
   if not KEYS[5] then return 0 end
@@ -652,6 +706,7 @@ if ARGV[5] ~= '' then
   if not payload then return 0 end
   local ok, body = pcall(cjson.decode, payload)
   if not ok or type(body) ~= 'table' or body['uid'] ~= ARGV[1] then return 0 end
+  absolute = string.match(v, '^(%d+):')
 end
 if ARGV[9] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'fam', ARGV[2], 'scopes', ARGV[3], 'exp', ARGV[4],
@@ -661,6 +716,11 @@ if ARGV[9] == '1' then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[8])
   redis.call('SADD', KEYS[3], ARGV[2])
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[8]) then redis.call('PEXPIRE', KEYS[3], ARGV[8]) end
+  if absolute and KEYS[6] then
+    -- the session's families, which its logout revokes: kept while the session may live
+    redis.call('SADD', KEYS[6], ARGV[2])
+    redis.call('PEXPIREAT', KEYS[6], absolute)
+  end
 end
 return 1
 """
@@ -716,6 +776,13 @@ class _Plan:
 
 #: an operation of several round trips: yields plans, receives their parsed replies, returns the result
 Program = Generator["_Plan", Any, T]
+
+
+def _announce(*messages: str) -> _Plan:
+    """A plan that runs no command, only publishes `messages` to the local caches (for a program whose last
+    write's invalidations depend on what that write found)."""
+    return _Plan(None, (), (), lambda reply: None, invalidates=messages)
+
 
 _NO_TOUCH = 10.0**9  # a touch interval that never slides the TTL (read-only listing)
 
@@ -876,14 +943,34 @@ class RedisStore:
         command = ("SET", self._session_key(record.sid), record.encode(), "XX", "KEEPTTL")
         return _Plan(None, (), (), lambda reply: bool(reply), command, invalidates=(f"s:{record.sid}",))
 
-    def _plan_delete(self, sid: str, user_id: str) -> _Plan:
-        return _Plan(
-            _DELETE,
-            [self._session_key(sid), self._index_key(user_id)],
-            [sid],
-            lambda reply: bool(reply),
-            invalidates=(f"s:{sid}",),
-        )
+    def _session_families_key(self, sid: str) -> str:
+        tag, _, random_part = sid.partition(".")
+        return f"{self.prefix}{{{tag}}}:sf:{random_part}"
+
+    def _delete(self, sid: str, user_id: str) -> Program[bool]:
+        """Delete a session and revoke the refresh families issued from it. First expecting none (a session that
+        never got tokens: one round trip); when the script finds some, again with their keys declared."""
+        families: list[str] = []
+        for _ in range(10):
+            keys = [
+                self._session_key(sid),
+                self._index_key(user_id),
+                self._session_families_key(sid),
+                self._user_key(user_id, "fams"),
+                *(self._user_key(user_id, "fam", family) for family in families),
+            ]
+            reply: bool | list[str] = yield _Plan(
+                _DELETE,
+                keys,
+                [sid, "\n".join(families)],
+                lambda reply: sorted(_text(m) for m in reply) if isinstance(reply, list) else bool(reply),
+            )
+            if not isinstance(reply, list):
+                # Announced once done; families revoked: the user's cached token states may still say "alive".
+                yield _announce(f"s:{sid}", f"t:{user_id}") if families else _announce(f"s:{sid}")
+                return reply
+            families = reply
+        raise StoreUnavailable("the session's refresh tokens kept changing; try again", retry_after=1)
 
     def _end_user(
         self, user_id: str, *, sessions: bool, tokens: bool, not_before: float = 0.0, not_before_ttl: float = 1.0
@@ -931,12 +1018,17 @@ class RedisStore:
         digest = user_hash(user_id)
         return f"{self.prefix}{{{digest[:4]}}}:{kind}:{digest if name is None else name}"
 
-    def _plan_token_state(self, user_id: str, jti_key: str | None) -> _Plan:
-        keys = [self._user_key(user_id, "nbf"), self._user_key(user_id, "jti", jti_key or "-")]
+    def _plan_token_state(self, user_id: str, jti_key: str | None, family: str | None = None) -> _Plan:
+        digest = user_hash(user_id)
+        slot = f"{self.prefix}{{{digest[:4]}}}"
+        keys = [f"{slot}:nbf:{digest}", f"{slot}:jti:{jti_key or '-'}"]
+        if family is not None:
+            keys.append(f"{slot}:fam:{family}")  # the same slot: still one MGET, one round trip
 
         def parse(reply: Any) -> tuple[float | None, bool]:
-            not_before, denied = reply
-            return (float(not_before) if not_before is not None else None), jti_key is not None and bool(denied)
+            not_before, denied = reply[0], reply[1]
+            revoked = (jti_key is not None and bool(denied)) or (family is not None and reply[2] is None)
+            return (float(not_before) if not_before is not None else None), revoked
 
         return _Plan(None, (), (), parse, ("MGET", *keys))
 
@@ -956,7 +1048,7 @@ class RedisStore:
         sid = record.session_sid
         # A session in another user's slot is no session of this user: left undeclared, the script refuses it.
         if sid and sid.partition(".")[0] == user_tag(record.user_id):
-            keys.append(self._session_key(sid))
+            keys += [self._session_key(sid), self._session_families_key(sid)]
         return _Plan(
             _REFRESH_CREATE,
             keys,
@@ -985,9 +1077,9 @@ class RedisStore:
             (),
             (),
             lambda reply: [None if v is None else _text(v) for v in reply],
-            ("HMGET", token_key, "fam", "sess"),
+            ("HMGET", token_key, "uid", "fam", "sess"),
         )
-        family, session = found
+        owner, family, session = found
         if family is None:
             return "invalid", None
         successor_key = f"{slot}:rt:{successor[0]}" if successor is not None else f"{slot}:rt:-"
@@ -1018,6 +1110,9 @@ class RedisStore:
             return status, record
 
         result: tuple[RefreshOutcome, RefreshRecord | None] = yield _Plan(_REFRESH_USE, keys, args, parse)
+        if result[0] in ("reuse", "revoked") and owner:
+            # The script may have deleted the family: caches must stop saying its access tokens are alive.
+            yield _announce(f"t:{owner}")
         return result
 
     # ---- runners ----
@@ -1043,7 +1138,8 @@ class RedisStore:
             raise RuntimeError("this RedisStore has no synchronous client (use the async methods)")
         try:
             if plan.script is None:
-                reply = self.client.execute_command(*plan.command)
+                # No command at all: a plan that only announces (`invalidates`).
+                reply = self.client.execute_command(*plan.command) if plan.command else None
             else:
                 command = self._evalsha(plan)
                 try:
@@ -1071,7 +1167,7 @@ class RedisStore:
             raise RuntimeError("this RedisStore has no asyncio client (use the sync methods)")
         try:
             if plan.script is None:
-                reply = await self.async_client.execute_command(*plan.command)
+                reply = await self.async_client.execute_command(*plan.command) if plan.command else None
             else:
                 command = self._evalsha(plan)
                 try:
@@ -1120,14 +1216,14 @@ class RedisStore:
         return cache.session(sid, time.time(), touch_interval)
 
     def peek_token_state(
-        self, user_id: str, jti_key: str | None, grace: float = 0.0
+        self, user_id: str, jti_key: str | None, grace: float = 0.0, family: str | None = None
     ) -> tuple[float | None, bool] | None:
         """A local-cache hit, without any I/O; None means "ask Redis"."""
         cache = self.local_cache
         if cache is None:
             return None
         cache.ensure_listening()
-        return cache.token_state(user_id, jti_key, time.time())
+        return cache.token_state(user_id, jti_key, time.time(), family)
 
     def load(self, sid: str, touch_interval: float) -> SessionRecord | None:
         cache = self.local_cache
@@ -1178,10 +1274,10 @@ class RedisStore:
         return bool(await self._arun(self._plan_save(record)))
 
     def delete(self, sid: str, user_id: str) -> bool:
-        return bool(self._run(self._plan_delete(sid, user_id)))
+        return self._drive(self._delete(sid, user_id))
 
     async def adelete(self, sid: str, user_id: str) -> bool:
-        return bool(await self._arun(self._plan_delete(sid, user_id)))
+        return await self._adrive(self._delete(sid, user_id))
 
     def delete_user(self, user_id: str) -> int:
         return self._drive(self._end_user(user_id, sessions=True, tokens=False))
@@ -1199,44 +1295,52 @@ class RedisStore:
         records = [await self.aload(sid, _NO_TOUCH) for sid in sids]
         return [r for r in records if r is not None]
 
-    def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
+    def token_state(
+        self, user_id: str, jti_key: str | None, grace: float = 0.0, family: str | None = None
+    ) -> tuple[float | None, bool]:
         cache = self.local_cache
         now = time.time()
         if cache is not None:
             cache.ensure_listening()
-            hit = cache.token_state(user_id, jti_key, now)
+            hit = cache.token_state(user_id, jti_key, now, family)
             if hit is not None:
                 return hit
         epoch = cache.epoch if cache is not None else 0
         try:
-            result: tuple[float | None, bool] = self._run(self._plan_token_state(user_id, jti_key))
+            result: tuple[float | None, bool] = self._run(self._plan_token_state(user_id, jti_key, family))
         except StoreUnavailable:
-            stale = cache.stale_token_state(user_id, jti_key, now, grace) if cache is not None and grace else None
+            stale = (
+                cache.stale_token_state(user_id, jti_key, now, grace, family) if cache is not None and grace else None
+            )
             if stale is None:
                 raise
             return stale
         if cache is not None:
-            cache.put_token_state(user_id, jti_key, result, now, epoch)
+            cache.put_token_state(user_id, jti_key, result, now, epoch, family)
         return result
 
-    async def atoken_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
+    async def atoken_state(
+        self, user_id: str, jti_key: str | None, grace: float = 0.0, family: str | None = None
+    ) -> tuple[float | None, bool]:
         cache = self.local_cache
         now = time.time()
         if cache is not None:
             cache.ensure_listening()
-            hit = cache.token_state(user_id, jti_key, now)
+            hit = cache.token_state(user_id, jti_key, now, family)
             if hit is not None:
                 return hit
         epoch = cache.epoch if cache is not None else 0
         try:
-            result: tuple[float | None, bool] = await self._arun(self._plan_token_state(user_id, jti_key))
+            result: tuple[float | None, bool] = await self._arun(self._plan_token_state(user_id, jti_key, family))
         except StoreUnavailable:
-            stale = cache.stale_token_state(user_id, jti_key, now, grace) if cache is not None and grace else None
+            stale = (
+                cache.stale_token_state(user_id, jti_key, now, grace, family) if cache is not None and grace else None
+            )
             if stale is None:
                 raise
             return stale
         if cache is not None:
-            cache.put_token_state(user_id, jti_key, result, now, epoch)
+            cache.put_token_state(user_id, jti_key, result, now, epoch, family)
         return result
 
     def revoke_jti(self, user_id: str, jti_key: str, expires_at: float) -> None:

@@ -2,14 +2,16 @@
 
 The verifier parses a token once: strict JWS compact syntax (P11), canonical base64url, one UTF-8 JSON
 object without duplicate members (P12), a header allow-list (`alg` exact, `typ`, no `crit`/`b64`/`zip`/
-nested `cty`, P2/P9/P10), a key chosen only by `kid` from configuration (P4), the signature, and then
-the claims (P5-P9). Verified tokens are cached by their exact string until `exp`, never longer.
+nested `cty`, every registered parameter of its RFC 7515 type, P2/P9/P10), a key chosen only by `kid` from
+configuration (P4), the signature, and then the claims (P5-P9). Verified tokens are cached by their exact
+string until `exp`, never longer.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -20,11 +22,22 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509 import load_pem_x509_certificate
+
 from authmw.errors import ConfigurationError, InvalidToken, ServiceUnavailable
-from authmw.keys import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS, KeySet
+from authmw.keys import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    SUPPORTED_ALGORITHMS,
+    KeySet,
+    RemoteKeySet,
+    VerificationKey,
+)
 from authmw.principal import CONTROL_CHARACTERS, Principal
 
-__all__ = ["JWTSettings", "JWTVerifier", "PrincipalFactory"]
+__all__ = ["JWTSettings", "JWTVerifier", "PrincipalFactory", "signing_parameters"]
 
 log = logging.getLogger("authmw")
 
@@ -37,6 +50,9 @@ _B64_VALUES = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk
 _NOT_ACCESS_TOKEN_CLAIMS = frozenset(("events", "nonce", "at_hash", "c_hash"))  # SETs and ID tokens (P9)
 _ACCESS_TOKEN_USES = ("access", "access_token")
 _MAX_DEPTH = 16
+#: RFC 7515 §4.1's header parameters and their JSON types: a wrong type (null included) is refused, not ignored
+_HEADER_STRINGS = ("alg", "jku", "kid", "x5u", "x5t", "x5t#S256", "typ", "cty")
+_HEADER_STRING_ARRAYS = ("x5c", "crit")
 
 
 @dataclass(slots=True)
@@ -109,6 +125,9 @@ class JWTSettings:
             raise ConfigurationError("max_lifetime must be positive")
         ConfigurationError.unless_count(self, "max_token_bytes", 1, 65536)
         ConfigurationError.unless_count(self, "cache_size", 0, 10_000_000)
+        unknown = set(self.required_claims) - _CLAIMS_KNOWN
+        if unknown:
+            raise ConfigurationError(f"unknown required claims {sorted(unknown)}")
         keyset = self.keys if isinstance(self.keys, KeySet) else KeySet.from_key(self.keys)
         for key in keyset.keys:
             if not key.algorithms & chosen:
@@ -126,6 +145,14 @@ class JWTSettings:
             raise ConfigurationError("refresh_reuse_grace must be between 0 and 60 seconds")
         if self.access_token_type not in ("JWT", "at+jwt"):
             raise ConfigurationError("access_token_type must be 'JWT' or 'at+jwt'")
+        if self.signing_key is not None:
+            # Checked here, not when the token endpoints are built (at a Starlette app's first request): a wrong
+            # key must stop the app at start-up instead of answering 500s or 501s. Keys from a JWKS URL are only
+            # known after the first fetch: until then only the key itself can be checked.
+            if isinstance(keyset, RemoteKeySet) and not keyset.keys:
+                _signing_key(self, self.signing_key)
+            else:
+                signing_parameters(self)
         if self.issuer is None or self.audience is None:
             missing = [n for n, v in (("issuer", self.issuer), ("audience", self.audience)) if v is None]
             log.info("authmw: JWT %s not configured; tokens are not checked for them", " and ".join(missing))
@@ -135,6 +162,134 @@ def _names(value: str | Sequence[str] | None) -> frozenset[str] | None:
     if value is None:
         return None
     return frozenset((value,)) if isinstance(value, str) else frozenset(value)
+
+
+# ---- the signing key of the tokens the app mints (checked when JWTSettings is built) ----
+
+_SIGNING_KEY = "the signing key (AUTHMW_JWT_SIGNING_KEY / JWTSettings.signing_key)"
+_VERIFICATION_KEYS = "the verification keys (AUTHMW_JWT_KEY / AUTHMW_JWT_JWKS / JWTSettings.keys)"
+_PRIVATE_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
+_PUBLIC_KEYS = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
+
+
+def _private_key(material: Any) -> Any:
+    """A PEM private key loaded; other text or bytes (an HMAC secret) as bytes; a key object as it is."""
+    if not isinstance(material, str | bytes):
+        return material
+    data = material.encode() if isinstance(material, str) else bytes(material)
+    if not data.lstrip().startswith(b"-----BEGIN"):
+        return data
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # what cryptography raises for an encrypted key without a password
+        raise ConfigurationError(
+            f"{_SIGNING_KEY} is an encrypted PEM private key: give it unencrypted "
+            "(e.g. `openssl pkey -in key.pem -out key.plain.pem`) and keep that file private"
+        ) from None
+    except ValueError:
+        pass
+    for load in (serialization.load_pem_public_key, load_pem_x509_certificate):
+        try:
+            load(data)
+        except ValueError:
+            continue
+        raise ConfigurationError(
+            f"{_SIGNING_KEY} is a public key or a certificate, not a private key: set it to the PEM private key "
+            f"whose public half is among {_VERIFICATION_KEYS}"
+        )
+    raise ConfigurationError(f"{_SIGNING_KEY} could not be read: give an unencrypted PEM private key or an HMAC secret")
+
+
+def _kind(key: Any) -> str:
+    if isinstance(key, bytes):
+        return "an HMAC secret"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "an RSA private key"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return f"an EC private key ({key.curve.name})"
+    return "an Ed25519 private key" if isinstance(key, ed25519.Ed25519PrivateKey) else "an Ed448 private key"
+
+
+def _signing_key(settings: JWTSettings, key: Any) -> tuple[Any, list[str]]:
+    """`key` ready to sign with, and the configured algorithms it can sign; else `ConfigurationError` saying why:
+    not a private key (or an HMAC secret), or of a type none of the configured algorithms uses."""
+    key = _private_key(key)
+    if isinstance(key, _PUBLIC_KEYS):
+        raise ConfigurationError(
+            f"{_SIGNING_KEY} is a public key, not a private key: set it to the private key whose public half is "
+            f"among {_VERIFICATION_KEYS}"
+        )
+    if not isinstance(key, (bytes, *_PRIVATE_KEYS)):
+        raise ConfigurationError(
+            f"{_SIGNING_KEY} is of type {type(key).__name__}: give an HMAC secret, a PEM private key or a private "
+            "key object"
+        )
+    try:
+        usable = (VerificationKey.hmac(key) if isinstance(key, bytes) else VerificationKey.public(key)).algorithms
+    except ConfigurationError as exc:  # too short a secret, too small an RSA key, an unsupported curve
+        raise ConfigurationError(f"{_SIGNING_KEY}: {exc}") from None
+    fits = [name for name in settings.algorithms if name in usable]
+    if not fits:
+        raise ConfigurationError(
+            f"{_SIGNING_KEY} is {_kind(key)}, which signs {sorted(usable)}, none of the configured algorithms "
+            f"{list(settings.algorithms)} (AUTHMW_JWT_ALGORITHMS / JWTSettings.algorithms): set it to a key of the "
+            "configured algorithms' type that matches the verification keys (with HS*, leave it unset to sign with "
+            "the verification secret)"
+        )
+    return key, fits
+
+
+def _same_public_key(a: Any, b: Any) -> bool:
+    encoding, fmt = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(a.public_bytes(encoding, fmt) == b.public_bytes(encoding, fmt))
+
+
+def signing_parameters(settings: JWTSettings, key: Any = None) -> tuple[Any, str, str | None]:
+    """The key, algorithm and kid to sign tokens that `settings` will verify.
+
+    `key` defaults to the configured signing key, else (HS* only) the verification secret. It must be a private key
+    (or an HMAC secret) for one of the configured algorithms, and its public half (or the secret) must be among the
+    verification keys; a `ConfigurationError` says which failed. The algorithm is the first configured one that
+    both the key and its verification key allow; the kid is the verification key's.
+    """
+    if key is None:
+        key = settings.signing_key
+    if key is None:
+        hmac_keys = [k for k in settings.keyset.keys if k.is_hmac]
+        if not hmac_keys:
+            raise ConfigurationError(
+                "minting tokens needs a signing key: set AUTHMW_JWT_SIGNING_KEY (a PEM private key path)"
+            )
+        key = hmac_keys[0].material
+    key, fits = _signing_key(settings, key)
+    if isinstance(key, bytes):
+        matches = [k for k in settings.keyset.keys if k.is_hmac and hmac.compare_digest(k.material, key)]
+        if not matches:
+            raise ConfigurationError(
+                f"{_SIGNING_KEY} is an HMAC secret that is not among {_VERIFICATION_KEYS}, so the app would refuse "
+                "the tokens it mints: leave it unset to sign with the verification secret, or make it equal to one"
+            )
+    else:
+        public = key.public_key()
+        matches = [
+            k
+            for k in settings.keyset.keys
+            if not k.is_hmac and type(k.material) is type(public) and _same_public_key(k.material, public)
+        ]
+        if not matches:
+            raise ConfigurationError(
+                f"the public half of {_SIGNING_KEY} is not among {_VERIFICATION_KEYS}, so the app would refuse the "
+                "tokens it mints: sign with the private key of a configured public key, or add this key's public "
+                "half to the verification keys"
+            )
+    for match in matches:
+        algorithm = next((name for name in fits if name in match.algorithms), None)
+        if algorithm is not None:
+            return key, algorithm, match.kid
+    raise ConfigurationError(
+        f"{_SIGNING_KEY} matches the verification key {matches[0].kid or '(no kid)'}, which allows only "
+        f"{sorted(matches[0].algorithms)}: none of {fits}, the configured algorithms the key signs"
+    )
 
 
 def _b64url_decode(segment: str) -> bytes:
@@ -196,15 +351,31 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
+def _typed_header(segment: str) -> dict[str, Any]:
+    """The JOSE header, each registered parameter present of its type (a `"kid": null` names no key: refused)."""
+    header = _json_object(segment, "header")
+    for name in _HEADER_STRINGS:
+        if name in header and type(header[name]) is not str:
+            raise InvalidToken(f"the token's {name} is not a string", reason=f"bad_{name}")
+    for name in _HEADER_STRING_ARRAYS:
+        if name in header:
+            value = header[name]
+            if type(value) is not list or not all(type(item) is str for item in value):
+                raise InvalidToken(f"the token's {name} is not an array of strings", reason=f"bad_{name}")
+    if "jwk" in header and type(header["jwk"]) is not dict:
+        raise InvalidToken("the token's jwk is not a JSON object", reason="bad_jwk")
+    return header
+
+
 def _numeric_date(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
     if name not in claims:
         if required:
-            raise InvalidToken(f'the token has no "{name}" claim', reason=f"missing_{name}")
+            raise InvalidToken(f"the token has no {name} claim", reason=f"missing_{name}")
         return None
     value = claims[name]
     # NumericDate is a JSON number (RFC 7519 §2): no strings, booleans, or overflowed floats.
     if type(value) not in (int, float) or not math.isfinite(value):
-        raise InvalidToken(f'the "{name}" claim is not a NumericDate', reason=f"bad_{name}")
+        raise InvalidToken(f"the {name} claim is not a NumericDate", reason=f"bad_{name}")
     return float(value)
 
 
@@ -213,7 +384,7 @@ def _string_list(value: Any, name: str) -> list[str]:
         return value.split()
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
-    raise InvalidToken(f'the "{name}" claim is malformed', reason=f"bad_{name}")
+    raise InvalidToken(f"the {name} claim is malformed", reason=f"bad_{name}")
 
 
 def scopes_from_claims(claims: Mapping[str, Any]) -> frozenset[str]:
@@ -230,7 +401,7 @@ def default_principal(claims: Mapping[str, Any]) -> Principal:
     jti = claims.get("jti")
     auth_time = claims.get("auth_time", iat)
     if auth_time is not None and (type(auth_time) not in (int, float) or not math.isfinite(auth_time)):
-        raise InvalidToken('the "auth_time" claim is not a NumericDate', reason="bad_auth_time")
+        raise InvalidToken("the auth_time claim is not a NumericDate", reason="bad_auth_time")
     return Principal(
         id=claims["sub"],
         source="jwt",
@@ -259,10 +430,7 @@ class JWTVerifier:
         self._algorithms = frozenset(settings.algorithms)
         self._issuers = _names(settings.issuer)
         self._audiences = _names(settings.audience)
-        required = set(settings.required_claims)
-        unknown = required - _CLAIMS_KNOWN
-        if unknown:
-            raise ConfigurationError(f"unknown required claims {sorted(unknown)}")
+        required = set(settings.required_claims)  # checked by JWTSettings, when the configuration is built
         if self._issuers is not None:
             required.add("iss")
         if self._audiences is not None:
@@ -351,7 +519,7 @@ class JWTVerifier:
         # One issuer signs every token with the same few headers: parse each once (bounded; checks still run).
         header = self._headers.get(header_b64)
         if header is None:
-            header = _json_object(header_b64, "header")
+            header = _typed_header(header_b64)  # raises before memoizing: the memo holds checked headers only
             if len(self._headers) >= 256:
                 self._headers.clear()
             self._headers[header_b64] = header
@@ -359,10 +527,7 @@ class JWTVerifier:
         if type(algorithm) is not str or algorithm not in self._algorithms:
             raise InvalidToken("the token's algorithm is not allowed", reason="alg_not_allowed")
         self._check_header(header)
-        kid = header.get("kid")
-        if kid is not None and type(kid) is not str:
-            raise InvalidToken("the token's kid is not a string", reason="bad_kid")
-        key = self.keyset.select(kid)
+        key = self.keyset.select(header.get("kid"))  # absent or a string (`_typed_header`)
         if algorithm not in key.algorithms:
             raise InvalidToken("the token's algorithm does not match its key", reason="alg_key_mismatch")
         signature = _b64url_decode(signature_b64)
@@ -403,12 +568,12 @@ class JWTVerifier:
         if "sub" in claims or "sub" in required:
             sub = claims.get("sub")
             if type(sub) is not str or not sub or CONTROL_CHARACTERS.search(sub):
-                raise InvalidToken('the "sub" claim is missing or invalid', reason="bad_sub")
+                raise InvalidToken("the sub claim is missing or invalid", reason="bad_sub")
         self._check_issuer_audience(claims)
         if "jti" in claims or "jti" in required:
             jti = claims.get("jti")
             if type(jti) is not str or not jti:
-                raise InvalidToken('the "jti" claim is missing or invalid', reason="bad_jti")
+                raise InvalidToken("the jti claim is missing or invalid", reason="bad_jti")
         # Spelt out, not any(...) over generators: this runs for every token verified in full.
         if (
             claims.get("token_use", "access") not in _ACCESS_TOKEN_USES
@@ -422,16 +587,16 @@ class JWTVerifier:
     def _check_issuer_audience(self, claims: Mapping[str, Any]) -> None:
         # Our own exact comparisons (P6): no substring, prefix or case folding, whatever the library does.
         if "iss" in self._required and "iss" not in claims:
-            raise InvalidToken('the token has no "iss" claim', reason="missing_iss")
+            raise InvalidToken("the token has no iss claim", reason="missing_iss")
         if self._issuers is not None:
             iss = claims.get("iss")
             if type(iss) is not str or iss not in self._issuers:
                 raise InvalidToken("the token issuer is not accepted", reason="bad_iss")
         elif "iss" in claims and type(claims["iss"]) is not str:
-            raise InvalidToken('the "iss" claim is malformed', reason="bad_iss")
+            raise InvalidToken("the iss claim is malformed", reason="bad_iss")
         if "aud" not in claims:
             if self._audiences is not None:
-                raise InvalidToken('the token has no "aud" claim', reason="missing_aud")
+                raise InvalidToken("the token has no aud claim", reason="missing_aud")
             return
         aud = claims["aud"]
         values: Iterable[Any]
@@ -440,7 +605,7 @@ class JWTVerifier:
         else:
             values = aud if type(aud) is list else [None]
             if not values or not all(type(a) is str for a in values):
-                raise InvalidToken('the "aud" claim is malformed', reason="bad_aud")
+                raise InvalidToken("the aud claim is malformed", reason="bad_aud")
         if self._audiences is None:
             raise InvalidToken("the token is meant for an audience this service does not have", reason="bad_aud")
         if self._audiences.isdisjoint(values):
