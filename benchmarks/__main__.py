@@ -132,7 +132,7 @@ def render(
         'finds (`scope["user"]`; on Flask a `before_request` hook keeping it on `g`, read through a `LocalProxy` '
         "as `current_user` is), and adds the two identity headers (`Vary`, `Cache-Control: no-store`) as the "
         "response starts. The µs targets are shown beside it, and beside how fast this machine runs the bare app "
-        "against the one DESIGN.md §4 was written on (bare Starlette ≈ 9 µs, bare Flask ≈ 46 µs).",
+        "against the one the targets (docs/PERFORMANCE.md) were set on (bare Starlette ≈ 9 µs, bare Flask ≈ 46 µs).",
         "- **Redis** on loopback (127.0.0.1:6379, db 9, unless `--redis-url`), under a key prefix of the run's own: "
         "exactly those keys are deleted afterwards. Redis commands per request "
         "are counted on the clients, outside the timed rounds.",

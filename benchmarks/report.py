@@ -122,8 +122,8 @@ def _case(results: InProcessResults, key: str) -> Case:
     return next(c for c in results.cases if c.key == key)
 
 
-#: bare µs/request where DESIGN.md §4 set its µs targets (2026-11-26): they scale with the machine's speed
-DESIGN_BARE_US = {STARLETTE: 9.0, FLASK: 46.0}
+#: bare µs/request where the µs targets were set (docs/PERFORMANCE.md, 2026-11-26): they scale with the machine's speed
+TARGETS_BARE_US = {STARLETTE: 9.0, FLASK: 46.0}
 
 
 def _floor_context(results: InProcessResults, framework: str) -> str:
@@ -131,7 +131,7 @@ def _floor_context(results: InProcessResults, framework: str) -> str:
     middleware of authmw's shape costs here), and how much slower or faster this machine runs the bare app than
     the one the target was set on. Context only: the verdict stays on the absolute bound."""
     bare = Spread.of(results.us[BARE[framework]]).median
-    scale = f"the bare app here takes {bare / DESIGN_BARE_US[framework]:.2f}{TIMES} its time where §4 was set"
+    scale = f"the bare app here takes {bare / TARGETS_BARE_US[framework]:.2f}{TIMES} its time where the targets were set"
     key = f"{PREFIX[framework]}-floor"
     if key not in results.us:
         return f"; {scale}"
@@ -263,7 +263,7 @@ def targets(
 def targets_table(items: Sequence[Target]) -> str:
     mark = {"met": "✅ met", "missed": "❌ missed", "not measured": "— not measured"}
     rows = [[t.name, t.measured, mark[t.verdict]] for t in items]
-    return table(["target (DESIGN.md §4)", f"measured (median [min {DASH} max])", ""], rows, "lll")
+    return table(["target (docs/PERFORMANCE.md)", f"measured (median [min {DASH} max])", ""], rows, "lll")
 
 
 def profiles_section(profiles: Sequence[Profile]) -> str:

@@ -1,6 +1,6 @@
 """What both example apps share: the route policies, demo users, items, content negotiation and the HTML pages.
 
-Sharing this is what keeps the Starlette and the Flask app identical over HTTP (the example-app contract in README):
+Sharing this is what keeps the Starlette and the Flask app identical over HTTP (docs/EXAMPLES.md):
 browsers (whose `Accept` ranks `text/html` first) get pages, API clients (curl, httpx, `application/json`) get JSON.
 """
 

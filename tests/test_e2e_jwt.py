@@ -1,6 +1,6 @@
 """End to end: the Starlette example under a real uvicorn on loopback, driven over HTTP with httpx.
 
-Runs the bearer-token rows of DESIGN.md §6 on HS256, RS256 and ES256 configurations, including the
+Runs the bearer-token rows of the example-app contract on HS256, RS256 and ES256 configurations, including the
 failure rows (forged, tampered, expired, wrong issuer/audience, algorithm confusion, malformed).
 """
 

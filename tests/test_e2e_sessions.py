@@ -1,4 +1,4 @@
-"""End to end: the session rows of DESIGN.md §6 on the Starlette example under a real uvicorn, on both stores,
+"""End to end: the session rows of the example-app contract on the Starlette example under a real uvicorn, on both stores,
 plus Redis killed and restarted under a running app (fail closed with 503, recovery without a restart).
 """
 

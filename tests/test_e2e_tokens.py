@@ -1,4 +1,4 @@
-"""End to end: the token rows of DESIGN.md §6 over real HTTP (httpx), on both example apps (the Starlette one under
+"""End to end: the token rows of the example-app contract over real HTTP (httpx), on both example apps (the Starlette one under
 uvicorn, the Flask one under gunicorn) and both stores (in-memory; Redis under a key prefix of its own per app,
 whose keys are deleted afterwards).
 

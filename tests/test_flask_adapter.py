@@ -903,7 +903,7 @@ def test_login_client_helper_works_with_the_flask_test_client(app: Flask, config
     assert response.json["id"] == "carol"
 
 
-# ---- the Flask example app (DESIGN.md §6), in-process ----
+# ---- the Flask example app (the example-app contract), in-process ----
 
 EXAMPLE_ENV = {
     "AUTHMW_SECRET_KEYS": SECRET,
@@ -1052,7 +1052,7 @@ def test_flask_example_walks_the_design_table(example: tuple[Flask, AuthConfig])
 # ---- both example apps, the same requests, the same answers ----
 
 Step = tuple[str, str, str, dict[str, Any]]
-#: a step and the status the DESIGN.md §6 contract expects of it
+#: a step and the status the example-app contract expects of it
 Expected = tuple[str, str, str, dict[str, Any], int]
 
 

@@ -1248,7 +1248,7 @@ def test_over_httpx_asgi_transport(config: AuthConfig) -> None:
     asyncio.run(scenario())
 
 
-# ---- the Starlette example app (DESIGN.md §6), in-process ----
+# ---- the Starlette example app (the example-app contract), in-process ----
 
 EXAMPLE_ENV = {
     "AUTHMW_SECRET_KEYS": SECRET,

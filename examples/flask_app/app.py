@@ -1,4 +1,4 @@
-"""The Flask example app: the same behaviour over HTTP as the Starlette one (the example-app contract in README).
+"""The Flask example app: the same behaviour over HTTP as the Starlette one (docs/EXAMPLES.md).
 Browsers get pages, API clients JSON, by the `Accept` header.
 
 Run from the repository root: ``gunicorn examples.flask_app.app:app`` (or ``flask --app examples.flask_app.app run``).

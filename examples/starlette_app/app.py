@@ -1,5 +1,5 @@
 """The Starlette example app, configured only through `AuthConfig.from_env()`: the same behaviour over HTTP as the
-Flask one (the example-app contract in README). Browsers get pages, API clients JSON, by the `Accept` header.
+Flask one (docs/EXAMPLES.md). Browsers get pages, API clients JSON, by the `Accept` header.
 
 Run from the repository root: ``make demo`` or ``uvicorn examples.starlette_app.app:app``.
 """
