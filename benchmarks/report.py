@@ -131,7 +131,8 @@ def _floor_context(results: InProcessResults, framework: str) -> str:
     middleware of authmw's shape costs here), and how much slower or faster this machine runs the bare app than
     the one the target was set on. Context only: the verdict stays on the absolute bound."""
     bare = Spread.of(results.us[BARE[framework]]).median
-    scale = f"the bare app here takes {bare / TARGETS_BARE_US[framework]:.2f}{TIMES} its time where the targets were set"
+    ratio = bare / TARGETS_BARE_US[framework]
+    scale = f"the bare app here takes {ratio:.2f}{TIMES} its time where the targets were set"
     key = f"{PREFIX[framework]}-floor"
     if key not in results.us:
         return f"; {scale}"

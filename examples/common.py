@@ -15,12 +15,14 @@ import re
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote
 
 from authmw import AuthConfig, Policy, Principal, Route
 from authmw.sessions import SessionInfo
-from authmw.throttle import LoginThrottle, ThrottleSettings
+from authmw.throttle import BaseLoginThrottle, ThrottleSettings
+
+Throttle = TypeVar("Throttle", bound=BaseLoginThrottle)
 
 ROUTES = [
     Route("/", Policy.optional(accept=("session",))),
@@ -100,10 +102,10 @@ def config_from_env() -> AuthConfig:
     return AuthConfig.from_env({"AUTHMW_LOGIN_URL": "/login", **os.environ}, routes=ROUTES, default=Policy.optional())
 
 
-def throttle_from(config: AuthConfig) -> LoginThrottle:
-    """The login throttle: counters in `config`'s session store (Redis: shared by every worker), settings from the
-    `AUTHMW_LOGIN_THROTTLE_*` variables."""
-    return LoginThrottle.from_config(config, ThrottleSettings.from_env())
+def throttle_from(config: AuthConfig, kind: type[Throttle]) -> Throttle:
+    """The login throttle (`LoginThrottle` for sync views, `AsyncLoginThrottle` for async ones): counters in `config`'s
+    session store (Redis: shared by every worker), settings from the `AUTHMW_LOGIN_THROTTLE_*` variables."""
+    return kind.from_config(config, ThrottleSettings.from_env())
 
 
 def too_many_attempts(seconds: int) -> str:

@@ -37,7 +37,7 @@ from starlette.routing import Route as StarletteRoute
 import authmw.asgi
 import authmw.wsgi
 from authmw import AuthConfig, JWTSettings, Policy, Route
-from authmw.flows import run_sync
+from authmw.io import run_sync
 from authmw.keys import KeySet
 from authmw.principal import Principal
 from authmw.request import WSGIRequestView

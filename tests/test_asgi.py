@@ -35,6 +35,7 @@ from starlette.websockets import WebSocket
 from authmw import AuthConfig, AuthState, JWTSettings, Policy, Principal, Route
 from authmw.asgi import AuthMiddleware, get_session
 from authmw.errors import InvalidToken
+from authmw.io import inline, run_sync
 from authmw.sessions import SessionSettings
 
 SECRET = "authmw-asgi-test-secret-" + "0123456789abcdef" * 2
@@ -924,6 +925,72 @@ def test_a_bearer_request_that_needs_the_store_is_verified_once(redis_url: str) 
         store.client.close()
 
 
+def test_one_pass_through_the_decision_per_request_under_asgi_with_redis(redis_url: str) -> None:
+    """With Redis and no local cache every JWT and session request needs I/O: the decision asks for it once, in one
+    place, and goes on from the point it reached, never deciding again from the start. Per request, first sight and
+    repeated alike: one `resolve`, one `verify` (a JWT) or one record -> principal step (a session), one command."""
+    from collections import Counter
+
+    from authmw.stores import RedisStore, user_tag
+    from authmw.testing import mint_token, session_cookie
+
+    prefix = f"authmw-test-one-pass-{uuid.uuid4().hex[:8]}:"
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        config = make_config(
+            sessions=SessionSettings(secret_keys=[SESSION_KEY], store=store, cookie_secure=False),
+            routes=[Route("/api/jwt", Policy.jwt()), Route("/account", Policy.session())],
+        )
+        app = AuthMiddleware(_plain_app, config)
+        auth = app.authenticator
+        assert auth.verifier is not None and auth.sessions is not None and auth._peek_token_state is None
+        counts: Counter[str] = Counter()
+
+        def counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                counts[name] += 1
+                return function(*args, **kwargs)
+
+            return call
+
+        auth.verifier.verify = counted("verify", auth.verifier.verify)  # type: ignore[method-assign]
+        auth.sessions.principal_for = counted("record -> principal", auth.sessions.principal_for)  # type: ignore[method-assign]
+        auth.resolve = counted("resolve", auth.resolve)  # type: ignore[method-assign]
+        commands: list[str] = []
+        execute = store.async_client.execute_command
+
+        async def counted_command(*args: Any, **options: Any) -> Any:
+            commands.append(str(args[0]))
+            return await execute(*args, **options)
+
+        store.async_client.execute_command = counted_command
+        run_sync(store.load(f"{user_tag('nobody')}.{'x' * 43}", 60))  # the server knows the load script from here on
+        name, value = session_cookie(config, "alice")
+        credentials = {
+            "jwt": ("/api/jwt", (b"authorization", f"Bearer {mint_token(config, 'alice')}".encode())),
+            "session": ("/account", (b"cookie", f"{name}={value}".encode())),
+        }
+
+        async def run() -> list[tuple[str, str, dict[str, int], list[str]]]:
+            seen = []
+            for kind, (path, header) in credentials.items():
+                for _ in range(3):  # first sight, then repeated (the verifier's cache, the principal cache)
+                    counts.clear()
+                    commands.clear()
+                    status = (await _answer(app, "GET", path, [header], b"")).split()[0]
+                    seen.append((kind, status, dict(counts), list(commands)))
+            await store.async_client.aclose()
+            return seen
+
+        jwt_pass = ("jwt", "200", {"resolve": 1, "verify": 1}, ["MGET"])
+        session_pass = ("session", "200", {"resolve": 1, "record -> principal": 1}, ["EVALSHA"])
+        assert asyncio.run(run()) == [jwt_pass] * 3 + [session_pass] * 3
+    finally:
+        for key in store.client.scan_iter(match=prefix + "*"):
+            store.client.delete(key)
+        store.client.close()
+
+
 # ---- decisions remembered for repeated bearer requests ----
 
 _MEMO_TOKENS: dict[str, str] = {}
@@ -1014,10 +1081,10 @@ def test_remembered_decisions_answer_exactly_as_deciding_every_request(requests:
         for index in order:
             if index == -1:  # revoke alice's token
                 claims = jwt.decode(tokens["alice"], SECRET, algorithms=["HS256"])
-                store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+                run_sync(store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"]))
                 continue
             if index == -2:  # revoke every token issued to bob so far
-                store.revoke_tokens("bob", time.time() + 1, 3600)
+                run_sync(store.revoke_tokens("bob", time.time() + 1, 3600))
                 continue
             method, path, auth, query, preflight = requests[index % len(requests)]
             headers = _headers(auth, tokens, preflight)
@@ -1052,7 +1119,7 @@ def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations() -
     async def run() -> list[str]:
         answers = [await _answer(remembering, "GET", "/api/jwt", list(headers), b"") for _ in range(3)]
         claims = jwt.decode(token, SECRET, algorithms=["HS256"])
-        store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+        run_sync(store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"]))
         answers.append(await _answer(remembering, "GET", "/api/jwt", list(headers), b""))
         return answers
 
@@ -1123,7 +1190,7 @@ def test_remembered_decisions_on_a_redis_local_cache_still_see_a_revocation_made
                     break
                 await asyncio.sleep(0.05)
             claims = jwt.decode(token, SECRET, algorithms=["HS256"])
-            elsewhere.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+            run_sync(elsewhere.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"]))
             while time.monotonic() < deadline:
                 answer = await _answer(app, "GET", "/api/jwt", [header], b"")
                 answers.append(answer)
@@ -1161,17 +1228,17 @@ def test_decisions_are_not_remembered_past_a_patched_step_a_store_error_or_switc
     # a store that fails once the decision is remembered (one without a revocation count, which is looked up)
     remembering.authenticator.revocation_counter = None
     assert asyncio.run(twice(remembering)) == ["200", "200"]
-    real = store.token_state
+    real = store.peek_token_state
 
     def failing(*args: Any) -> Any:
         raise StoreUnavailable("the store went away", retry_after=1)
 
-    store.token_state = failing  # type: ignore[method-assign]
-    remembering.authenticator._token_state_now = failing
-    deciding.authenticator._token_state_now = failing
+    store.peek_token_state = failing  # type: ignore[method-assign]
+    remembering.authenticator._peek_token_state = failing
+    deciding.authenticator._peek_token_state = failing
     assert asyncio.run(twice(remembering)) == asyncio.run(twice(deciding)) == ["503", "503"]
-    store.token_state = real  # type: ignore[method-assign]
-    remembering.authenticator._token_state_now = real
+    store.peek_token_state = real  # type: ignore[method-assign]
+    remembering.authenticator._peek_token_state = real
 
     # switched off at run time
     assert asyncio.run(twice(remembering)) == ["200", "200"]
@@ -1250,8 +1317,8 @@ def test_a_patched_class_step_or_verifier_stops_reuse_even_after_decisions_were_
 
     original = Authenticator._verify_jwt
 
-    def suspending(self: Authenticator, token: str, io: Any) -> Principal:
-        principal = original(self, token, io)
+    def suspending(self: Authenticator, token: str) -> Any:
+        principal = original(self, token)  # a Principal: the store here (in-process) never needs I/O
         if principal.id in suspended:
             raise InvalidToken("suspended", reason="suspended")
         return principal
@@ -1291,7 +1358,7 @@ def test_revocations_in_redis_without_a_local_cache_are_never_confirmed_from_mem
     store = RedisStore.from_url(redis_url, prefix=f"authmw-test-nocache-{uuid.uuid4().hex[:8]}:")
     try:
         auth = Authenticator(make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store)))
-        assert auth._token_state_now is None and auth._token_state_peek is None
+        assert auth._peek_token_state is None
     finally:
         store.client.close()
 
@@ -1454,12 +1521,12 @@ def test_a_revocation_landing_while_a_decision_is_made_is_seen_by_the_next_reque
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     auth = remembering.authenticator
     assert auth.revocation_counter is store
-    looked_up = auth._token_state_now
+    looked_up = auth._peek_token_state
 
     def revoked_right_after(user_id: str, key: str | None) -> Any:
         answer = looked_up(user_id, key)  # not revoked yet...
-        store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])  # ...and now it is
-        auth._token_state_now = looked_up
+        run_sync(store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"]))  # ...and now it is
+        auth._peek_token_state = looked_up
         return answer
 
     headers = [(b"authorization", f"Bearer {token}".encode())]
@@ -1467,7 +1534,7 @@ def test_a_revocation_landing_while_a_decision_is_made_is_seen_by_the_next_reque
 
     async def run() -> list[str]:
         first = await _answer(remembering, "GET", "/api/jwt", list(headers), b"")  # verified in full
-        auth._token_state_now = revoked_right_after  # the second (a repeated token) is the one remembered
+        auth._peek_token_state = revoked_right_after  # the second (a repeated token) is the one remembered
         return [(await _answer(remembering, "GET", "/api/jwt", list(headers), b"")).split()[0] for _ in range(2)] + [
             first.split()[0]
         ]
@@ -1480,13 +1547,13 @@ def test_an_unchanged_revocation_count_spares_the_lookup_and_a_changed_one_decid
     remembering, _, store = _memo_pair()
     auth = remembering.authenticator
     lookups: list[str] = []
-    looked_up = auth._token_state_now
+    looked_up = auth._peek_token_state
 
     def counted(user_id: str, key: str | None) -> Any:
         lookups.append(user_id)
         return looked_up(user_id, key)
 
-    auth._token_state_now = counted
+    auth._peek_token_state = counted
     reused = _count_reuse(remembering)
     headers = [(b"authorization", f"Bearer {make_token('alice')}".encode())]
 
@@ -1496,7 +1563,7 @@ def test_an_unchanged_revocation_count_spares_the_lookup_and_a_changed_one_decid
     assert asyncio.run(run(4)) == ["200"] * 4
     # verified in full, then decided from the cache and remembered, then reused twice without a lookup
     assert lookups == ["alice", "alice"] and len(reused) == 2
-    store.revoke_tokens("bob", time.time(), 3600)  # someone else's revocation: the count changes
+    run_sync(store.revoke_tokens("bob", time.time(), 3600))  # someone else's revocation: the count changes
     assert asyncio.run(run(2)) == ["200"] * 2
     assert lookups == ["alice"] * 3 and len(reused) == 3  # decided afresh once (and remembered), then reused
 
@@ -1509,9 +1576,11 @@ def test_a_store_whose_token_state_reads_more_than_it_counts_is_looked_up_on_eve
     external: set[str] = set()
 
     class AlsoExternal(MemoryStore):
-        def token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
-            not_before, denied = super().token_state(user_id, jti_key, grace)
+        def peek_token_state(self, user_id: str, jti_key: str | None, grace: float = 0.0) -> tuple[float | None, bool]:
+            not_before, denied = super().peek_token_state(user_id, jti_key, grace)
             return not_before, denied or user_id in external
+
+        token_state = inline(peek_token_state)
 
     store = AlsoExternal()
     config = make_config(jwt=JWTSettings(algorithms=["HS256"], keys=SECRET, revocation_store=store))
@@ -1555,6 +1624,7 @@ def test_revocations_written_by_any_code_end_a_remembered_decision(how: str, mon
     from authmw.issuer import jti_key
     from authmw.stores import MemoryStore
 
+    @inline
     def own_way(self: MemoryStore, user_id: str, key: str, expires_at: float) -> None:
         with self._lock:
             self._denied[(user_id, key)] = expires_at
@@ -1579,5 +1649,5 @@ def test_revocations_written_by_any_code_end_a_remembered_decision(how: str, mon
 
     assert asyncio.run(run()) == ["200", "200", "200"] and len(reused) == 1
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
-    store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"])
+    run_sync(store.revoke_jti("alice", jti_key(None, claims["jti"]), claims["exp"]))
     assert asyncio.run(run()) == ["401", "401", "401"]

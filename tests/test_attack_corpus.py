@@ -86,6 +86,7 @@ from tests.attack_harness import (
 
 import authmw
 from authmw.errors import AuthError
+from authmw.io import run_sync
 from authmw.masking import TagMask
 
 CORPUS_PATH = Path(__file__).parent / "corpus" / "attacks.json"
@@ -381,7 +382,9 @@ def _absolute_expired(shells: Shells, clock: FakeClock) -> str:
     step = IDLE_TIMEOUT / 2
     while clock.offset + step < ABSOLUTE_TIMEOUT:
         clock.advance(step)
-        assert store.load(sid, TOUCH_INTERVAL) is not None, "kept active, the session lives until the absolute"
+        assert run_sync(store.load(sid, TOUCH_INTERVAL)) is not None, (
+            "kept active, the session lives until the absolute"
+        )
     last_touch = clock.offset
     clock.advance(ABSOLUTE_TIMEOUT + 1 - clock.offset)
     assert clock.offset - last_touch < IDLE_TIMEOUT, "only the absolute timeout can have ended it"

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from authmw import AuthConfig, JWTSettings, JWTVerifier, KeySet, Policy
 from authmw.asgi import AuthMiddleware
 from authmw.cli import DEFAULT_PREFIX, EXIT_BROKEN_PIPE, build_parser, jwk_thumbprint, main
+from authmw.io import run_sync
 from authmw.issuer import TokenIssuer, jti_key
 from authmw.sessions import SessionSettings, session_handle
 from authmw.stores import RedisStore, RefreshRecord, SessionRecord, user_tag
@@ -585,7 +586,7 @@ def login(store: RedisStore, user: str) -> None:
 
 def handles(store: RedisStore, user: str) -> dict[str, str]:
     """handle -> session id"""
-    return {session_handle(r.sid): r.sid for r in store.list_user(user)}
+    return {session_handle(r.sid): r.sid for r in run_sync(store.list_user(user))}
 
 
 def refresh_family(store: RedisStore, user: str) -> str:
@@ -593,12 +594,12 @@ def refresh_family(store: RedisStore, user: str) -> str:
     token_hash = uuid4().hex + uuid4().hex
     now = time.time()
     record = RefreshRecord(token_hash=token_hash, user_id=user, family=uuid4().hex, scopes=(), expires=now + 3600)
-    assert store.refresh_create(record, now + 3600, True)
+    assert run_sync(store.refresh_create(record, now + 3600, True))
     return token_hash
 
 
 def refresh_outcome(store: RedisStore, user: str, token_hash: str) -> str:
-    return store.refresh_use(user_tag(user), token_hash, time.time(), 0.0)[0]
+    return run_sync(store.refresh_use(user_tag(user), token_hash, time.time(), 0.0))[0]
 
 
 def redis_args(redis_url: str, prefix: str) -> list[str]:
@@ -612,17 +613,19 @@ def test_sessions_list(capsys: pytest.CaptureFixture[str], redis_url: str, prefi
     login(store, "bob")
     now = time.time()
     hostile_agent = "Mozilla\x1b[31m\u202e"  # a user agent is whatever the client sent
-    store.create(
-        SessionRecord(
-            sid=f"{user_tag('alice')}.{'A' * 43}",
-            user_id="alice",
-            created=now + 1,
-            auth_time=now,
-            absolute_expiry=now + 3600,
-            idle_timeout=600,
-            last_seen=now,
-            user_agent=hostile_agent,
-            ip="203.0.113.7",
+    run_sync(
+        store.create(
+            SessionRecord(
+                sid=f"{user_tag('alice')}.{'A' * 43}",
+                user_id="alice",
+                created=now + 1,
+                auth_time=now,
+                absolute_expiry=now + 3600,
+                idle_timeout=600,
+                last_seen=now,
+                user_agent=hostile_agent,
+                ip="203.0.113.7",
+            )
         )
     )
     expected = handles(store, "alice")
@@ -667,7 +670,7 @@ def test_sessions_revoke_one(
     code, out, err = run(capsys, "sessions", "revoke", "alice", target, *redis_args(redis_url, prefix))
     assert code == 0, err
     assert target in out
-    assert store.load(alice[target], 60) is None
+    assert run_sync(store.load(alice[target], 60)) is None
     assert set(handles(store, "alice")) == {kept}
     assert set(handles(store, "bob")) == set(bob)
 
@@ -704,13 +707,13 @@ def test_sessions_revoke_one_also_ends_the_tokens_issued_from_that_session(
             expires=now + 3600,
             session_sid=alice[handle],
         )
-        assert store.refresh_create(record, now + 3600, True)
+        assert run_sync(store.refresh_create(record, now + 3600, True))
         families[handle] = record
     code, _, err = run(capsys, "sessions", "revoke", "alice", target, *redis_args(redis_url, prefix))
     assert code == 0, err
-    assert store.token_state("alice", None, 0.0, families[target].family) == (None, True)
+    assert run_sync(store.token_state("alice", None, 0.0, families[target].family)) == (None, True)
     assert refresh_outcome(store, "alice", families[target].token_hash) == "revoked"
-    assert store.token_state("alice", None, 0.0, families[kept].family) == (None, False)
+    assert run_sync(store.token_state("alice", None, 0.0, families[kept].family)) == (None, False)
     assert refresh_outcome(store, "alice", families[kept].token_hash) == "ok"
 
 
@@ -727,15 +730,15 @@ def test_sessions_revoke_all(
     code, out, err = run(capsys, "sessions", "revoke-all", "alice", "--ttl", "600", *redis_args(redis_url, prefix))
     assert code == 0, err
     assert "revoked 2 sessions of user alice" in out
-    assert store.list_user("alice") == []
-    not_before, _ = store.token_state("alice", None)
+    assert run_sync(store.list_user("alice")) == []
+    not_before, _ = run_sync(store.token_state("alice", None))
     assert not_before is not None and before <= not_before <= time.time()
     ttl = redis.Redis.from_url(redis_url).pttl(store._user_key("alice", "nbf"))
     assert 590_000 < ttl <= 600_000
     assert refresh_outcome(store, "alice", alice_refresh) == "revoked"
     # bob is untouched
-    assert len(store.list_user("bob")) == 1
-    assert store.token_state("bob", None) == (None, False)
+    assert len(run_sync(store.list_user("bob"))) == 1
+    assert run_sync(store.token_state("bob", None)) == (None, False)
     assert refresh_outcome(store, "bob", bob_refresh) == "ok"
 
 
@@ -752,8 +755,8 @@ def test_tokens_revoke_all_keeps_sessions(
     code, out, err = run(capsys, "tokens", "revoke-all", "alice", "--prefix", prefix)
     assert code == 0, err
     assert "sessions kept" in out
-    assert len(store.list_user("alice")) == 2
-    not_before, _ = store.token_state("alice", None)
+    assert len(run_sync(store.list_user("alice"))) == 2
+    not_before, _ = run_sync(store.token_state("alice", None))
     assert not_before is not None and before <= not_before <= time.time()
     ttl = redis.Redis.from_url(redis_url).pttl(store._user_key("alice", "nbf"))
     assert 2 * 24 * 3600 * 1000 - 10_000 < ttl <= 2 * 24 * 3600 * 1000  # the default outlives a 24 h token
@@ -775,10 +778,10 @@ def test_a_cli_revocation_reaches_local_caches(capsys: pytest.CaptureFixture[str
             time.sleep(0.01)
         login(cached, "alice")
         [(handle, sid)] = handles(cached, "alice").items()
-        assert cached.load(sid, 60) is not None  # now cached in this process
+        assert run_sync(cached.load(sid, 60)) is not None  # now cached in this process
         assert run(capsys, "sessions", "revoke", "alice", handle, *redis_args(redis_url, prefix))[0] == 0
         deadline = time.monotonic() + 1
-        while cached.load(sid, 60) is not None:
+        while run_sync(cached.load(sid, 60)) is not None:
             assert time.monotonic() < deadline, "the CLI's revocation never reached the local cache"
             time.sleep(0.005)
     finally:
@@ -797,7 +800,7 @@ def test_prefix_defaults_to_the_environment(
     assert code == 0, err
     assert len(json.loads(out)) == 1
     assert run(capsys, "tokens", "revoke-all", "alice")[0] == 0
-    assert store.token_state("alice", None)[0] is not None
+    assert run_sync(store.token_state("alice", None))[0] is not None
     # --prefix wins over the environment
     code, out, _ = run(capsys, "sessions", "list", "alice", "--json", "--prefix", f"{prefix}other:")
     assert (code, json.loads(out)) == (0, [])
@@ -913,7 +916,7 @@ def test_tokens_revoke_denies_one_token(
     assert len(left) == 3
     expected = (claims["exp"] + 30 - time.time()) * 1000
     assert expected - 5000 < left[key] <= expected + 1000  # the server's clock and milliseconds
-    assert store.token_state("alice", jti_key(None, claims["jti"])) == (None, True)
+    assert run_sync(store.token_state("alice", jti_key(None, claims["jti"]))) == (None, True)
 
     # again: nothing changes, still done
     assert run(capsys, "tokens", "revoke", revoked, *redis_args(redis_url, prefix))[0] == 0

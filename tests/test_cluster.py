@@ -34,11 +34,11 @@ from tests.conftest import RedisProcess, free_port, require_binary
 
 from authmw import AuthConfig, InvalidToken, JWTSettings, Policy
 from authmw.engine import Authenticator
-from authmw.flows import run_async, run_sync
-from authmw.localcache import LocalCache
+from authmw.io import run_async, run_sync
 from authmw.request import WSGIRequestView
 from authmw.sessions import SessionSettings, SessionState
 from authmw.stores import RedisStore, RefreshRecord, SessionRecord, StoreUnavailable, user_tag
+from authmw.stores.localcache import LocalCache
 
 pytestmark = pytest.mark.slow
 
@@ -188,18 +188,19 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup
 
 
 class Face:
-    """The store protocol as plain calls: the sync methods, or the `a`-prefixed ones run on one event loop."""
+    """The store protocol as plain calls: each operation's flow driven by `run_sync`, or by `run_async` on one event
+    loop."""
 
     def __init__(self, store: RedisStore, runner: asyncio.Runner | None) -> None:
         self.store = store
         self.runner = runner
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        if self.runner is None:
-            method: Callable[..., Any] = getattr(self.store, name)
-            return method
-        runner, coroutine_function = self.runner, getattr(self.store, "a" + name)
-        return lambda *args: runner.run(coroutine_function(*args))
+        operation = getattr(self.store, name)
+        runner = self.runner
+        if runner is None:
+            return lambda *args: run_sync(operation(*args))
+        return lambda *args: runner.run(run_async(operation(*args)))
 
 
 def _purge(client: Any, prefix: str) -> None:
@@ -285,10 +286,10 @@ def test_cluster_has_three_masters_and_each_user_lives_on_one_of_them(cluster: C
     try:
         for user in users:
             session = make_record(user)
-            store.create(session)
-            store.revoke_jti(user, "jti-1", time.time() + 60)
-            store.revoke_tokens(user, time.time() - 10, 60)
-            store.refresh_create(make_refresh(user, "fam-1", session), time.time() + 600, True)
+            run_sync(store.create(session))
+            run_sync(store.revoke_jti(user, "jti-1", time.time() + 60))
+            run_sync(store.revoke_tokens(user, time.time() - 10, 60))
+            run_sync(store.refresh_create(make_refresh(user, "fam-1", session), time.time() + 600, True))
         seen: dict[int, set[int]] = collections.defaultdict(set)
         for port in cluster.ports:
             with contextlib.closing(redis.Redis(port=port, socket_timeout=1)) as node:
@@ -297,10 +298,10 @@ def test_cluster_has_three_masters_and_each_user_lives_on_one_of_them(cluster: C
         # Each master holds exactly one user's keys, and all of a user's keys (session, index, denylist,
         # not-before, refresh token, family, family index) share that user's one slot.
         assert sorted(len(slots) for slots in seen.values()) == [1, 1, 1], dict(seen)
-        assert {cluster.node_of(store._index_key(user)) for user in users} == set(cluster.ports)
+        assert {cluster.node_of(store._user_key(user, "u")) for user in users} == set(cluster.ports)
         for user in users:
-            owner = cluster.node_of(store._index_key(user))
-            assert seen[owner] == {key_slot(store._index_key(user).encode())}
+            owner = cluster.node_of(store._user_key(user, "u"))
+            assert seen[owner] == {key_slot(store._user_key(user, "u").encode())}
     finally:
         _purge(client, prefix)
         client.close()
@@ -427,24 +428,29 @@ def test_invalidation_channel_reaches_a_local_cache_on_another_client(backend: C
             try:
                 for user in users:
                     session = make_record(user)
-                    writer.create(session)
-                    assert reader.load(session.sid, 60.0) is not None
+                    run_sync(writer.create(session))
+                    assert run_sync(reader.load(session.sid, 60.0)) is not None
                     assert session.sid in cache._sessions  # cached: the next read costs no round trip
-                    writer.delete(session.sid, user)
+                    run_sync(writer.delete(session.sid, user))
                     _wait(lambda s=session: s.sid not in cache._sessions, 2, f"{user}'s logout seen", 0.005)
-                    assert reader.load(session.sid, 60.0) is None
+                    assert run_sync(reader.load(session.sid, 60.0)) is None
                     # logout-everywhere from the asyncio face, and a token revocation, reach the cache as well
                     again = make_record(user)
-                    writer.create(again)
-                    assert reader.load(again.sid, 60.0) is not None
-                    assert reader.token_state(user, "jti-z") == (None, False)
+                    run_sync(writer.create(again))
+                    assert run_sync(reader.load(again.sid, 60.0)) is not None
+                    assert run_sync(reader.token_state(user, "jti-z")) == (None, False)
                     assert (user, "jti-z", None) in cache._token_states
-                    assert runner.run(writer.arevoke_user(user, time.time(), 60)) == 1
+                    assert runner.run(run_async(writer.revoke_user(user, time.time(), 60))) == 1
                     _wait(lambda s=again: s.sid not in cache._sessions, 2, f"{user}'s logout-everywhere seen", 0.005)
-                    assert reader.load(again.sid, 60.0) is None
-                    assert reader.token_state(user, "jti-z")[0] is not None
-                    writer.revoke_jti(user, "jti-z", time.time() + 60)
-                    _wait(lambda u=user: reader.token_state(u, "jti-z")[1], 2, f"{user}'s jti revocation seen", 0.005)
+                    assert run_sync(reader.load(again.sid, 60.0)) is None
+                    assert run_sync(reader.token_state(user, "jti-z"))[0] is not None
+                    run_sync(writer.revoke_jti(user, "jti-z", time.time() + 60))
+                    _wait(
+                        lambda u=user: run_sync(reader.token_state(u, "jti-z"))[1],
+                        2,
+                        f"{user}'s jti revocation seen",
+                        0.005,
+                    )
             finally:
                 runner.run(writer.async_client.aclose())
         assert cache.healthy
@@ -538,14 +544,14 @@ def test_whole_cluster_down_fails_closed(tmp_path: Path) -> None:
         client = redis.cluster.RedisCluster(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
         store = RedisStore(client, prefix="down:")
         session = make_record("alice")
-        store.create(session)
-        assert store.load(session.sid, 60.0) is not None
+        run_sync(store.create(session))
+        assert run_sync(store.load(session.sid, 60.0)) is not None
         processes.kill(port)
         failures: list[str] = []
         for name, call in (
-            ("load", lambda: store.load(session.sid, 60.0)),
-            ("token_state", lambda: store.token_state("alice", "j")),
-            ("revoke_user", lambda: store.revoke_user("alice", time.time(), 60)),
+            ("load", lambda: run_sync(store.load(session.sid, 60.0))),
+            ("token_state", lambda: run_sync(store.token_state("alice", "j"))),
+            ("revoke_user", lambda: run_sync(store.revoke_user("alice", time.time(), 60))),
         ):
             started = time.monotonic()
             try:
@@ -566,28 +572,28 @@ def test_logout_everywhere_during_resharding_ends_every_session(cluster: Cluster
     client = cluster.sync_client()
     store = RedisStore(client, prefix=prefix)
     user = "resharded@example.com"
-    slot = key_slot(store._index_key(user).encode())
-    source = cluster.node_of(store._index_key(user))
+    slot = key_slot(store._user_key(user, "u").encode())
+    source = cluster.node_of(store._user_key(user, "u"))
     target = next(port for port in cluster.ports if port != source)
     nodes = {port: redis.Redis(port=port, socket_timeout=5) for port in cluster.ports}
     ids = {port: nodes[port].execute_command("CLUSTER MYID") for port in cluster.ports}
     try:
-        store.revoke_tokens(user, time.time() - 100, 600)  # the user has a not-before and a refresh family
-        assert store.refresh_create(make_refresh(user, "fam-r"), time.time() + 900, True)
+        run_sync(store.revoke_tokens(user, time.time() - 100, 600))  # the user has a not-before and a refresh family
+        assert run_sync(store.refresh_create(make_refresh(user, "fam-r"), time.time() + 900, True))
         sessions = [make_record(user) for _ in range(2)]
         for session in sessions:
-            store.create(session)
+            run_sync(store.create(session))
         # A resharding step caught halfway, as `redis-cli --cluster reshard` does it: the slot is MIGRATING on
         # the source and IMPORTING on the target, and the keys the script declares have moved already.
         nodes[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
         nodes[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
-        for key in (store._index_key(user), store._user_key(user, "fams"), store._user_key(user, "nbf")):
+        for key in (store._user_key(user, "u"), store._user_key(user, "fams"), store._user_key(user, "nbf")):
             nodes[source].execute_command("MIGRATE", "127.0.0.1", target, key, 0, 5000)
         try:
-            ended = store.revoke_user(user, time.time(), 600)
+            ended = run_sync(store.revoke_user(user, time.time(), 600))
         except StoreUnavailable:
             ended = -1  # refused (fail closed) would be acceptable; then the sessions must still be checked
-        alive = [s.sid for s in sessions if store.load(s.sid, 60.0) is not None]
+        alive = [s.sid for s in sessions if run_sync(store.load(s.sid, 60.0)) is not None]
         # Ended (2, nothing alive), or refused as a whole (fail closed: 503, nothing ended) would both be right.
         assert (ended, alive) in ((2, []), (-1, [s.sid for s in sessions])), (
             f"logout-everywhere answered {ended} and left {len(alive)} of 2 sessions alive"
@@ -620,32 +626,34 @@ def test_sizing_bytes_per_session(
         before = int(admin.info("memory")["used_memory"])
         sessions = [make_record(f"user-{i:06d}@example.com") for i in range(count)]  # one session per user
         for session in sessions:
-            store.create(session)
+            run_sync(store.create(session))
         per_user_session = (int(admin.info("memory")["used_memory"]) - before) / count
         session_key = store._session_key(sessions[0].sid)
         session_bytes = int(admin.memory_usage(session_key, samples=0) or 0)
-        index_bytes = int(admin.memory_usage(store._index_key(sessions[0].user_id), samples=0) or 0)
+        index_bytes = int(admin.memory_usage(store._user_key(sessions[0].user_id, "u"), samples=0) or 0)
         value_bytes = len(admin.get(session_key) or b"")
         admin.flushall()
         before = int(admin.info("memory")["used_memory"])
         for _ in range(count):  # many sessions of one user: the index set grows instead
-            store.create(make_record("busy@example.com"))
+            run_sync(store.create(make_record("busy@example.com")))
         per_extra_session = (int(admin.info("memory")["used_memory"]) - before) / count
         admin.flushall()
         before = int(admin.info("memory")["used_memory"])
         for i in range(count):  # one access-token revocation per user
-            store.revoke_jti(f"user-{i:06d}@example.com", secrets.token_hex(16), time.time() + 300)
+            run_sync(store.revoke_jti(f"user-{i:06d}@example.com", secrets.token_hex(16), time.time() + 300))
         per_jti = (int(admin.info("memory")["used_memory"]) - before) / count
         admin.flushall()
         before = int(admin.info("memory")["used_memory"])
         for i in range(count):  # one refresh token (a new family) per user
-            store.refresh_create(make_refresh(f"user-{i:06d}@example.com", uuid4().hex), time.time() + 900, True)
+            run_sync(
+                store.refresh_create(make_refresh(f"user-{i:06d}@example.com", uuid4().hex), time.time() + 900, True)
+            )
         per_refresh = (int(admin.info("memory")["used_memory"]) - before) / count
         cluster_store = RedisStore(cluster.sync_client(), prefix=prefix)
-        cluster_store.create(sessions[0])
+        run_sync(cluster_store.create(sessions[0]))
         owner = redis.Redis(port=cluster.node_of(session_key), socket_timeout=1)
         cluster_session_bytes = int(owner.memory_usage(session_key, samples=0) or 0)
-        owner.delete(session_key, store._index_key(sessions[0].user_id))
+        owner.delete(session_key, store._user_key(sessions[0].user_id, "u"))
         owner.close()
         cluster_store.client.close()
     finally:

@@ -1,5 +1,5 @@
-"""End to end: the session rows of the example-app contract on the Starlette example under a real uvicorn, on both stores,
-plus Redis killed and restarted under a running app (fail closed with 503, recovery without a restart).
+"""End to end: the session rows of the example-app contract on the Starlette example under a real uvicorn, on both
+stores, plus Redis killed and restarted under a running app (fail closed with 503, recovery without a restart).
 """
 
 from __future__ import annotations

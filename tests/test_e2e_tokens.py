@@ -1,6 +1,6 @@
-"""End to end: the token rows of the example-app contract over real HTTP (httpx), on both example apps (the Starlette one under
-uvicorn, the Flask one under gunicorn) and both stores (in-memory; Redis under a key prefix of its own per app,
-whose keys are deleted afterwards).
+"""End to end: the token rows of the example-app contract over real HTTP (httpx), on both example apps (the Starlette
+one under uvicorn, the Flask one under gunicorn) and both stores (in-memory; Redis under a key prefix of its own per
+app, whose keys are deleted afterwards).
 
 Login → ``/api/token`` → ``/api/items`` with the access token → refresh → the old refresh token again (401, and
 the whole family revoked) → ``/logout-everywhere`` (earlier access tokens refused) → log in again → new tokens work.

@@ -36,9 +36,10 @@ import jwt
 import pytest
 from tests.conftest import APPS, RedisProcess, Server, gunicorn_server
 
-from authmw import stores
+from authmw.io import run_async, run_sync
 from authmw.masking import TagMask
 from authmw.stores import RedisStore, SessionRecord, StoreUnavailable, user_tag
+from authmw.stores.redis import script
 
 pytestmark = pytest.mark.slow
 
@@ -692,16 +693,16 @@ def test_p27_local_cache_stops_serving_when_redis_goes_silent(private_redis: Red
     assert cache is not None
     try:
         record = _alice_session()
-        writer.create(record)
+        run_sync(writer.create(record))
         cache.ensure_listening()
         _wait_for(lambda: cache.healthy, timeout=5.0)
-        assert reader.load(record.sid, 60) is not None  # now cached
+        assert run_sync(reader.load(record.sid, 60)) is not None  # now cached
         proxy.silent.set()
-        assert writer.delete(record.sid, "alice")  # logged out elsewhere; the invalidation cannot arrive
+        assert run_sync(writer.delete(record.sid, "alice"))  # logged out elsewhere; the invalidation cannot arrive
 
         def stopped_serving() -> bool:
             try:
-                return reader.load(record.sid, 60) is None
+                return run_sync(reader.load(record.sid, 60)) is None
             except StoreUnavailable:
                 return True  # fail closed: what a request without the cache gets
 
@@ -720,24 +721,24 @@ def test_scripts_are_loaded_again_when_the_server_forgets_them(private_redis: Re
     store = RedisStore.from_url(private_redis.url, prefix=f"flush:{uuid.uuid4().hex}:")
     record = _alice_session()
     admin = private_redis.client()
-    sha = hashlib.sha1(stores._LOAD.encode(), usedforsecurity=False).hexdigest()
+    sha = hashlib.sha1(script("load").source.encode(), usedforsecurity=False).hexdigest()
 
     async def load_twice_async() -> list[str | None]:
         users = []
         try:
             for _ in range(2):
                 admin.script_flush()
-                loaded = await store.aload(record.sid, 60)
+                loaded = await run_async(store.load(record.sid, 60))
                 users.append(loaded.user_id if loaded is not None else None)
         finally:
             await store.async_client.aclose()
         return users
 
     try:
-        store.create(record)  # the server had never seen the scripts
+        run_sync(store.create(record))  # the server had never seen the scripts
         for _ in range(2):
             admin.script_flush()
-            loaded = store.load(record.sid, 60)
+            loaded = run_sync(store.load(record.sid, 60))
             assert loaded is not None and loaded.user_id == "alice"
         assert asyncio.run(load_twice_async()) == ["alice", "alice"]
         assert admin.script_exists(sha) == [True]

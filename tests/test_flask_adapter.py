@@ -35,6 +35,7 @@ from authmw.flask import (
     revoke_session,
     session_data,
 )
+from authmw.io import run_sync
 from authmw.sessions import SessionSettings
 from authmw.stores import MemoryStore, RedisStore
 from authmw.testing import login_client, mint_token, session_cookie
@@ -298,9 +299,9 @@ def test_max_auth_age_asks_for_a_fresh_login(config: AuthConfig) -> None:
     log_in(client)
     assert client.get("/session/fresh").status_code == 200
     store = config.sessions.store  # type: ignore[union-attr]
-    (record,) = store.list_user("alice")
+    (record,) = run_sync(store.list_user("alice"))
     record.auth_time = time.time() - 3600
-    assert store.save(record)
+    assert run_sync(store.save(record))
     response = client.get("/session/fresh")
     assert response.status_code == 401
     assert 'error="insufficient_user_authentication"' in response.headers["WWW-Authenticate"]
@@ -1396,10 +1397,10 @@ def test_remembered_decisions_answer_exactly_as_deciding_every_request(requests:
     for index in order:
         if index == -1:
             claims = pyjwt.decode(tokens["alice"], options={"verify_signature": False})
-            store.revoke_jti("alice", jti_key(claims.get("iss"), claims["jti"]), claims["exp"])
+            run_sync(store.revoke_jti("alice", jti_key(claims.get("iss"), claims["jti"]), claims["exp"]))
             continue
         if index == -2:
-            store.revoke_tokens("bob", time.time() + 1, 3600)
+            run_sync(store.revoke_tokens("bob", time.time() + 1, 3600))
             continue
         method, path, who_, query, preflight = requests[index % len(requests)]
         headers = {
@@ -1437,7 +1438,7 @@ def test_repeated_bearer_requests_are_decided_once_and_still_see_revocations(mon
         answers[2].json is not None and answers[2].json["id"] == "alice" and answers[2].json["remote_user"] == "alice"
     )
     assert answers[2].headers["Cache-Control"] == "no-store" and "Authorization" in answers[2].headers["Vary"]
-    store.revoke_tokens("alice", time.time() + 1, 3600)
+    run_sync(store.revoke_tokens("alice", time.time() + 1, 3600))
     assert client.get("/api/jwt", headers=headers).status_code == 401
     # The first verified the token in full (not remembered: it may never come back), the second came from the
     # verifier's cache and was remembered, the third reused it; the revoked one was refused afresh.

@@ -35,7 +35,7 @@ from tests.jwt_helpers import (
 )
 
 import authmw.engine
-import authmw.flows
+import authmw.io
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator
 from authmw.errors import ConfigurationError, InvalidToken, ServiceUnavailable
@@ -614,7 +614,7 @@ def test_remote_several_keys_require_kid(km: KeyMaterial, jwks_server: JWKSServe
 # ---------------------------------------------------------------- key refresh driven by the engine
 
 
-run_sync = getattr(authmw.engine, "run_sync", None) or authmw.flows.run_sync
+run_sync = authmw.io.run_sync
 
 
 def authenticate(auth: Authenticator, bearer: str) -> Principal | None:

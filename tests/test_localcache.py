@@ -1,4 +1,4 @@
-"""The opt-in local cache (authmw.localcache) against real Redis: hits cost no round trip, a logout or a
+"""The opt-in local cache (authmw.stores.localcache) against real Redis: hits cost no round trip, a logout or a
 revocation on one process is refused by the others within milliseconds, and a dropped invalidation channel
 stops the cache serving until it is back.
 """
@@ -22,8 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.conftest import RedisProcess
 
-from authmw.localcache import LocalCache
+from authmw.io import MISS, run_async, run_sync
 from authmw.stores import RedisStore, RefreshRecord, SessionRecord, StoreUnavailable, user_tag
+from authmw.stores.localcache import LocalCache
 
 pytestmark = pytest.mark.redis
 
@@ -70,18 +71,18 @@ def _cached_store(url: str, prefix: str) -> RedisStore:
 def test_hits_are_served_locally_and_logout_elsewhere_is_seen(redis_url: str, prefix: str) -> None:
     writer, reader = _cached_store(redis_url, prefix), _cached_store(redis_url, prefix)
     record = _record()
-    writer.create(record)
-    assert reader.load(record.sid, 60) is not None
+    run_sync(writer.create(record))
+    assert run_sync(reader.load(record.sid, 60)) is not None
     # Delete behind the cache's back (no invalidation): a cached read still answers, proving no round trip.
     raw = redis.Redis.from_url(redis_url)
     value = raw.get(writer._session_key(record.sid))
     raw.delete(writer._session_key(record.sid))
-    assert reader.load(record.sid, 60) is not None
+    assert run_sync(reader.load(record.sid, 60)) is not None
     raw.set(writer._session_key(record.sid), value, px=600_000)
     # A real logout through another store publishes: the reader refuses it promptly.
-    writer.delete(record.sid, record.user_id)
+    run_sync(writer.delete(record.sid, record.user_id))
     deadline = time.monotonic() + 1.0
-    while reader.load(record.sid, 60) is not None:
+    while run_sync(reader.load(record.sid, 60)) is not None:
         assert time.monotonic() < deadline, "the logout never reached the other cache"
         time.sleep(0.001)
 
@@ -95,11 +96,11 @@ class PublishMeetsAPausedServer(redis.Redis):
         self.admin = admin
         self.pauses = 0
 
-    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
-        if not self.pauses:
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if args[0] == "PUBLISH" and not self.pauses:
             self.pauses += 1
             self.admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
-        return super().publish(channel, message, **kwargs)
+        return super().execute_command(*args, **options)
 
 
 def test_an_invalidation_survives_a_publish_that_fails_after_the_write(redis_url: str, prefix: str) -> None:
@@ -107,13 +108,13 @@ def test_an_invalidation_survives_a_publish_that_fails_after_the_write(redis_url
     admin = redis.Redis.from_url(redis_url)
     writer.client = PublishMeetsAPausedServer(admin, connection_pool=writer.client.connection_pool)
     record = _record()
-    writer.create(record)  # announces nothing: a new session is in no cache
-    assert reader.load(record.sid, 60) is not None
+    run_sync(writer.create(record))  # announces nothing: a new session is in no cache
+    assert run_sync(reader.load(record.sid, 60)) is not None
     # The logout's PUBLISH fails and is sent again on a fresh connection: not a 503, and announced.
-    assert writer.delete(record.sid, record.user_id) is True
+    assert run_sync(writer.delete(record.sid, record.user_id)) is True
     assert writer.client.pauses == 1
     deadline = time.monotonic() + 1.0
-    while reader.load(record.sid, 60) is not None:
+    while run_sync(reader.load(record.sid, 60)) is not None:
         assert time.monotonic() < deadline, "the logout never reached the other cache"
         time.sleep(0.001)
     admin.close()
@@ -123,38 +124,41 @@ def test_cached_copies_are_independent(redis_url: str, prefix: str) -> None:
     store = _cached_store(redis_url, prefix)
     record = _record()
     record.data = {"theme": "dark"}
-    store.create(record)
-    first = store.load(record.sid, 60)
+    run_sync(store.create(record))
+    first = run_sync(store.load(record.sid, 60))
     assert first is not None
-    second = store.load(record.sid, 60)
+    second = run_sync(store.load(record.sid, 60))
     assert second is not None and second is not first
     second.data["theme"] = "light"
-    third = store.load(record.sid, 60)
+    third = run_sync(store.load(record.sid, 60))
     assert third is not None and third.data == {"theme": "dark"}
     # The copy a miss returns (read from Redis, then cached) is as independent: a request that changes its data
     # bag and never saves it (it failed, or the save did) leaves nothing behind for the next request to see.
-    for load in (lambda: store.load(record.sid, 60), lambda: asyncio.run(store.aload(record.sid, 60))):
+    for load in (
+        lambda: run_sync(store.load(record.sid, 60)),
+        lambda: asyncio.run(run_async(store.load(record.sid, 60))),
+    ):
         assert store.local_cache is not None
         store.local_cache.invalidate([f"s:{record.sid}"])  # the next read misses
         missed = load()
         assert missed is not None and missed.data == {"theme": "dark"}
         missed.data["theme"] = "unsaved"
-        hit = store.load(record.sid, 60)
+        hit = run_sync(store.load(record.sid, 60))
         assert hit is not None and hit.data == {"theme": "dark"}
 
 
 def test_revocation_state_is_invalidated(redis_url: str, prefix: str) -> None:
     writer, reader = _cached_store(redis_url, prefix), _cached_store(redis_url, prefix)
-    assert reader.token_state("bob", "jti-1") == (None, False)
-    writer.revoke_jti("bob", "jti-1", time.time() + 60)
+    assert run_sync(reader.token_state("bob", "jti-1")) == (None, False)
+    run_sync(writer.revoke_jti("bob", "jti-1", time.time() + 60))
     deadline = time.monotonic() + 1.0
-    while reader.token_state("bob", "jti-1") != (None, True):
+    while run_sync(reader.token_state("bob", "jti-1")) != (None, True):
         assert time.monotonic() < deadline
         time.sleep(0.001)
     now = time.time()
-    writer.revoke_user("bob", now, 60)
+    run_sync(writer.revoke_user("bob", now, 60))
     deadline = time.monotonic() + 1.0
-    while reader.token_state("bob", None)[0] != pytest.approx(now):
+    while run_sync(reader.token_state("bob", None))[0] != pytest.approx(now):
         assert time.monotonic() < deadline
         time.sleep(0.001)
 
@@ -170,13 +174,13 @@ def _family(store: RedisStore, user: str, family: str, session: SessionRecord | 
         session_sid=session.sid if session is not None else None,
         created=now,
     )
-    assert store.refresh_create(record, now + 900, True) is True
+    assert run_sync(store.refresh_create(record, now + 900, True)) is True
     return record
 
 
 def _revoked_within(reader: RedisStore, user: str, family: str, started: float, bound: float = 1.0) -> float:
     """How long after `started` the reader's cache stopped saying the family's access tokens are alive."""
-    while reader.token_state(user, "jti-1", 0.0, family) != (None, True):
+    while run_sync(reader.token_state(user, "jti-1", 0.0, family)) != (None, True):
         assert time.monotonic() - started < bound, "the family's revocation never reached the other cache"
         time.sleep(0.0005)
     return time.monotonic() - started
@@ -190,18 +194,21 @@ def test_a_revoked_refresh_family_reaches_the_other_processes_caches(redis_url: 
     delays = []
     for round_ in range(10):
         session = _record("bob")
-        writer.create(session)
+        run_sync(writer.create(session))
         reused, bound = _family(writer, "bob", f"reused-{round_}"), _family(writer, "bob", f"bound-{round_}", session)
         for family in (reused.family, bound.family):
-            assert reader.token_state("bob", "jti-1", 0.0, family) == (None, False)
+            assert run_sync(reader.token_state("bob", "jti-1", 0.0, family)) == (None, False)
             assert reader.peek_token_state("bob", "jti-1", 0.0, family) == (None, False)  # served from the cache
-        assert writer.refresh_use(user_tag("bob"), reused.token_hash, time.time(), 0.0)[0] == "ok"
+        assert run_sync(writer.refresh_use(user_tag("bob"), reused.token_hash, time.time(), 0.0))[0] == "ok"
         started = time.monotonic()
-        assert writer.refresh_use(user_tag("bob"), reused.token_hash, time.time(), 0.0)[0] == "reuse"
+        assert run_sync(writer.refresh_use(user_tag("bob"), reused.token_hash, time.time(), 0.0))[0] == "reuse"
         delays.append(_revoked_within(reader, "bob", reused.family, started))
-        assert reader.token_state("bob", "jti-1", 0.0, bound.family) == (None, False)  # the other family lives
+        assert run_sync(reader.token_state("bob", "jti-1", 0.0, bound.family)) == (
+            None,
+            False,
+        )  # the other family lives
         started = time.monotonic()
-        assert writer.delete(session.sid, "bob") is True  # a logout: the families issued from the session end
+        assert run_sync(writer.delete(session.sid, "bob")) is True  # a logout: the families issued from the session end
         delays.append(_revoked_within(reader, "bob", bound.family, started))
     p50, worst = statistics.median(delays) * 1000, max(delays) * 1000
     print(f"family revocation propagation over {len(delays)} observations: p50 {p50:.2f} ms, max {worst:.2f} ms")
@@ -210,8 +217,8 @@ def test_a_revoked_refresh_family_reaches_the_other_processes_caches(redis_url: 
 def test_dropped_channel_stops_the_cache_until_it_is_back(redis_url: str, prefix: str) -> None:
     store = _cached_store(redis_url, prefix)
     record = _record()
-    store.create(record)
-    assert store.load(record.sid, 60) is not None  # now cached
+    run_sync(store.create(record))
+    assert run_sync(store.load(record.sid, 60)) is not None  # now cached
     raw = redis.Redis.from_url(redis_url)
     raw.client_kill_filter(_type="pubsub")
     # The listener notices at once (or at its next ping) and stops serving.
@@ -223,11 +230,11 @@ def test_dropped_channel_stops_the_cache_until_it_is_back(redis_url: str, prefix
         time.sleep(0.01)
     # A deletion made while the channel is down (so never announced) is seen: reads go to Redis.
     raw.delete(store._session_key(record.sid))
-    assert store.load(record.sid, 60) is None
+    assert run_sync(store.load(record.sid, 60)) is None
     _wait_healthy(store)  # it reconnects by itself
     other = _record()
-    store.create(other)
-    assert store.load(other.sid, 60) is not None
+    run_sync(store.create(other))
+    assert run_sync(store.load(other.sid, 60)) is not None
 
 
 def test_a_read_racing_an_invalidation_is_not_cached(redis_url: str, prefix: str) -> None:
@@ -244,7 +251,7 @@ def test_a_read_racing_an_invalidation_is_not_cached(redis_url: str, prefix: str
 def test_redis_down_with_local_cache_fails_closed(redis_url: str) -> None:
     store = RedisStore.from_url("redis://127.0.0.1:1/0", local_cache=True)
     with pytest.raises(StoreUnavailable):
-        store.load(_record().sid, 60)
+        run_sync(store.load(_record().sid, 60))
 
 
 def _watch(
@@ -252,12 +259,12 @@ def _watch(
 ) -> None:  # type: ignore[type-arg]
     store = RedisStore.from_url(url, prefix=prefix, local_cache=True)
     _wait_healthy(store)
-    assert store.load(sid, 3600) is not None
+    assert run_sync(store.load(sid, 3600)) is not None
     ready.set()
     go.wait(10)
     deadline = time.time() + 5
     while time.time() < deadline:
-        if store.load(sid, 3600) is None:
+        if run_sync(store.load(sid, 3600)) is None:
             out.put(time.time())
             return
     out.put(None)
@@ -274,7 +281,7 @@ def test_logout_propagates_to_other_processes_within_milliseconds(redis_url: str
     delays: list[float] = []
     for _ in range(8):
         record = _record()
-        writer.create(record)
+        run_sync(writer.create(record))
         go = context.Event()
         out = context.Queue()
         workers = []
@@ -289,7 +296,7 @@ def test_logout_propagates_to_other_processes_within_milliseconds(redis_url: str
             assert ready.wait(20), "a worker did not start"
         go.set()
         started = time.time()
-        writer.delete(record.sid, record.user_id)
+        run_sync(writer.delete(record.sid, record.user_id))
         for _ in workers:
             seen = out.get(timeout=10)
             assert seen is not None, "a worker kept serving a logged-out session"
@@ -312,7 +319,7 @@ def test_revocation_grace_is_an_explicit_opt_in_while_redis_is_down(tmp_path: Pa
     try:
         store = RedisStore.from_url(server.url, prefix="grace:", local_cache=True)
         _wait_healthy(store)
-        assert store.token_state("carol", "jti-9") == (None, False)
+        assert run_sync(store.token_state("carol", "jti-9")) == (None, False)
         server.kill()
         cache = store.local_cache
         assert cache is not None
@@ -321,10 +328,10 @@ def test_revocation_grace_is_an_explicit_opt_in_while_redis_is_down(tmp_path: Pa
             assert time.monotonic() < deadline
             time.sleep(0.01)
         with pytest.raises(StoreUnavailable):
-            store.token_state("carol", "jti-9")  # grace 0: fail closed
-        assert store.token_state("carol", "jti-9", grace=30) == (None, False)
+            run_sync(store.token_state("carol", "jti-9"))  # grace 0: fail closed
+        assert run_sync(store.token_state("carol", "jti-9", grace=30)) == (None, False)
         with pytest.raises(StoreUnavailable):
-            store.token_state("carol", "never-seen", grace=30)  # nothing known: still closed
+            run_sync(store.token_state("carol", "never-seen", grace=30))  # nothing known: still closed
     finally:
         server.kill()
 
@@ -334,7 +341,7 @@ def _listens_again_in_the_child(store: RedisStore, record_sid: str) -> None:
     assert cache is not None
     # The parent's listener thread did not survive the fork: serving from the inherited cache must wait for a
     # listener of the child's own (and a fresh, emptied cache).
-    assert store.peek_load(record_sid, 60) is None
+    assert store.peek_load(record_sid, 60) is MISS
     _wait_healthy(store)
     assert cache._thread is not None and not getattr(cache._thread, "from_the_parent", False)
 
@@ -342,9 +349,9 @@ def _listens_again_in_the_child(store: RedisStore, record_sid: str) -> None:
 def test_a_forked_child_starts_its_own_listener(redis_url: str, prefix: str) -> None:
     store = _cached_store(redis_url, prefix)
     record = _record()
-    store.create(record)
-    assert store.load(record.sid, 60) is not None
-    assert store.peek_load(record.sid, 60) is not None  # cached in the parent
+    run_sync(store.create(record))
+    assert run_sync(store.load(record.sid, 60)) is not None
+    assert store.peek_load(record.sid, 60) is not MISS  # cached in the parent
     cache = store.local_cache
     assert cache is not None and cache._thread is not None
     cache._thread.from_the_parent = True  # type: ignore[attr-defined]
@@ -359,7 +366,7 @@ def test_after_a_fork_no_request_reads_the_parents_cache_while_the_listener_rest
 ) -> None:
     """In a forked child the listener flag is still set (inherited): until the child's own listener has started
     and the inherited entries are gone, every request must take the locked path, never the parent's stale cache."""
-    import authmw.localcache as localcache
+    import authmw.stores.localcache as localcache
 
     store = _cached_store(redis_url, prefix)
     cache = store.local_cache
@@ -401,7 +408,7 @@ def test_a_loaded_record_is_never_considered_seen_later_than_its_redis_deadline_
     (to min(idle, absolute - then)): what reads it (the idle check, the local cache) never outlives Redis (P19)."""
     store = RedisStore(redis.Redis(), redis.asyncio.Redis(), prefix="unused:")  # no I/O: only the reply is parsed
     record = _record(idle=idle)
-    plan = store._plan_load(record.sid, idle / 4)
+    plan = store._load_command(record.sid, idle / 4)
     now = time.time()
     record.absolute_expiry = now + left
     then = now - set_ago * idle  # when the TTL was last set, at most one idle timeout ago
@@ -423,10 +430,10 @@ def test_the_local_cache_does_not_serve_a_session_redis_dropped_for_idleness(red
     record = _record(idle=4.0)
     record.created = record.auth_time = record.last_seen = start
     record.absolute_expiry = start + 4.5
-    store.create(record)  # TTL 4 s: Redis drops it at start + 4 unless it is seen and slid
+    run_sync(store.create(record))  # TTL 4 s: Redis drops it at start + 4 unless it is seen and slid
     time.sleep(max(0.0, start + 3.8 - time.time()))
     # Seen at +3.8 with a 1 s touch interval: the capped TTL (0.7 s) is within 1 s of the 0.2 s left, so no slide.
-    assert store.load(record.sid, 1.0) is not None
+    assert run_sync(store.load(record.sid, 1.0)) is not None
     time.sleep(max(0.0, start + 4.1 - time.time()))
     assert redis.Redis.from_url(redis_url).exists(store._session_key(record.sid)) == 0  # Redis dropped it at +4
-    assert store.load(record.sid, 1.0) is None
+    assert run_sync(store.load(record.sid, 1.0)) is None

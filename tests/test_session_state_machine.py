@@ -1,7 +1,7 @@
 """The session lifecycle as a Hypothesis state machine: the model and the system always agree.
 
 `authmw.sessions.SessionManager` flows (login, resolve, rotate, logout, logout everywhere) are driven through
-`authmw.flows.run_sync` with `SessionState`s built on `WSGIRequestView` environs that carry the cookie, exactly as
+`authmw.io.run_sync` with `SessionState`s built on `WSGIRequestView` environs that carry the cookie, exactly as
 the WSGI shell does. A plain-Python model tracks which sessions are live. After every step, *every* cookie ever
 issued is resolved again (by an observer that never slides the idle timeout, so observing changes nothing) and
 must resolve to a principal iff the model says its session is live, and then to the right user and scopes; a dead
@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 )
 
 import authmw.sessions
-from authmw.flows import run_sync
+from authmw.io import run_sync
 from authmw.request import WSGIRequestView
 from authmw.sessions import SessionManager, SessionSettings, SessionState
 from authmw.stores import MemoryStore, RedisStore

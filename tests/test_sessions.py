@@ -51,7 +51,7 @@ import authmw.wsgi
 from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Route
 from authmw.engine import Authenticator
 from authmw.errors import MissingCredentials
-from authmw.flows import run_sync
+from authmw.io import Flow, run_sync
 from authmw.masking import TagMask
 from authmw.request import ASGIRequestView, RequestView, WSGIRequestView
 from authmw.sessions import COOKIE_CLOCK_SKEW, SessionManager, SessionSettings, SessionState
@@ -477,30 +477,23 @@ def index_key(store: RedisStore, user: str) -> str:
 
 def alive(store: Any, sid: str) -> bool:
     """Is the record there (read without sliding it)? On Redis, also checks the raw key."""
-    found = store.load(sid, NEVER) is not None
+    found = run_sync(store.load(sid, NEVER)) is not None
     if isinstance(store, RedisStore):
         assert bool(store.client.exists(session_key(store, sid))) == found
     return found
 
 
 def spy_saves(store: Any) -> list[tuple[str, bool]]:
-    """Record every `save` the store performs (sid, result), through either face; the store stays real."""
+    """Record every `save` the store performs (sid, result), whichever runner drives it; the store stays real."""
     saves: list[tuple[str, bool]] = []
     real_save = store.save
 
-    def save(record: SessionRecord) -> bool:
-        saves.append((record.sid, real_save(record)))
-        return saves[-1][1]
+    def save(record: SessionRecord) -> Flow[bool]:
+        saved = yield from real_save(record)
+        saves.append((record.sid, saved))
+        return saved
 
     store.save = save
-    if isinstance(store, RedisStore):  # MemoryStore.asave calls save itself
-        real_asave = store.asave
-
-        async def asave(record: SessionRecord) -> bool:
-            saves.append((record.sid, await real_asave(record)))
-            return saves[-1][1]
-
-        store.asave = asave
     return saves
 
 
@@ -791,7 +784,7 @@ def test_p18_rotate_issues_a_new_id_kills_the_old_and_changes_scopes(lab: Lab) -
     client = app.client()
     client.login("alice", ("items:read",), data={"cart": "3"})
     old = client.cookie
-    before = app.store.load(sid_of(old), NEVER)
+    before = run_sync(app.store.load(sid_of(old), NEVER))
     response = client.post("/rotate", json={"scopes": ["items:read", "admin"]})
     assert response.status_code == 200 and response.json()["scopes"] == ["admin", "items:read"]
     new = client.cookie
@@ -800,11 +793,11 @@ def test_p18_rotate_issues_a_new_id_kills_the_old_and_changes_scopes(lab: Lab) -
     assert_problem(app.send_cookie(f"{NAME}={old}"), 401)
     account = client.get("/account").json()
     assert account["scopes"] == ["admin", "items:read"] and account["data"] == {"cart": "3"}
-    after = app.store.load(sid_of(new), NEVER)
+    after = run_sync(app.store.load(sid_of(new), NEVER))
     assert after is not None and before is not None
     assert after.absolute_expiry == pytest.approx(before.absolute_expiry, abs=0.001)  # rotation never extends
     assert after.auth_time == pytest.approx(before.auth_time, abs=0.001)
-    assert [r.sid for r in app.store.list_user("alice")] == [sid_of(new)]
+    assert [r.sid for r in run_sync(app.store.list_user("alice"))] == [sid_of(new)]
 
 
 def _stage(lab: Lab, app: App, held: Client, held_request: tuple[str, str, Any], other: Client, path: str) -> Any:
@@ -840,7 +833,7 @@ def test_p18_rotate_after_a_concurrent_logout_does_not_resurrect(lab: Lab) -> No
     assert logout.status_code == 200 and logout.json() == {"deleted": True}
     assert rotated.status_code == 409
     assert_cleared(rotated)
-    assert app.store.list_user("alice") == []
+    assert run_sync(app.store.list_user("alice")) == []
     if isinstance(app.store, RedisStore):
         assert list(app.store.client.scan_iter(match=app.store.prefix + "*")) == []
 
@@ -935,7 +928,7 @@ def test_p20_logout_deletes_the_record_and_expires_the_cookie(lab: Lab) -> None:
     assert response.status_code == 200 and response.json() == {"deleted": True}
     assert_cleared(response)
     assert not alive(app.store, sid)
-    assert app.store.list_user("alice") == []
+    assert run_sync(app.store.list_user("alice")) == []
     if isinstance(app.store, RedisStore):
         assert not app.store.client.exists(session_key(app.store, sid))
         assert not app.store.client.sismember(index_key(app.store, "alice"), sid)
@@ -978,7 +971,7 @@ def test_p21_remember_me_is_persistent_for_the_remember_absolute_timeout(lab: La
     response = client.login(remember=True)
     _, _, attributes = parse_set_cookie(set_cookies(response)[0])
     assert attributes["max-age"] == str(10 * 24 * 3600)
-    record = app.store.load(sid_of(client.cookie), NEVER)
+    record = run_sync(app.store.load(sid_of(client.cookie), NEVER))
     assert record is not None and record.remember
     assert record.absolute_expiry == pytest.approx(time.time() + 10 * 24 * 3600, abs=30)
     assert record.idle_timeout == 2 * 24 * 3600
@@ -1766,7 +1759,7 @@ def test_logout_everywhere_list_sessions_and_revoke(lab: Lab) -> None:
     assert_cleared(response)
     for client in (phone, laptop, tablet):
         assert_problem(client.get("/account"), 401)
-    assert app.store.list_user("alice") == []
+    assert run_sync(app.store.list_user("alice")) == []
     assert bob.get("/account").json()["id"] == "bob"
     if isinstance(app.store, RedisStore):
         tag = user_tag("alice")
@@ -1804,10 +1797,10 @@ def test_user_index_and_sessions_share_one_cluster_hash_slot(redis_lab: Lab) -> 
 
 
 def _age_authentication(app: App, cookie: str, seconds: float) -> None:
-    record = app.store.load(sid_of(cookie), NEVER)
+    record = run_sync(app.store.load(sid_of(cookie), NEVER))
     assert record is not None
     record.auth_time -= seconds
-    assert app.store.save(record) is True
+    assert run_sync(app.store.save(record)) is True
 
 
 def test_step_up_requires_a_recent_authentication(lab: Lab) -> None:
@@ -1840,9 +1833,9 @@ def test_step_up_fails_closed_on_a_non_finite_auth_time(memory_lab: Lab) -> None
     app = memory_lab.app()
     client = app.client()
     client.login()
-    record = app.store.load(sid_of(client.cookie), NEVER)
+    record = run_sync(app.store.load(sid_of(client.cookie), NEVER))
     record.auth_time = math.nan
-    app.store.save(record)
+    run_sync(app.store.save(record))
     assert client.get("/step-up").status_code == 401
 
 
@@ -1948,7 +1941,7 @@ def test_data_bag_persists_and_unchanged_data_is_not_saved(lab: Lab) -> None:
     assert len(saves) == 1
     assert client.get("/account?set=lang:en").json()["data"] == {"theme": "dark", "lang": "en"}
     assert len(saves) == 2
-    record = app.store.load(sid_of(client.cookie), NEVER)
+    record = run_sync(app.store.load(sid_of(client.cookie), NEVER))
     assert record is not None and record.data == {"theme": "dark", "lang": "en"}
 
 
@@ -2073,5 +2066,5 @@ def test_p27_after_our_503_nothing_more_of_the_apps_response_goes_out_nor_is_sav
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == 503 and b"saved" not in sent[1]["body"]
     (sid,) = list(store._sessions)  # the record in the store is unchanged
-    record = store.load(sid, 60)
+    record = run_sync(store.load(sid, 60))
     assert record is not None and record.data == {}

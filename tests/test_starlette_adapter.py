@@ -33,6 +33,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from authmw import AuthConfig, ConfigurationError, JWTSettings, Policy, Principal, Route
+from authmw.io import run_sync
 from authmw.principal import Anonymous
 from authmw.sessions import SessionSettings
 from authmw.starlette import (
@@ -368,9 +369,9 @@ def test_max_auth_age(client: TestClient, config: AuthConfig) -> None:
     log_in(client)
     assert client.get("/session/fresh").status_code == 200
     store = config.sessions.store  # type: ignore[union-attr]
-    (record,) = store.list_user("alice")
+    (record,) = run_sync(store.list_user("alice"))
     record.auth_time = time.time() - 3600
-    assert store.save(record)
+    assert run_sync(store.save(record))
     response = client.get("/session/fresh")
     assert response.status_code == 401
     assert 'error="insufficient_user_authentication"' in response.headers["www-authenticate"]

@@ -1,5 +1,6 @@
-"""Session stores through their protocol: `MemoryStore` and `RedisStore` (real Redis, never a mock), each through
-its sync face and its async face (one `asyncio.Runner` per test, so the redis.asyncio pool stays on one loop).
+"""Session stores through their protocol: `MemoryStore` and `RedisStore` (real Redis, never a mock), each store
+flow driven by `run_sync` and by `run_async` (one `asyncio.Runner` per test, so the redis.asyncio pool stays on one
+loop).
 
 Covers the store half of P18 (atomic rotation that never resurrects), P19 (idle and absolute expiry kept by the
 store, sliding at most once per touch interval), P20 (delete), P27 (JSON records ``<ms>:<ms>:<json>``, corrupt
@@ -29,6 +30,7 @@ from redis.crc import key_slot
 from tests.conftest import free_port
 
 from authmw.errors import ConfigurationError
+from authmw.io import run_async, run_sync
 from authmw.stores import MemoryStore, RedisStore, SessionRecord, StoreUnavailable, user_tag
 
 NEVER = 10.0**9  # a touch interval that never slides (a read that must not write)
@@ -96,7 +98,8 @@ class FakeClock:
 
 
 class Face:
-    """The store protocol as plain calls: the sync methods, or the `a`-prefixed ones run on one event loop."""
+    """The store protocol as plain calls: each operation's flow driven by `run_sync`, or by `run_async` on one event
+    loop."""
 
     def __init__(self, store: Any, runner: asyncio.Runner | None) -> None:
         self.store = store
@@ -104,12 +107,11 @@ class Face:
         self.mode = "sync" if runner is None else "async"
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        if self.runner is None:
-            method: Callable[..., Any] = getattr(self.store, name)
-            return method
+        operation = getattr(self.store, name)
         runner = self.runner
-        coroutine_function = getattr(self.store, "a" + name)
-        return lambda *args: runner.run(coroutine_function(*args))
+        if runner is None:
+            return lambda *args: run_sync(operation(*args))
+        return lambda *args: runner.run(run_async(operation(*args)))
 
 
 @pytest.fixture
@@ -464,7 +466,7 @@ def test_redis_user_keys_share_one_cluster_hash_slot(redis_store: RedisStore) ->
     users = ["alice", "bob", "Zoë", "user@example.com", "x" * 300]
     for user in users:
         for _ in range(2):
-            redis_store.create(make_record(user))
+            run_sync(redis_store.create(make_record(user)))
     keys = [k.decode() for k in redis_store.client.scan_iter(match=redis_store.prefix + "*", count=1000)]
     for user in users:
         tag = user_tag(user)
@@ -479,7 +481,7 @@ def test_redis_user_keys_share_one_cluster_hash_slot(redis_store: RedisStore) ->
 @pytest.mark.redis
 def test_redis_session_key_layout(redis_store: RedisStore) -> None:
     record = make_record("alice")
-    redis_store.create(record)
+    run_sync(redis_store.create(record))
     key = session_key(redis_store, record.sid)
     assert redis_store.client.exists(key)
     assert redis_store.client.sismember(index_key(redis_store, "alice"), record.sid)
@@ -556,7 +558,7 @@ def test_redis_burst_beyond_the_connection_pool_waits_for_a_free_connection(redi
 
             async def burst() -> None:
                 results = await asyncio.gather(
-                    *(store.aload(make_record().sid, 0) for _ in range(40)), return_exceptions=True
+                    *(run_async(store.load(make_record().sid, 0)) for _ in range(40)), return_exceptions=True
                 )
                 failures.extend(r for r in results if isinstance(r, BaseException))
                 await store.async_client.aclose()
@@ -569,7 +571,7 @@ def test_redis_burst_beyond_the_connection_pool_waits_for_a_free_connection(redi
                 barrier.wait()
                 for _ in range(10):
                     try:
-                        store.load(make_record().sid, 0)
+                        run_sync(store.load(make_record().sid, 0))
                     except StoreUnavailable as exc:
                         failures.append(exc)
 
@@ -591,7 +593,7 @@ def test_redis_concurrent_slides_and_saves_never_resurrect_a_deleted_session(red
     prefix = f"test:{uuid4().hex}:"
     stores = [RedisStore.from_url(redis_url, prefix=prefix) for _ in range(8)]
     record = make_record(idle=60)
-    stores[0].create(record)
+    run_sync(stores[0].create(record))
     key = session_key(stores[0], record.sid)
     deleted = threading.Event()
     stop = threading.Event()
@@ -600,13 +602,13 @@ def test_redis_concurrent_slides_and_saves_never_resurrect_a_deleted_session(red
     def hammer(store: RedisStore) -> None:
         try:
             while not stop.is_set():
-                loaded = store.load(record.sid, 0)  # touch interval 0: every read slides
+                loaded = run_sync(store.load(record.sid, 0))  # touch interval 0: every read slides
                 if loaded is not None:
                     loaded.data = {"n": random.random()}
-                    store.save(loaded)
+                    run_sync(store.save(loaded))
                 elif deleted.is_set():
                     # one more round after the delete: still nothing comes back
-                    store.save(record)
+                    run_sync(store.save(record))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -615,7 +617,7 @@ def test_redis_concurrent_slides_and_saves_never_resurrect_a_deleted_session(red
         for thread in threads:
             thread.start()
         time.sleep(0.2)
-        assert stores[0].delete(record.sid, "alice") is True
+        assert run_sync(stores[0].delete(record.sid, "alice")) is True
         deleted.set()
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
@@ -635,21 +637,21 @@ def test_redis_concurrent_slides_and_saves_never_resurrect_a_deleted_session(red
 @pytest.mark.redis
 def test_redis_async_concurrent_slides_never_resurrect(redis_store: RedisStore) -> None:
     record = make_record(idle=60)
-    redis_store.create(record)
+    run_sync(redis_store.create(record))
     key = session_key(redis_store, record.sid)
 
     async def main() -> None:
         async def slide() -> None:
             for _ in range(20):
-                loaded = await redis_store.aload(record.sid, 0)
+                loaded = await run_async(redis_store.load(record.sid, 0))
                 if loaded is not None:
                     loaded.data = {"n": 1}
-                    await redis_store.asave(loaded)
+                    await run_async(redis_store.save(loaded))
                 await asyncio.sleep(0)
 
         async def logout() -> None:
             await asyncio.sleep(0.01)
-            assert await redis_store.adelete(record.sid, "alice") is True
+            assert await run_async(redis_store.delete(record.sid, "alice")) is True
 
         await asyncio.gather(*(slide() for _ in range(20)), logout())
         await redis_store.async_client.aclose()
@@ -667,10 +669,10 @@ def test_memory_store_is_bounded() -> None:
     store = MemoryStore(max_sessions=5)
     records = [make_record(f"user{i % 3}") for i in range(12)]
     for record in records:
-        store.create(record)
+        run_sync(store.create(record))
     assert len(store._sessions) == 5
-    assert all(store.load(r.sid, NEVER) is not None for r in records[-5:])  # the newest survive
-    assert all(store.load(r.sid, NEVER) is None for r in records[:7])
+    assert all(run_sync(store.load(r.sid, NEVER)) is not None for r in records[-5:])  # the newest survive
+    assert all(run_sync(store.load(r.sid, NEVER)) is None for r in records[:7])
     indexed = {sid for sids in store._users.values() for sid in sids}
     assert indexed == {r.sid for r in records[-5:]}  # evicted sessions left no index entries behind
 
@@ -681,12 +683,12 @@ def test_memory_store_purges_expired_sessions_before_evicting_live_ones() -> Non
     short = make_record(now=clock.now, idle=10)
     live = [make_record(now=clock.now, idle=1000) for _ in range(2)]
     for record in [short, *live]:
-        store.create(record)
+        run_sync(store.create(record))
     clock.advance(20)
     newest = make_record(now=clock.now, idle=1000)
-    store.create(newest)
-    assert store.load(short.sid, NEVER) is None
-    assert all(store.load(r.sid, NEVER) is not None for r in [*live, newest])
+    run_sync(store.create(newest))
+    assert run_sync(store.load(short.sid, NEVER)) is None
+    assert all(run_sync(store.load(r.sid, NEVER)) is not None for r in [*live, newest])
 
 
 def test_memory_store_is_thread_safe() -> None:
@@ -702,26 +704,26 @@ def test_memory_store_is_thread_safe() -> None:
                 op = rng.random()
                 if op < 0.35 or not mine:
                     record = make_record(rng.choice(users), idle=60)
-                    store.create(record)
+                    run_sync(store.create(record))
                     mine.append(record)
                 elif op < 0.6:
-                    store.load(rng.choice(mine).sid, 0)
+                    run_sync(store.load(rng.choice(mine).sid, 0))
                 elif op < 0.7:
                     old = mine.pop(rng.randrange(len(mine)))
                     new = make_record(old.user_id)
-                    if store.rotate(old.sid, new):
+                    if run_sync(store.rotate(old.sid, new)):
                         mine.append(new)
                 elif op < 0.8:
                     victim = mine.pop(rng.randrange(len(mine)))
-                    store.delete(victim.sid, victim.user_id)
+                    run_sync(store.delete(victim.sid, victim.user_id))
                 elif op < 0.9:
-                    store.list_user(rng.choice(users))
+                    run_sync(store.list_user(rng.choice(users)))
                 elif op < 0.95:
                     record = rng.choice(mine)
                     record.data = {"n": rng.random()}
-                    store.save(record)
+                    run_sync(store.save(record))
                 else:
-                    store.delete_user(rng.choice(users))
+                    run_sync(store.delete_user(rng.choice(users)))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -736,10 +738,10 @@ def test_memory_store_is_thread_safe() -> None:
     indexed = {sid for sids in store._users.values() for sid in sids}
     assert indexed == set(store._sessions)
     for user in users:
-        listed = {r.sid for r in store.list_user(user)}
+        listed = {r.sid for r in run_sync(store.list_user(user))}
         assert listed == store._users.get(user, set())
     for user in users:
-        store.delete_user(user)
+        run_sync(store.delete_user(user))
     assert store._sessions == {} and store._users == {}
 
 
@@ -750,8 +752,8 @@ def test_memory_store_copies_every_field_of_a_record() -> None:
     values = {f.name: getattr(_FULL, f.name) for f in dataclasses.fields(SessionRecord)}
     record = SessionRecord(**values)
     assert {f.name for f in dataclasses.fields(SessionRecord)} == set(values)
-    store.create(record)
-    loaded = store.load(record.sid, 3600)
+    run_sync(store.create(record))
+    loaded = run_sync(store.load(record.sid, 3600))
     assert loaded is not None
     for f in dataclasses.fields(SessionRecord):
         if f.name != "last_seen":
@@ -780,13 +782,13 @@ _FULL = SessionRecord(
 def test_the_memory_store_counts_its_revocation_writes_after_making_them() -> None:
     store = MemoryStore()
     assert store.revocations == 0
-    store.revoke_jti("alice", "k1", time.time() + 60)
-    assert store.revocations == 1 and store.token_state("alice", "k1") == (None, True)
-    store.revoke_tokens("alice", time.time(), 60)
+    run_sync(store.revoke_jti("alice", "k1", time.time() + 60))
+    assert store.revocations == 1 and run_sync(store.token_state("alice", "k1")) == (None, True)
+    run_sync(store.revoke_tokens("alice", time.time(), 60))
     assert store.revocations == 2
-    store.revoke_user("bob", time.time(), 60)
+    run_sync(store.revoke_user("bob", time.time(), 60))
     assert store.revocations == 3
-    store.token_state("alice", "k2")
+    run_sync(store.token_state("alice", "k2"))
     assert store.revocations == 3  # reads change nothing
 
 
@@ -799,8 +801,8 @@ def test_the_memory_stores_revocation_maps_count_every_kind_of_write() -> None:
     assert store.revocations == 4
     store._denied.pop(("alice", "k"))  # removals let through only what was let through already: not counted
     assert store.revocations == 4
-    store.revoke_jti("erin", "k", time.time() + 60)  # and the pruning rebuild keeps counting
+    run_sync(store.revoke_jti("erin", "k", time.time() + 60))  # and the pruning rebuild keeps counting
     store.max_sessions = 1
-    store.revoke_jti("frank", "k", time.time() + 60)
-    store.revoke_jti("grace", "k", time.time() + 60)
+    run_sync(store.revoke_jti("frank", "k", time.time() + 60))
+    run_sync(store.revoke_jti("grace", "k", time.time() + 60))
     assert store.revocations == 7

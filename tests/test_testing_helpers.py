@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 
 from authmw import AuthConfig, Authenticator, InvalidToken, JWTSettings, KeySet, Policy, Principal, Route
 from authmw.flask import AuthMW, current_principal
+from authmw.io import run_sync
 from authmw.sessions import SessionSettings
 from authmw.starlette import AuthMiddleware
 from authmw.testing import login_client, mint_token, override_principal, session_cookie
@@ -242,7 +243,7 @@ def test_session_cookie_names_a_real_session(config: AuthConfig) -> None:
     name, value = session_cookie(config, "alice", {"items:read"})
     assert name == "authmw_session"
     assert value and ";" not in value and "=" not in name
-    (record,) = config.sessions.store.list_user("alice")  # type: ignore[union-attr]
+    (record,) = run_sync(config.sessions.store.list_user("alice"))  # type: ignore[union-attr]
     assert record.scopes == ("items:read",) and not record.remember
     with TestClient(starlette_app(config)) as client:
         response = client.get("/session", headers={"Cookie": f"{name}={value}"})
@@ -253,14 +254,14 @@ def test_session_cookie_remember_and_secure_name() -> None:
     config = make_config(cookie_secure=True)
     name, _ = session_cookie(config, "alice", remember=True)
     assert name == "__Host-authmw"
-    (record,) = config.sessions.store.list_user("alice")  # type: ignore[union-attr]
+    (record,) = run_sync(config.sessions.store.list_user("alice"))  # type: ignore[union-attr]
     assert record.remember
 
 
 def test_session_cookie_each_call_is_a_new_session(config: AuthConfig) -> None:
     first, second = session_cookie(config, "alice")[1], session_cookie(config, "alice")[1]
     assert first != second
-    assert len(config.sessions.store.list_user("alice")) == 2  # type: ignore[union-attr]
+    assert len(run_sync(config.sessions.store.list_user("alice"))) == 2  # type: ignore[union-attr]
 
 
 def test_session_cookie_without_session_settings() -> None:
@@ -308,7 +309,7 @@ def test_login_client_remember(config: AuthConfig) -> None:
     with TestClient(starlette_app(config)) as client:
         login_client(client, config, "alice", remember=True)
         assert client.get("/session").status_code == 200
-    (record,) = config.sessions.store.list_user("alice")  # type: ignore[union-attr]
+    (record,) = run_sync(config.sessions.store.list_user("alice"))  # type: ignore[union-attr]
     assert record.remember
 
 

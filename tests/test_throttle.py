@@ -21,9 +21,11 @@ from tests.conftest import RedisSpace, free_port
 
 from authmw import AuthConfig
 from authmw.errors import ConfigurationError, ServiceUnavailable
+from authmw.io import run_sync
 from authmw.sessions import SessionSettings
 from authmw.stores import MemoryStore, RedisStore, StoreUnavailable
 from authmw.throttle import (
+    AsyncLoginThrottle,
     Counter,
     LoginThrottle,
     ThrottleSettings,
@@ -270,7 +272,7 @@ def test_memory_counters_are_bounded() -> None:
     counters = _MemoryCounters(max_keys=100)
     limits = _Limits(5, 1000, 10_000, 60_000)
     for n in range(1000):
-        counters.run(_Step("try", f"k{n}", 1000, limits))
+        run_sync(counters.run(_Step("try", f"k{n}", 1000, limits)))
     assert len(counters._entries) == 100
 
 
@@ -280,14 +282,15 @@ def test_only_memory_and_redis_stores_hold_counters() -> None:
     assert LoginThrottle.from_config(AuthConfig()).check("alice", None) == 0  # no sessions: its own counters
 
 
-def test_async_twins_share_the_counters() -> None:
-    throttle = LoginThrottle(MemoryStore(), SMALL)
+def test_the_async_throttle_shares_the_counters() -> None:
+    store = MemoryStore()
+    throttle, async_throttle = LoginThrottle(store, SMALL), AsyncLoginThrottle(store, SMALL)
 
     async def attempts() -> list[int]:
-        return [await throttle.acheck("alice", "10.0.0.1") for _ in range(4)]
+        return [await async_throttle.check("alice", "10.0.0.1") for _ in range(4)]
 
     assert asyncio.run(attempts()) == [0, 0, 0, 1]
-    asyncio.run(throttle.asuccess("alice", "10.0.0.1"))
+    asyncio.run(async_throttle.success("alice", "10.0.0.1"))
     assert throttle.check("alice", "10.0.0.1") == 0
 
 
@@ -368,14 +371,14 @@ def test_one_round_trip_per_key(redis_space: RedisSpace) -> None:
 
 
 @pytest.mark.redis
-def test_redis_async_twins(redis_space: RedisSpace, runner: asyncio.Runner) -> None:
+def test_redis_async_throttle(redis_space: RedisSpace, runner: asyncio.Runner) -> None:
     store = RedisStore.from_url(redis_space.url, prefix=redis_space.prefix)
-    throttle = LoginThrottle(store, SMALL)
-    assert [runner.run(throttle.acheck("alice", "::1")) for _ in range(3)] == [0, 0, 0]
-    assert throttle.check("alice", "::1") == 1  # the sync face sees what the async one counted
+    throttle, async_throttle = LoginThrottle(store, SMALL), AsyncLoginThrottle(store, SMALL)
+    assert [runner.run(async_throttle.check("alice", "::1")) for _ in range(3)] == [0, 0, 0]
+    assert throttle.check("alice", "::1") == 1  # the sync throttle sees what the async one counted
     locked_until = _keys(redis_space)[throttle.user_key("alice")]["until"]
     assert float(locked_until) > time.time() * 1000
-    runner.run(throttle.asuccess("alice", "::1"))
+    runner.run(async_throttle.success("alice", "::1"))
     assert throttle.user_key("alice") not in _keys(redis_space)
 
 
@@ -403,7 +406,7 @@ def test_the_redis_script_decides_as_decide_does(
         for op, gap in ops:
             now += gap
             step = _Step(op, key, now, bounds)  # type: ignore[arg-type]
-            assert in_redis.run(step) == in_memory.run(step)
+            assert run_sync(in_redis.run(step)) == run_sync(in_memory.run(step))
             stored = client.hgetall(key)
             entry = in_memory._entries.get(key)
             if entry is None:
@@ -419,12 +422,11 @@ def test_the_redis_script_decides_as_decide_does(
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_an_unreachable_store_fails_closed(mode: str) -> None:
     store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", prefix="test:down:", socket_timeout=0.5)
-    throttle = LoginThrottle(store, SMALL)
     with pytest.raises(StoreUnavailable) as raised:
         if mode == "sync":
-            throttle.check("alice", "10.0.0.1")
+            LoginThrottle(store, SMALL).check("alice", "10.0.0.1")
         else:
-            asyncio.run(throttle.acheck("alice", "10.0.0.1"))
+            asyncio.run(AsyncLoginThrottle(store, SMALL).check("alice", "10.0.0.1"))
     assert isinstance(raised.value, ServiceUnavailable) and raised.value.retry_after == store.retry_after
     assert raised.value.status == 503
 

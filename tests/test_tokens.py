@@ -49,7 +49,7 @@ from authmw import (
     Route,
 )
 from authmw.engine import Authenticator
-from authmw.flows import Flow, run_async, run_sync
+from authmw.io import Blocking, Flow, inline, run_async, run_sync
 from authmw.issuer import NOT_CONFIGURED, TokenIssuer, TokenService, jti_key
 from authmw.masking import TagMask
 from authmw.request import WSGIRequestView
@@ -164,9 +164,8 @@ class Harness:
         return self.runner.run(run_async(flow))
 
     def call(self, name: str, *args: Any) -> Any:
-        if self.runner is None:
-            return getattr(self.store, name)(*args)
-        return self.runner.run(getattr(self.store, "a" + name)(*args))
+        """The store's operation `name`, run on this face."""
+        return self.run(getattr(self.store, name)(*args))
 
     def service(self, **jwt: Any) -> TokenService:
         jwt.setdefault("algorithms", ["HS256"])
@@ -780,19 +779,13 @@ class LogoutDuringIssue:
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self.nonblocking = getattr(store, "nonblocking", False)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def refresh_create(self, *args: Any) -> bool:
-        created: bool = self.store.refresh_create(*args)
-        self.store.revoke_user("alice", time.time(), 3600.0)
-        return created
-
-    async def arefresh_create(self, *args: Any) -> bool:
-        created: bool = await self.store.arefresh_create(*args)
-        await self.store.arevoke_user("alice", time.time(), 3600.0)
+    def refresh_create(self, *args: Any) -> Flow[bool]:
+        created: bool = yield from self.store.refresh_create(*args)
+        yield from self.store.revoke_user("alice", time.time(), 3600.0)
         return created
 
 
@@ -814,14 +807,9 @@ def test_logout_everywhere_during_issue_leaves_no_valid_token(harness: Harness) 
 class LogoutJustBeforeTheFamilyIsStored(LogoutDuringIssue):
     """The logout-everywhere lands after issue() took its time, before the family is stored."""
 
-    def refresh_create(self, *args: Any) -> bool:
-        self.store.revoke_user("alice", time.time(), 3600.0)
-        created: bool = self.store.refresh_create(*args)
-        return created
-
-    async def arefresh_create(self, *args: Any) -> bool:
-        await self.store.arevoke_user("alice", time.time(), 3600.0)
-        created: bool = await self.store.arefresh_create(*args)
+    def refresh_create(self, *args: Any) -> Flow[bool]:
+        yield from self.store.revoke_user("alice", time.time(), 3600.0)
+        created: bool = yield from self.store.refresh_create(*args)
         return created
 
 
@@ -898,14 +886,8 @@ class RecordingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def refresh_use(self, *args: Any) -> Any:
-        result = self._store.refresh_use(*args)
-        with self._lock:
-            self.outcomes.append(result[0])
-        return result
-
-    async def arefresh_use(self, *args: Any) -> Any:
-        result = await self._store.arefresh_use(*args)
+    def refresh_use(self, *args: Any) -> Flow[Any]:
+        result = yield from self._store.refresh_use(*args)
         with self._lock:
             self.outcomes.append(result[0])
         return result
@@ -938,16 +920,15 @@ def _check_grace_zero_race(service: TokenService, recorder: RecordingStore, resu
 
 
 def test_rotation_stores_its_successor_atomically(harness: Harness) -> None:
-    """Consuming a refresh token and storing its successor is one store operation: the flow yields a single
-    effect, the successor works at once, and a later reuse of the consumed token revokes it with its family."""
+    """Consuming a refresh token and storing its successor is one store operation: the flow asks the store for a
+    single one, the successor works at once, and a later reuse of the consumed token revokes it with its family."""
     service = harness.service()
     token = harness.run(service.issue(session_principal()))["refresh_token"]
-    flow = service.refresh(body(token))
-    use = flow.send(None)
-    assert use.name == "refresh_use"
-    with pytest.raises(StopIteration) as done:
-        flow.send(harness.run(_single(use)))
-    successor = done.value.value["refresh_token"]
+    asked = OperationLog(harness.store)
+    service.store = asked  # type: ignore[assignment]
+    successor = harness.run(service.refresh(body(token)))["refresh_token"]
+    assert asked.names == ["refresh_use"]
+    service.store = harness.store
     with pytest.raises(InvalidToken) as reuse:
         harness.run(service.refresh(body(token)))
     assert reuse.value.reason == "refresh_reuse"
@@ -956,9 +937,21 @@ def test_rotation_stores_its_successor_atomically(harness: Harness) -> None:
     assert late.value.reason == "refresh_revoked"
 
 
-def _single(effect: Any) -> Flow[Any]:
-    """A flow of one effect, so `Harness.run` drives it on the harness's face."""
-    return (yield effect)
+class OperationLog:
+    """A pass-through to a real store that notes the name of every operation asked of it (not a mock)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.names: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        operation = getattr(self._store, name)
+
+        def noted(*args: Any) -> Any:
+            self.names.append(name)
+            return operation(*args)
+
+        return noted
 
 
 @pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -1174,10 +1167,31 @@ def test_token_minted_just_before_the_not_before_is_refused(harness: Harness) ->
     assert harness.refused(auth, token) == "revoked"
 
 
+class PausedRevocations:
+    """A pass-through to a real store whose revocations stop once before they start, as a store call on its way
+    does (an effect that does nothing): a flow driven by hand can let something else commit meanwhile."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def revoke_user(self, *args: Any) -> Flow[int]:
+        yield Blocking(lambda: None)
+        return (yield from self._store.revoke_user(*args))
+
+    def revoke_tokens(self, *args: Any) -> Flow[None]:
+        yield Blocking(lambda: None)
+        yield from self._store.revoke_tokens(*args)
+
+
 def _racing_a_refresh(harness: Harness, auth: Authenticator, revocation: Flow[Any], refresh_token: str) -> Any:
     """Drive `revocation` up to its first store call, refresh with `refresh_token` meanwhile (it commits first),
     then let the revocation land and finish; the refreshed pair."""
-    assert auth.tokens is not None
+    assert auth.tokens is not None and auth.sessions is not None
+    paused = PausedRevocations(harness.store)
+    auth.sessions.store = auth.sessions.token_store = auth.tokens.store = paused
     effect = revocation.send(None)  # its not-before is read; the store call is on its way
     time.sleep(0.002)
     pair = harness.run(auth.tokens.refresh(json.dumps({"refresh_token": refresh_token}).encode()))
@@ -1689,11 +1703,10 @@ def test_revoke_helpers_in_both_adapters() -> None:
 class TwoArgumentRevocations:
     """A custom revocation store written to the older two-argument `token_state`."""
 
-    nonblocking = True
-
     def __init__(self) -> None:
         self.not_before: dict[str, float] = {}
 
+    @inline
     def token_state(self, user_id: str, jti_key: str | None) -> tuple[float | None, bool]:
         return self.not_before.get(user_id), False
 

@@ -23,6 +23,7 @@ from authmw.flask import (
     logout_everywhere,
 )
 from authmw.flask import cross_site_reason as login_cross_site_reason
+from authmw.throttle import LoginThrottle
 from examples.common import (
     LOGIN_ERROR,
     NOTICE_CLEARED,
@@ -69,7 +70,7 @@ def create_app(config: AuthConfig | None = None) -> Flask:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     config = config or config_from_env()
     auth = AuthMW(app, config)
-    throttle = throttle_from(config)
+    throttle = throttle_from(config, LoginThrottle)
 
     @app.get("/")
     def home() -> Response:

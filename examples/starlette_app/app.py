@@ -28,7 +28,7 @@ from authmw.starlette import (
     session,
     token_endpoint,
 )
-from authmw.throttle import LoginThrottle
+from authmw.throttle import AsyncLoginThrottle
 from examples.common import (
     LOGIN_ERROR,
     NOTICE_CLEARED,
@@ -89,15 +89,15 @@ async def do_login(request: Request) -> Response:
         return JSONResponse({"detail": reason}, status_code=403)
     fields = parse_form(await request.body(), request.headers.get("content-type", ""))
     user, address = fields.get("username", ""), session(request).client_address
-    throttle: LoginThrottle = request.app.state.throttle
-    wait = await throttle.acheck(user, address)  # before the password: a locked name or address is not tried
+    throttle: AsyncLoginThrottle = request.app.state.throttle
+    wait = await throttle.check(user, address)  # before the password: a locked name or address is not tried
     if wait:
         message = too_many_attempts(wait)
         return _login_refused(request, fields, message, message, 429, {"retry-after": str(wait)})
     scopes = check_password(user, fields.get("password", ""))
     if scopes is None:
         return _login_refused(request, fields, LOGIN_ERROR, "invalid username or password", 401, None)
-    await throttle.asuccess(user, address)
+    await throttle.success(user, address)
     await login(request, user, scopes, remember=fields.get("remember") == "1")
     return RedirectResponse(after_login(fields.get("next")), status_code=303)
 
@@ -180,7 +180,7 @@ def create_app(config: AuthConfig | None = None) -> Starlette:
         exception_handlers={HTTPException: http_error},
     )
     app.router.redirect_slashes = False  # answer exactly what the Flask app answers: no slash redirects
-    app.state.throttle = throttle_from(config)
+    app.state.throttle = throttle_from(config, AsyncLoginThrottle)
     return app
 
 

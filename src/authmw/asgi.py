@@ -16,7 +16,7 @@ from typing import Any
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, ErrorResponse, PolicyNotApplied, ServiceUnavailable, render_error
-from authmw.flows import IOResults, NeedsIO, restartable, run_async
+from authmw.io import Pending, run_async
 from authmw.policy import RouteTable
 from authmw.principal import ANONYMOUS, AuthScopes, Principal
 from authmw.request import ASGIRequestView, has_query_token, with_identity_headers
@@ -163,13 +163,11 @@ class AuthMiddleware:
             scope["authmw.session"] = AsyncSessionHandle(exchange.state)
         try:
             if not exchange.public:
-                view, policy, state = exchange.view, exchange.policy, exchange.state
-                io: IOResults = {}
-                try:  # most requests need no I/O (a cached token, a local session): no flow, no coroutine
-                    exchange.principal = auth.resolve(view, policy, state, io)
-                except NeedsIO as need:  # go on from there: perform the I/O, then run the step again
-                    flow = restartable(lambda io: auth.resolve(view, policy, state, io), io, need)
-                    exchange.principal = await run_async(flow)
+                # Most requests need no I/O (a cached token, a local session): decided at once, no flow, no coroutine.
+                outcome = auth.resolve(exchange.view, exchange.policy, exchange.state)
+                if type(outcome) is Pending:  # finish this decision from where it stopped, once its I/O is done
+                    outcome = await run_async(outcome.flow)
+                exchange.principal = outcome
                 if (
                     exchange.state is None
                     and kind == "http"

@@ -50,7 +50,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from authmw import __version__
 from authmw.config import AuthConfig
 from authmw.errors import ConfigurationError, InvalidToken, ServiceUnavailable
-from authmw.flows import run_sync
+from authmw.io import run_sync
 from authmw.issuer import TokenIssuer, jti_key, restamp_not_before
 from authmw.keys import SUPPORTED_ALGORITHMS, KeySet, RemoteKeySet, VerificationKey
 from authmw.sessions import SessionInfo
@@ -521,7 +521,7 @@ def _redis_store(args: argparse.Namespace) -> Iterator[RedisStore]:
 
 def _session_infos(store: RedisStore, user: str) -> list[tuple[SessionInfo, str]]:
     """The user's live sessions, oldest first, each with its (secret) id."""
-    infos = [(SessionInfo.of(r), r.sid) for r in store.list_user(user)]
+    infos = [(SessionInfo.of(r), r.sid) for r in run_sync(store.list_user(user))]
     return sorted(infos, key=lambda pair: pair[0].created)
 
 
@@ -568,7 +568,7 @@ def _cmd_sessions_revoke(args: argparse.Namespace) -> int:
     with _redis_store(args) as store:
         for info, sid in _session_infos(store, args.user):
             if hmac.compare_digest(info.handle.encode(), args.handle.encode("utf-8", "surrogateescape")):
-                if not store.delete(sid, info.user_id):
+                if not run_sync(store.delete(sid, info.user_id)):
                     break  # it ended meanwhile
                 print(f"revoked session {info.handle} of user {_printable(args.user)}")
                 return 0
@@ -577,7 +577,7 @@ def _cmd_sessions_revoke(args: argparse.Namespace) -> int:
 
 def _cmd_sessions_revoke_all(args: argparse.Namespace) -> int:
     with _redis_store(args) as store:
-        count = store.revoke_user(args.user, time.time(), args.ttl)
+        count = run_sync(store.revoke_user(args.user, time.time(), args.ttl))
         now = run_sync(restamp_not_before(store, args.user, args.ttl))
     print(
         f"revoked {count} session{'s' if count != 1 else ''} of user {_printable(args.user)}, "
@@ -588,7 +588,7 @@ def _cmd_sessions_revoke_all(args: argparse.Namespace) -> int:
 
 def _cmd_tokens_revoke_all(args: argparse.Namespace) -> int:
     with _redis_store(args) as store:
-        store.revoke_tokens(args.user, time.time(), args.ttl)
+        run_sync(store.revoke_tokens(args.user, time.time(), args.ttl))
         now = run_sync(restamp_not_before(store, args.user, args.ttl))
     print(
         f"revoked the refresh tokens of user {_printable(args.user)} and access tokens issued before {_iso(now)} "
@@ -688,7 +688,7 @@ def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
     # As TokenService.revoke_access_token: denied until the verifier would refuse it anyway, exp plus the leeway.
     until = expires + settings.leeway
     with _redis_store(args) as store:
-        store.revoke_jti(user, key, until)
+        run_sync(store.revoke_jti(user, key, until))
     print(f"revoked token {_printable(jti)} of user {_printable(user)}: refused until {_iso(until)}")
     return 0
 

@@ -7,22 +7,26 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from authmw.audit import AuditHook
-from authmw.errors import ConfigurationError, ErrorHook
+from authmw.errors import AuthError, ConfigurationError, ErrorResponse
 from authmw.keys import KeySet
 from authmw.policy import Policy, Route
+from authmw.request import RequestView
 from authmw.sessions import SessionSettings
 from authmw.stores import MemoryStore, RedisStore
 from authmw.tokens import JWTSettings
 
-__all__ = ["AuthConfig"]
+__all__ = ["AuthConfig", "ErrorHook"]
 
 log = logging.getLogger("authmw")
+
+#: ``on_error(error, request_view, default_response) -> response``: customise or replace the default answer.
+ErrorHook = Callable[[AuthError, RequestView, ErrorResponse], ErrorResponse]
 
 
 @dataclass(slots=True)
@@ -100,7 +104,8 @@ class AuthConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AuthConfig:
-        """Build from the `AUTHMW_*` variables (DESIGN.md §6); keyword arguments (e.g. `routes`) are added as is.
+        """Build from the `AUTHMW_*` variables (docs/CONFIGURATION.md lists them); keyword arguments (e.g. `routes`) are
+        added as is.
 
         `AUTHMW_JWT_KEY` (a secret, or a path to / text of a PEM key) or `AUTHMW_JWT_JWKS` (a path or URL)
         enables bearer JWTs; `AUTHMW_JWT_ALGORITHMS` defaults to what the key's type allows (HS256 for a

@@ -1,20 +1,22 @@
 """The sans-IO heart of authmw: policy → credentials → principal → decision, for any shell.
 
-`Authenticator.flow` is a flow (see `authmw.flows`): it yields effects when it needs I/O (a key-set
-refresh, a session-store lookup) and returns the principal (or None), or raises an `AuthError`. The WSGI
-shell runs it with `run_sync`, the ASGI shell with `run_async`; the logic exists once.
+`Authenticator.resolve` decides at once when no I/O is needed (a cached token and an in-process store, a local-cache
+hit: most requests), and otherwise returns a `Pending` whose flow (see `authmw.io`) finishes that decision from
+the point it reached: a key-set fetch before verifying, a revocation lookup, a session load. The WSGI shell drives
+that flow with `run_sync`, the ASGI shell with `run_async`; the logic exists once, and runs once per request.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 import re
 import secrets
 import time
-from collections.abc import Iterable, MutableMapping, Sequence
-from typing import Any, AnyStr, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
 
 from authmw.audit import Auditor
@@ -30,17 +32,18 @@ from authmw.errors import (
     StepUpRequired,
     render_error,
 )
-from authmw.flows import INLINE, IO, Flow, io_blocking, io_shortcuts, io_store, restartable, run_async, run_sync
+from authmw.exchange import AuthState, Exchange
+from authmw.io import MISS, Blocking, Flow, Pending, run_sync, settled
 from authmw.issuer import TokenIssuer, TokenService, jti_key
-from authmw.keys import UnknownKeyId
+from authmw.keys import KeySet, UnknownKeyId
 from authmw.policy import AMBIGUOUS_PATH, WEBSOCKET, Policy, Route, RouteTable
 from authmw.principal import CONTROL_CHARACTERS, Principal
-from authmw.request import RequestView, bearer_token, with_identity_headers
+from authmw.request import RequestView, bearer_token
 from authmw.sessions import SAFE_METHODS, SessionManager, SessionState
 from authmw.stores import MemoryStore
 from authmw.tokens import JWTVerifier
 
-__all__ = ["AuthState", "Authenticator", "Exchange", "run_async", "run_sync"]
+__all__ = ["AuthState", "Authenticator", "Exchange"]
 
 log = logging.getLogger("authmw")
 
@@ -49,77 +52,10 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 _HOST = re.compile(r"(?P<host>[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.vV]+\])(?::[0-9]+)?")
 
 
-class AuthState(NamedTuple):
-    """What the middleware decided for a request: `scope["authmw"]` / `environ["authmw"]` (immutable)."""
-
-    policy: Policy
-    principal: Principal | None
-
-
-class Exchange:
-    """One request's trip through authmw: its policy, session state and caller, and what the response needs."""
-
-    __slots__ = ("policy", "principal", "public", "response_started", "state", "view")
-
-    def __init__(self, view: RequestView, policy: Policy, public: bool, state: SessionState | None) -> None:
-        self.view = view
-        self.policy = policy
-        self.public = public
-        self.state = state
-        self.principal: Principal | None = None
-        self.response_started = False
-
-    @property
-    def passthrough(self) -> bool:
-        """Nothing to add to the response: the app's own answer goes out untouched."""
-        return self.public and self.state is None
-
-    def attach_wsgi(self, environ: MutableMapping[str, Any], state: AuthState | None = None) -> None:
-        """What a WSGI app reads of the decision; `state` is its `AuthState` when one was built already."""
-        environ["authmw"] = state if state is not None else AuthState(self.policy, self.principal)
-        environ["authmw.exchange"] = self
-        environ["authmw.principal"] = self.principal
-        if self.principal is not None:
-            environ["REMOTE_USER"] = self.principal.id
-
-    def unsaved(self) -> bool:
-        """The app changed the session's data bag: `finish` must run before the response starts."""
-        state = self.state
-        return state is not None and state.data_snapshot is not None and state.data_changed()
-
-    def finish(self) -> Flow[None]:
-        """Save the session's data bag if the app changed it (raises `ServiceUnavailable` if it cannot). Shells
-        ask `unsaved()` first, so that most responses drive no flow at all."""
-        state = self.state
-        if state is not None:
-            yield from state.manager.save_data(state)  # which saves only a changed bag
-
-    def response_headers(
-        self, headers: Iterable[tuple[AnyStr, AnyStr]], sample: AnyStr
-    ) -> list[tuple[AnyStr, AnyStr]] | None:
-        """The response headers with identity headers (P31) and session cookies added; None when unchanged."""
-        state = self.state
-        cookies = []
-        if state is not None and (state.set_cookie is not None or state.clear_cookie or state.bad_cookie):
-            cookies = state.response_cookies()  # asked only when one is due: most responses set no cookie
-        if self.public and not cookies:
-            return None
-        out = with_identity_headers(headers, self.principal is not None or bool(cookies), sample)
-        if cookies:
-            name = b"set-cookie" if isinstance(sample, bytes) else "Set-Cookie"
-            out.extend((name, c.encode("latin-1") if isinstance(sample, bytes) else c) for c in cookies)
-        return out
-
-    def error_headers(self, response: ErrorResponse) -> list[tuple[str, str]]:
-        """An error answer's headers, plus the cookie-clearing one when a bad session cookie came in."""
-        headers = list(response.headers)
-        if self.state is not None:
-            headers.extend(("set-cookie", cookie) for cookie in self.state.response_cookies())
-        return headers
-
-
 #: the steps a remembered decision skips (begin → policy_for/is_cors_preflight → resolve → _verify_jwt, decide)
-_DECISION_STEPS = frozenset(("begin", "policy_for", "is_cors_preflight", "resolve", "_verify_jwt", "decide", "flow"))
+_DECISION_STEPS = frozenset(
+    ("begin", "policy_for", "is_cors_preflight", "resolve", "_verify_jwt", "_unrevoked", "_conclude", "decide", "flow")
+)
 #: how many times a decision step was set or deleted on an Authenticator class (tests monkeypatch them)
 _step_patches = [0]
 
@@ -186,26 +122,25 @@ class Authenticator(metaclass=_WatchesSteps):
                         "authmw: JWTSettings.revocation_store is not the session store, so POST /api/token answers"
                         " 501: refresh tokens are bound to their session, which needs both in one store"
                     )
-        # An in-process store's token_state, called straight from `_verify_jwt` (it cannot need I/O, so no I/O
-        # point is needed for it); None for a store that does I/O, or when a grace argument must be passed.
-        # A store's answer without I/O when it has one (a local-cache hit), for `still_holds`; None: it never has.
-        self._token_state_now: Any = None
-        self._token_state_peek: Any = None
+        # The store's answer without I/O (in-process, a local-cache hit), looked up once: `resolve` asks it first;
+        # None where it never has one (every lookup is I/O).
+        self._peek_token_state: Any = getattr(self.token_store, "peek_token_state", None)
         #: an in-process store that counts its revocation writes (`MemoryStore.revocations`), or None: a decision
         #: made after reading count N holds, as far as revocations go, while the count is N (see `still_holds`)
         self.revocation_counter: Any = None
-        if self.token_store is not None and not self._grace:
-            self._token_state_now, self._token_state_peek = io_shortcuts(self.token_store, "token_state")
-            store = self.token_store
-            # Only where the count covers everything token_state reads: MemoryStore's own token_state (a
-            # subclass's may read more), not replaced on the object. Writes are counted by the store's maps
-            # themselves, whichever method (a subclass's own revoke_jti, say) makes them.
-            if (
-                self._token_state_now is not None
-                and type(store).token_state is MemoryStore.token_state
-                and "token_state" not in vars(store)
-            ):
-                self.revocation_counter = store
+        store = self.token_store
+        # Only where the count covers everything token_state reads: MemoryStore's own token_state (a subclass's may
+        # read more), not replaced on the object. Writes are counted by the store's maps themselves, whichever
+        # method (a subclass's own revoke_jti, say) makes them.
+        if (
+            store is not None
+            and not self._grace
+            and type(store).token_state is MemoryStore.token_state
+            and type(store).peek_token_state is MemoryStore.peek_token_state
+            and "token_state" not in vars(store)
+            and "peek_token_state" not in vars(store)
+        ):
+            self.revocation_counter = store
         #: the `iss` of the tokens this app mints (their `sid` names a refresh family in the token store), or
         #: `_NO_FAMILIES`: an app that mints none checks no `sid` (an identity provider's `sid` is its session)
         self._family_issuer: Any = _NO_FAMILIES
@@ -266,10 +201,11 @@ class Authenticator(metaclass=_WatchesSteps):
         return Exchange(view, policy, public, state)
 
     def authenticate(self, exchange: Exchange) -> Principal | None:
-        """Resolve and check the caller of `exchange` in a synchronous world, I/O inline (nothing to do on
-        public routes and CORS preflights)."""
+        """Resolve and check the caller of `exchange` in a synchronous world, its I/O (if any) driven there and
+        then with `run_sync` (nothing to do on public routes and CORS preflights)."""
         if not exchange.public:
-            exchange.principal = self.resolve(exchange.view, exchange.policy, exchange.state, INLINE)
+            outcome = self.resolve(exchange.view, exchange.policy, exchange.state)
+            exchange.principal = run_sync(outcome.flow) if type(outcome) is Pending else outcome
         return exchange.principal
 
     @staticmethod
@@ -285,13 +221,14 @@ class Authenticator(metaclass=_WatchesSteps):
 
     def flow(self, view: RequestView, policy: Policy, session: SessionState | None = None) -> Flow[Principal | None]:
         """`resolve` as a flow (for callers that drive flows)."""
-        return restartable(lambda io: self.resolve(view, policy, session, io))
+        return (yield from settled(self.resolve(view, policy, session)))
 
     def resolve(
-        self, view: RequestView, policy: Policy, session: SessionState | None = None, io: IO = INLINE
-    ) -> Principal | None:
-        """Resolve and check the caller for a non-public `policy` (a restartable step, see `authmw.flows`:
-        shells call it with ``io=None`` first, so a request that needs no I/O costs no flow machinery).
+        self, view: RequestView, policy: Policy, session: SessionState | None = None
+    ) -> Principal | Pending[Principal | None] | None:
+        """Resolve and check the caller for a non-public `policy`: the principal (or None) at once when no I/O is
+        needed, else a `Pending` whose flow finishes this decision from where it stopped. Raises the `AuthError`
+        to answer.
 
         A bearer token, when the route accepts one and it is present, is the credential used; an invalid
         one is refused, never replaced by the session cookie or by anonymity (P26).
@@ -310,13 +247,27 @@ class Authenticator(metaclass=_WatchesSteps):
             verifier = self.verifier
             known = verifier.verified_tokens if verifier is not None else ()
             token = bearer_token(view, max_bytes=self._max_token_bytes, known=known)
-            if token is not None:
-                principal = self._verify_jwt(token, io)
-        if principal is None and session is not None and "session" in accept:
-            principal = session.manager.lookup(session, io)
+            if token is not None:  # the credential used: a principal, or an error raised (never None)
+                verified = self._verify_jwt(token)
+                if type(verified) is Pending:
+                    return Pending(self._concluded(verified.flow, view, policy, None))
+                return self._conclude(view, policy, None, verified)
+        if session is not None and "session" in accept:
+            found = session.manager.lookup(session)
+            if type(found) is Pending:
+                return Pending(self._concluded(found.flow, view, policy, session))
+            return self._conclude(view, policy, session, found)
+        return self._conclude(view, policy, None, None)
+
+    def _conclude(
+        self, view: RequestView, policy: Policy, by_session: SessionState | None, principal: Principal | None
+    ) -> Principal | None:
+        """The last steps of a decision, once the caller is known: the cross-site checks of a caller found by the
+        session `by_session`, then `decide`."""
+        if principal is not None and by_session is not None and policy.csrf:
             websocket = view.is_websocket
-            if principal is not None and policy.csrf and (websocket or view.method not in SAFE_METHODS):
-                session.manager.check_cross_site(session, websocket=websocket)
+            if websocket or view.method not in SAFE_METHODS:
+                by_session.manager.check_cross_site(by_session, websocket=websocket)
         # The stock `decide` has nothing to do for a caller on a route without scopes or max_auth_age; an
         # overridden or patched one (see `_unpatched`) is always asked.
         if (
@@ -328,38 +279,58 @@ class Authenticator(metaclass=_WatchesSteps):
             self.decide(policy, principal)
         return principal
 
-    def _verify_jwt(self, token: str, io: IO) -> Principal:
+    def _concluded(
+        self, rest: Flow[Principal | None], view: RequestView, policy: Policy, by_session: SessionState | None
+    ) -> Flow[Principal | None]:
+        """The rest of a decision that waits for I/O: `rest` (the credential's check from where it stopped), then
+        `_conclude`."""
+        principal = yield from rest
+        return self._conclude(view, policy, by_session, principal)
+
+    def _verify_jwt(self, token: str) -> Principal | Pending[Principal]:
+        """The bearer token's principal, verified and not revoked; a `Pending` where that needs I/O first."""
         verifier = self.verifier
         if verifier is None:
             raise InvalidToken("bearer tokens are not accepted by this service", reason="jwt_disabled")
-        kept = io.get("verified-token") if isinstance(io, dict) else None
-        if kept is not None:  # a run after I/O (the revocation lookup): verified already, hooks called already
-            principal: Principal = kept[1]
-        else:
-            keyset = verifier.keyset
-            if keyset.refreshes and keyset.refresh_due():
-                io_blocking(io, "jwks", keyset.ensure_fresh)
-            try:
-                principal = verifier.verify(token)
-            except UnknownKeyId:
-                # The issuer may have rotated keys: look once (rate-limited by the key set), then decide.
-                if not io_blocking(io, "jwks-unknown-kid", lambda: keyset.ensure_fresh(force=True)):
-                    raise
-                principal = verifier.verify(token)
-            if isinstance(io, dict):
-                io["verified-token"] = (True, principal)
+        keyset = verifier.keyset
+        if keyset.refreshes and keyset.refresh_due():
+            return Pending(self._keys_then_verify(token, keyset, None))
+        try:
+            principal = verifier.verify(token)
+        except UnknownKeyId as unknown:
+            return Pending(self._keys_then_verify(token, keyset, unknown))
+        return self._unrevoked(principal)
+
+    def _keys_then_verify(self, token: str, keyset: KeySet, unknown: UnknownKeyId | None) -> Flow[Principal]:
+        """Fetch the key set, then verify `token`: a refresh that was due (`unknown` None), or, for a token naming
+        a key id the set does not have (`unknown`), a forced look (rate-limited by the key set) in case the
+        issuer rotated its keys; nothing new, or still unknown: `unknown` is the answer."""
+        verifier = self.verifier
+        assert verifier is not None
+        fetched = yield Blocking(keyset.ensure_fresh if unknown is None else _forced(keyset))
+        if unknown is not None and not fetched:
+            raise unknown
+        try:
+            principal = verifier.verify(token)
+        except UnknownKeyId as still_unknown:
+            if unknown is not None:
+                raise
+            principal = yield from self._keys_then_verify(token, keyset, still_unknown)  # once at most
+            return principal
+        return (yield from settled(self._unrevoked(principal)))
+
+    def _unrevoked(self, principal: Principal) -> Principal | Pending[Principal]:
+        """`principal` if its token is not revoked (checked after the signature, and after the verifier's cache: a
+        revoked token is refused even when cached); a `Pending` where only the store's I/O can tell."""
         store = self.token_store
-        if store is not None:
-            # After the signature and after the cache: a revoked token is refused even when cached.
-            args = self._token_state_args(principal)
-            if self._token_state_now is not None:
-                state = self._token_state_now(*args)
-            else:
-                state = io_store(io, "token_state", store, "token_state", *args)
-            why = _revoked(principal, state)
-            if why is not None:
-                raise InvalidToken(why, reason="revoked")
-        return principal
+        if store is None:
+            return principal
+        args = self._token_state_args(principal)
+        peek = self._peek_token_state
+        state = peek(*args) if peek is not None else MISS
+        if state is MISS:
+            return Pending(_looked_up(principal, store.token_state(*args)))
+        return _unless_revoked(principal, state)
 
     def _token_state_args(self, principal: Principal) -> tuple[Any, ...]:
         """The arguments of the token store's `token_state` for `principal`'s token: the user and the jti key; then
@@ -395,7 +366,8 @@ class Authenticator(metaclass=_WatchesSteps):
             and not exchange.public
             and policy.max_auth_age is None
             and self._unpatched()
-            and (self._token_state_now is not None or self._token_state_peek is not None)
+            and self._peek_token_state is not None
+            and not self._grace
             and not table.uses_host
             and Authenticator.principal_override is None
         )
@@ -431,19 +403,15 @@ class Authenticator(metaclass=_WatchesSteps):
         if revocations is not None:
             counter = self.revocation_counter
             return counter is not None and counter.revocations == revocations
-        args = self._token_state_args(principal)
+        peek = self._peek_token_state
+        if peek is None or self._grace:
+            return False
         try:
-            if self._token_state_now is not None:
-                state = self._token_state_now(*args)
-            elif self._token_state_peek is not None:
-                state = self._token_state_peek(*args)
-                if state is None:  # not in the local cache (or it is not serving): ask the store, the full way
-                    return False
-            else:
-                return False
+            state = peek(*self._token_state_args(principal))
         except AuthError:  # the store cannot say now
             return False
-        return _revoked(principal, state) is None
+        # MISS: not in the local cache (or it is not serving): ask the store, the full way
+        return state is not MISS and _revoked(principal, state) is None
 
     @staticmethod
     def decide(policy: Policy, principal: Principal | None) -> None:
@@ -512,6 +480,10 @@ _STOCK_STEPS = {name: getattr(Authenticator, name) for name in _DECISION_STEPS}
 _STOCK_VERIFY = JWTVerifier.verify
 
 
+def _forced(keyset: KeySet) -> functools.partial[bool]:
+    return functools.partial(keyset.ensure_fresh, force=True)
+
+
 def _revocation_key(principal: Principal) -> str | None:
     key = principal.revocation_key
     if key is None and principal.token_id is not None:
@@ -532,6 +504,19 @@ def _takes_family(store: Any) -> bool:
     kinds = [p.kind for p in parameters.values()]
     positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
     return positional >= 4 or inspect.Parameter.VAR_POSITIONAL in kinds
+
+
+def _unless_revoked(principal: Principal, state: tuple[float | None, bool]) -> Principal:
+    """`principal`, unless the revocation state `(not_before, denied)` refuses its token."""
+    why = _revoked(principal, state)
+    if why is not None:
+        raise InvalidToken(why, reason="revoked")
+    return principal
+
+
+def _looked_up(principal: Principal, lookup: Flow[tuple[float | None, bool]]) -> Flow[Principal]:
+    """`principal` once the store's revocation `lookup` says its token is not revoked."""
+    return _unless_revoked(principal, (yield from lookup))
 
 
 def _revoked(principal: Principal, state: tuple[float | None, bool]) -> str | None:

@@ -9,18 +9,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
-
-if TYPE_CHECKING:
-    from authmw.request import RequestView
+from typing import ClassVar
 
 __all__ = [
     "AuthError",
     "CSRFError",
     "ConfigurationError",
-    "ErrorHook",
     "ErrorResponse",
     "InsufficientScope",
     "InvalidRequest",
@@ -155,9 +151,6 @@ class ErrorResponse:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
 
-
-#: ``on_error(error, request, default_response) -> response``: customise or replace the default answer.
-ErrorHook = Callable[[AuthError, "RequestView", ErrorResponse], ErrorResponse]
 
 # RFC 6750 §3: error_description is limited to %x20-21 / %x23-5B / %x5D-7E (no quote, no backslash).
 _NOT_DESCRIPTION_SAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")

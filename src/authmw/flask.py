@@ -35,7 +35,7 @@ from werkzeug.local import LocalProxy
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, AuthState, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
-from authmw.flows import Flow, run_sync
+from authmw.io import Flow, run_sync
 from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, SESSIONS_ELSEWHERE, TokenService
 from authmw.policy import Policy
 from authmw.principal import ANONYMOUS, Anonymous, Principal

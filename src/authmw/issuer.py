@@ -7,7 +7,8 @@ revokes the whole family (reuse detection, OAuth 2.0 Security BCP §4.14). Revoc
 denylist (until `exp` plus the leeway) and a per-user not-before, both checked by the verifier after the signature;
 the access tokens minted here also name their refresh family (claim `sid`), and are refused once it is revoked.
 
-`TokenService` holds the two endpoints of DESIGN.md §6 as flows; the adapters serve them.
+`TokenService` holds the two token endpoints (``POST /api/token``, ``POST /api/token/refresh``) as flows; the
+adapters serve them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from authmw.audit import Auditor
 from authmw.errors import InvalidRequest, InvalidToken, MissingCredentials
-from authmw.flows import Flow, StoreCall
+from authmw.io import Flow
 from authmw.keys import ALGORITHM_OBJECTS
 from authmw.masking import TagMask
 from authmw.principal import Principal
-from authmw.stores import RefreshRecord, user_tag
+from authmw.stores import RefreshRecord, SessionStore, TokenStore, user_tag
 from authmw.tokens import JWTSettings, signing_parameters, token_revocation_key
 
 __all__ = ["NOT_CONFIGURED", "SESSIONS_ELSEWHERE", "TokenIssuer", "TokenService", "jti_key", "signing_parameters"]
@@ -140,7 +141,7 @@ class TokenService:
     def __init__(
         self,
         issuer: TokenIssuer,
-        store: Any,
+        store: TokenStore,
         auditor: Auditor | None = None,
         session_store: Any = None,
         mask_secrets: Sequence[bytes] | None = None,
@@ -211,7 +212,7 @@ class TokenService:
         family_expires = now + self.settings.refresh_family_ttl
         # The store refuses a family bound to a session that no longer exists, or one whose user's tokens were
         # all revoked after `now` (a logout-everywhere that landed while we got here).
-        created = yield StoreCall(self.store, "refresh_create", (record, family_expires, True))
+        created = yield from self.store.refresh_create(record, family_expires, True)
         if not created and created is not None:  # None: a custom store that answers nothing, as stores once did
             raise MissingCredentials(
                 "the session ended, or the user's tokens were revoked, before the tokens were issued",
@@ -234,10 +235,8 @@ class TokenService:
             internal = tag_mask.unmask(token)
             new_internal = f"{internal[:4]}.{random_part}"
             successor = (_refresh_hash(new_internal), now + self.settings.refresh_token_ttl)
-            outcome, record = yield StoreCall(
-                self.store,
-                "refresh_use",
-                (internal[:4], _refresh_hash(internal), now, self.settings.refresh_reuse_grace, successor),
+            outcome, record = yield from self.store.refresh_use(
+                internal[:4], _refresh_hash(internal), now, self.settings.refresh_reuse_grace, successor
             )
             if outcome != "invalid":
                 break
@@ -257,19 +256,19 @@ class TokenService:
         key = jti_key(principal.issuer, principal.token_id)
         # Until the verifier stops accepting it: `exp` plus the clock-skew leeway it allows.
         until = float(principal.expires_at) + self.settings.leeway
-        yield StoreCall(self.store, "revoke_jti", (principal.id, key, until))
+        yield from self.store.revoke_jti(principal.id, key, until)
         self.auditor.emit("revoke_token", user_id=principal.id)
 
     def revoke_all_tokens(self, user_id: str) -> Flow[None]:
         """Every access token issued to the user before now is refused, and every refresh family ends;
         sessions stay (`logout_everywhere` ends those too)."""
         ttl = self.settings.max_lifetime + self.settings.leeway
-        yield StoreCall(self.store, "revoke_tokens", (user_id, time.time(), ttl))
+        yield from self.store.revoke_tokens(user_id, time.time(), ttl)
         yield from restamp_not_before(self.store, user_id, ttl)
         self.auditor.emit("revoke_token", user_id=user_id, reason="all tokens")
 
 
-def restamp_not_before(store: Any, user_id: str, ttl: float) -> Flow[float]:
+def restamp_not_before(store: SessionStore | TokenStore, user_id: str, ttl: float) -> Flow[float]:
     """Once a revocation of the user's tokens (`revoke_tokens`, `revoke_user`) has landed, write their not-before
     again with the time now, and return it.
 
@@ -280,7 +279,7 @@ def restamp_not_before(store: Any, user_id: str, ttl: float) -> Flow[float]:
     few milliseconds between the two loses its first access token and refresh family too (fail closed); its
     session is untouched and gets it a new pair from the token endpoint."""
     now = time.time()
-    yield StoreCall(store, "revoke_tokens", (user_id, now, ttl))
+    yield from store.revoke_tokens(user_id, now, ttl)
     return now
 
 

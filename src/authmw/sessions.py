@@ -5,7 +5,7 @@ store lookup; the server-side record decides, with idle and absolute timeouts (P
 new id (P18), logout deletes the record and clears the cookie (P20). Cross-site checks guard unsafe
 cookie-authenticated requests (P23).
 
-Everything here is sans-IO: lifecycle operations are flows (see `authmw.flows`), so one implementation
+Everything here is sans-IO: lifecycle operations are flows (see `authmw.io`), so one implementation
 serves `SessionHandle` (WSGI, plain methods) and `AsyncSessionHandle` (ASGI, awaitable methods).
 """
 
@@ -29,7 +29,7 @@ from itsdangerous.encoding import base64_decode, base64_encode
 
 from authmw.audit import Auditor
 from authmw.errors import ConfigurationError, CSRFError
-from authmw.flows import INLINE, IO, Flow, StoreCall, io_shortcuts, io_store, restartable, run_async, run_sync
+from authmw.io import MISS, Flow, Pending, run_async, run_sync, settled
 from authmw.issuer import restamp_not_before
 from authmw.masking import TagMask
 from authmw.principal import CONTROL_CHARACTERS, Principal
@@ -38,6 +38,7 @@ from authmw.stores import MemoryStore, SessionRecord, SessionStore, user_tag
 
 __all__ = [
     "AsyncSessionHandle",
+    "BaseSessionHandle",
     "SessionHandle",
     "SessionInfo",
     "SessionManager",
@@ -307,8 +308,8 @@ class SessionManager:
     @store.setter
     def store(self, store: SessionStore) -> None:
         self._store = store
-        # An in-process store's load, or a local-cache hit, straight from `lookup` (no I/O point is needed).
-        self._load_now, self._peek_load = io_shortcuts(store, "load")
+        # Its answer without I/O (an in-process store, a local-cache hit), looked up once: `lookup` asks it first.
+        self._peek_load = getattr(store, "peek_load", None)
 
     # ---- cookies ----
 
@@ -404,22 +405,27 @@ class SessionManager:
     # ---- resolving the caller ----
 
     def resolve(self, state: SessionState) -> Flow[Principal | None]:
-        """`lookup` as a flow."""
-        return restartable(lambda io: self.lookup(state, io))
+        """`lookup` as a flow (for callers that drive flows)."""
+        return (yield from settled(self.lookup(state)))
 
-    def lookup(self, state: SessionState, io: IO = INLINE) -> Principal | None:
-        """The principal of the request's session cookie, or None (an invalid cookie is cleared).
-        A restartable step (see `authmw.flows`): its one I/O point is the store's `load`."""
+    def lookup(self, state: SessionState) -> Principal | Pending[Principal | None] | None:
+        """The principal of the request's session cookie, or None (an invalid cookie is cleared): at once when the
+        store answers without I/O (`peek_load`), else a `Pending` whose flow loads the record and finishes."""
         sid = state.cookie_sid()
         if sid is None:
             return None
-        load_now, peek = self._load_now, self._peek_load
-        if load_now is not None:
-            record: SessionRecord | None = load_now(sid, self.touch_interval)
-        elif peek is not None and (record := peek(sid, self.touch_interval)) is not None:
-            pass  # a local-cache hit
-        else:
-            record = io_store(io, "load", self.store, "load", sid, self.touch_interval)
+        peek = self._peek_load
+        record = peek(sid, self.touch_interval) if peek is not None else MISS
+        if record is MISS:
+            return Pending(self._loaded(state, sid))
+        return self.principal_for(state, sid, record)
+
+    def _loaded(self, state: SessionState, sid: str) -> Flow[Principal | None]:
+        record = yield from self.store.load(sid, self.touch_interval)
+        return self.principal_for(state, sid, record)
+
+    def principal_for(self, state: SessionState, sid: str, record: SessionRecord | None) -> Principal | None:
+        """The principal of the record the cookie's `sid` names (None: no live session; the cookie is cleared)."""
         if record is None or record.absolute_expiry <= time.time():
             state.bad_cookie = True
             return None
@@ -523,13 +529,13 @@ class SessionManager:
         """Start a new session (always a new id: fixation defence) and drop the one the cookie named."""
         old = state.record
         if old is None and (old_sid := state.cookie_sid()) is not None:
-            old = yield StoreCall(self.store, "load", (old_sid, self.touch_interval))
+            old = yield from self.store.load(old_sid, self.touch_interval)
         if old is not None:
-            yield StoreCall(self.store, "delete", (old.sid, old.user_id))
+            yield from self.store.delete(old.sid, old.user_id)
         record = self._new_record(state, user_id, scopes, remember, None)
         if data:
             record.data = dict(data)
-        yield StoreCall(self.store, "create", (record,))
+        yield from self.store.create(record)
         state.record = record
         state.data_snapshot = None
         state.set_cookie = self.cookie_for(record.sid, remember)
@@ -549,7 +555,7 @@ class SessionManager:
         record.created = old.created
         record.absolute_expiry = old.absolute_expiry
         record.data = old.data
-        if not (yield StoreCall(self.store, "rotate", (old.sid, record))):
+        if not (yield from self.store.rotate(old.sid, record)):
             # Logged out meanwhile: never resurrect (P18/P20).
             state.record = None
             state.clear_cookie = True
@@ -563,10 +569,10 @@ class SessionManager:
         """Delete this session's record and clear the cookie (P20)."""
         record = state.record
         if record is None and (sid := state.cookie_sid()) is not None:
-            record = yield StoreCall(self.store, "load", (sid, self.touch_interval))
+            record = yield from self.store.load(sid, self.touch_interval)
         deleted = False
         if record is not None:
-            deleted = bool((yield StoreCall(self.store, "delete", (record.sid, record.user_id))))
+            deleted = bool((yield from self.store.delete(record.sid, record.user_id)))
             self.auditor.emit("logout", user_id=record.user_id, session=session_handle(record.sid))
         state.record = None
         state.set_cookie = None
@@ -580,12 +586,12 @@ class SessionManager:
             if state.record is None:
                 raise LookupError("no session: name the user")
             user_id = state.record.user_id
-        # Sessions, refresh-token families and earlier access tokens go together (DESIGN.md §3).
+        # Sessions, refresh-token families and earlier access tokens go together: logging out everywhere ends all.
         now = time.time()
-        count: int = yield StoreCall(self.store, "revoke_user", (user_id, now, self.not_before_ttl))
+        count = yield from self.store.revoke_user(user_id, now, self.not_before_ttl)
         stores = [self.store]
         if self.token_store is not None and self.token_store is not self.store:
-            yield StoreCall(self.token_store, "revoke_user", (user_id, now, self.not_before_ttl))
+            yield from self.token_store.revoke_user(user_id, now, self.not_before_ttl)
             stores.append(self.token_store)
         if state.record is not None and state.record.user_id == user_id:
             state.record = None
@@ -597,17 +603,17 @@ class SessionManager:
         return count
 
     def list_sessions(self, state: SessionState | None, user_id: str) -> Flow[list[SessionInfo]]:
-        records: list[SessionRecord] = yield StoreCall(self.store, "list_user", (user_id,))
+        records = yield from self.store.list_user(user_id)
         current = state.record.sid if state is not None and state.record is not None else None
         infos = [SessionInfo.of(r, current=r.sid == current) for r in records]
         return sorted(infos, key=lambda info: info.created)
 
     def revoke_session(self, state: SessionState | None, user_id: str, handle: str) -> Flow[bool]:
         """Delete the session of `user_id` named by `handle` (from `list_sessions`)."""
-        records: list[SessionRecord] = yield StoreCall(self.store, "list_user", (user_id,))
+        records = yield from self.store.list_user(user_id)
         for record in records:
             if hmac.compare_digest(session_handle(record.sid), handle):
-                deleted = bool((yield StoreCall(self.store, "delete", (record.sid, record.user_id))))
+                deleted = bool((yield from self.store.delete(record.sid, record.user_id)))
                 self.auditor.emit("revoke_session", user_id=user_id, session=handle)
                 if state is not None and state.record is not None and state.record.sid == record.sid:
                     state.record = None
@@ -623,7 +629,7 @@ class SessionManager:
         if len(_dump(record.data)) > self.settings.max_data_bytes:
             log.warning("authmw: session data over %d bytes not saved", self.settings.max_data_bytes)
             return False
-        saved = bool((yield StoreCall(self.store, "save", (record,))))
+        saved = bool((yield from self.store.save(record)))
         state.data_snapshot = _dump(record.data)
         return saved
 
@@ -703,8 +709,9 @@ def _is_own(origin: str, view: RequestView, trusted: Sequence[str], origins: Seq
     return origin in origins if origins else origin == request_origin(view)
 
 
-class SessionHandle:
-    """The session of one WSGI request: plain methods (`login`, `logout`, …)."""
+class BaseSessionHandle:
+    """The session of one request: what needs no I/O. `SessionHandle` (WSGI) and `AsyncSessionHandle` (ASGI) add the
+    operations, each one `SessionManager` flow run by its world's runner."""
 
     __slots__ = ("_state",)
 
@@ -740,6 +747,19 @@ class SessionHandle:
         record = self._state.record
         return None if record is None else self.manager.csrf_token(record.sid)
 
+    def _user(self, user_id: str | None) -> str:
+        if user_id is not None:
+            return user_id
+        if self._state.record is None:
+            raise LookupError("no session: name the user")
+        return self._state.record.user_id
+
+
+class SessionHandle(BaseSessionHandle):
+    """The session of one WSGI request: plain methods (`login`, `logout`, …)."""
+
+    __slots__ = ()
+
     def login(
         self, user_id: str, scopes: Iterable[str] = (), *, remember: bool = False, data: dict[str, Any] | None = None
     ) -> Principal:
@@ -760,35 +780,28 @@ class SessionHandle:
     def revoke_session(self, handle: str, user_id: str | None = None) -> bool:
         return run_sync(self.manager.revoke_session(self._state, self._user(user_id), handle))
 
-    def _user(self, user_id: str | None) -> str:
-        if user_id is not None:
-            return user_id
-        if self._state.record is None:
-            raise LookupError("no session: name the user")
-        return self._state.record.user_id
 
-
-class AsyncSessionHandle(SessionHandle):
+class AsyncSessionHandle(BaseSessionHandle):
     """The session of one ASGI request: the same operations, awaitable."""
 
     __slots__ = ()
 
-    async def login(  # type: ignore[override]
+    async def login(
         self, user_id: str, scopes: Iterable[str] = (), *, remember: bool = False, data: dict[str, Any] | None = None
     ) -> Principal:
         return await run_async(self.manager.login(self._state, user_id, scopes, remember=remember, data=data))
 
-    async def rotate(self, scopes: Iterable[str] | None = None) -> Principal:  # type: ignore[override]
+    async def rotate(self, scopes: Iterable[str] | None = None) -> Principal:
         return await run_async(self.manager.rotate(self._state, scopes))
 
-    async def logout(self) -> bool:  # type: ignore[override]
+    async def logout(self) -> bool:
         return await run_async(self.manager.logout(self._state))
 
-    async def logout_everywhere(self, user_id: str | None = None) -> int:  # type: ignore[override]
+    async def logout_everywhere(self, user_id: str | None = None) -> int:
         return await run_async(self.manager.logout_everywhere(self._state, user_id))
 
-    async def list_sessions(self, user_id: str | None = None) -> list[SessionInfo]:  # type: ignore[override]
+    async def list_sessions(self, user_id: str | None = None) -> list[SessionInfo]:
         return await run_async(self.manager.list_sessions(self._state, self._user(user_id)))
 
-    async def revoke_session(self, handle: str, user_id: str | None = None) -> bool:  # type: ignore[override]
+    async def revoke_session(self, handle: str, user_id: str | None = None) -> bool:
         return await run_async(self.manager.revoke_session(self._state, self._user(user_id), handle))

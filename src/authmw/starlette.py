@@ -31,7 +31,7 @@ from authmw.asgi import AuthMiddleware as _ASGIAuthMiddleware
 from authmw.asgi import Scope
 from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ConfigurationError, MissingCredentials, PolicyNotApplied, render_error
-from authmw.flows import Flow, run_async
+from authmw.io import Flow, run_async
 from authmw.issuer import MAX_REFRESH_BODY, NOT_CONFIGURED, SESSIONS_ELSEWHERE, TokenService
 from authmw.policy import DEFER, Policy, Route
 from authmw.principal import Principal

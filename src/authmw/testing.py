@@ -24,7 +24,7 @@ import jwt as pyjwt
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator
 from authmw.errors import ConfigurationError
-from authmw.flows import run_sync
+from authmw.io import run_sync
 from authmw.issuer import signing_parameters
 from authmw.principal import Principal
 from authmw.request import WSGIRequestView

@@ -1,7 +1,7 @@
 """`LoginThrottle`: slow down password guessing, per user name and per client address, in the session store.
 
 A login view asks `check(user, address)` before it looks at the password, and calls `success(user, address)`
-when the password was right::
+when the password was right (an async view awaits the same two calls of an `AsyncLoginThrottle`)::
 
     wait = throttle.check(username, client_address)  # counts this attempt as a failure, for now
     if wait:
@@ -33,17 +33,27 @@ import threading
 import time
 import unicodedata
 import weakref
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from authmw.errors import ConfigurationError
-from authmw.stores import MemoryStore, RedisStore, SessionStore, StoreUnavailable
+from authmw.io import Command, Flow, inline, run_async, run_sync
+from authmw.stores import MemoryStore, RedisStore, SessionStore
+from authmw.stores.redis import script
 
 if TYPE_CHECKING:
     from authmw.config import AuthConfig
 
-__all__ = ["Counter", "LoginThrottle", "ThrottleSettings", "decide", "lock_ms"]
+__all__ = [
+    "AsyncLoginThrottle",
+    "BaseLoginThrottle",
+    "Counter",
+    "LoginThrottle",
+    "ThrottleSettings",
+    "decide",
+    "lock_ms",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +103,7 @@ class ThrottleSettings:
         return cls(**values)
 
 
-# ---- the decision: data in, decision out (the Redis script below does exactly the same) ----
+# ---- the decision: data in, decision out (stores/lua/throttle.lua does exactly the same) ----
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,33 +160,6 @@ def decide(
     return Counter(count, now_ms + lock if lock else current.locked_until), window_ms + lock, 0
 
 
-# KEYS[1] one counter (a hash: n, until); ARGV: op, now_ms, free, first_ms, max_ms, window_ms. `decide` in Lua:
-# keep the two the same (tests/test_throttle.py runs both on the same operations).
-_SCRIPT = """
-local key, op = KEYS[1], ARGV[1]
-if op == 'clear' then redis.call('DEL', key); return 0 end
-local now, free = tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', key, 'n', 'until')
-local count, locked = tonumber(state[1]) or 0, tonumber(state[2]) or 0
-if op == 'undo' then
-  if count <= 1 then redis.call('DEL', key); return 0 end
-  if count - 1 < free then locked = 0 end
-  redis.call('HSET', key, 'n', count - 1, 'until', locked)
-  return 0
-end
-if now < locked then return locked - now end
-count = count + 1
-local lock = 0
-if count >= free then
-  lock = math.min(tonumber(ARGV[4]) * 2 ^ math.min(count - free, 40), tonumber(ARGV[5]))
-  locked = now + lock
-end
-redis.call('HSET', key, 'n', count, 'until', locked)
-redis.call('PEXPIRE', key, tonumber(ARGV[6]) + lock)
-return 0
-"""
-
-
 # ---- where the counters live ----
 
 
@@ -199,6 +182,7 @@ class _MemoryCounters:
         # key -> (counter, expiry in ms); ordered by last write, so the first ones are the least recently written
         self._entries: dict[str, tuple[Counter, int]] = {}
 
+    @inline
     def run(self, step: _Step) -> int:
         with self._lock:
             entry = self._entries.pop(step.key, None)
@@ -211,9 +195,6 @@ class _MemoryCounters:
                 if len(self._entries) > self.max_keys:  # the least recently written goes: O(1), unlike a scan
                     del self._entries[next(iter(self._entries))]
             return wait_ms
-
-    async def arun(self, step: _Step) -> int:
-        return self.run(step)  # no I/O: run inline, even on an event loop
 
 
 #: each MemoryStore's counters: every throttle built on one store sees the same ones
@@ -229,38 +210,20 @@ def _memory_counters(store: MemoryStore) -> _MemoryCounters:
         return counters
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import redis.exceptions as rexc
-
-    return rexc.RedisError, rexc.RedisClusterException, OSError
+#: `decide` in Lua (stores/lua/throttle.lua): one script call per key
+_SCRIPT = script("throttle")
 
 
 class _RedisCounters:
-    """Counters in Redis: one script call (EVALSHA, loaded again on NOSCRIPT) per key."""
+    """Counters in Redis, on the store's connections: one script call per key (a 503 when it cannot be reached)."""
 
     def __init__(self, store: RedisStore) -> None:
-        self.retry_after = store.retry_after
-        self._script = store.client.register_script(_SCRIPT) if store.client is not None else None
-        self._ascript = store.async_client.register_script(_SCRIPT) if store.async_client is not None else None
+        self.store = store
 
-    def _unavailable(self) -> StoreUnavailable:
-        return StoreUnavailable("the session store is unavailable", retry_after=self.retry_after)
-
-    def run(self, step: _Step) -> int:
-        if self._script is None:
-            raise RuntimeError("this RedisStore has no synchronous client (use the async methods)")
-        try:
-            return int(self._script(keys=[step.key], args=[step.op, step.now_ms, *step.limits.args()]))
-        except _redis_errors():
-            raise self._unavailable() from None
-
-    async def arun(self, step: _Step) -> int:
-        if self._ascript is None:
-            raise RuntimeError("this RedisStore has no asyncio client (use the sync methods)")
-        try:
-            return int(await self._ascript(keys=[step.key], args=[step.op, step.now_ms, *step.limits.args()]))
-        except _redis_errors():
-            raise self._unavailable() from None
+    def run(self, step: _Step) -> Flow[int]:
+        args = [step.op, step.now_ms, *step.limits.args()]
+        wait_ms: int = yield Command(self.store, int, _SCRIPT, [step.key], args)
+        return wait_ms
 
 
 # ---- the helper ----
@@ -289,14 +252,13 @@ def _digest(kind: str, text: str) -> str:
     return hashlib.sha256(f"authmw.throttle.{kind}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-Steps = Generator[_Step, int, int]
+class BaseLoginThrottle:
+    """Login attempts per user name and per client address, counted in the session store: each operation as a flow
+    (`check_flow`, `success_flow`; see `authmw.io`). `LoginThrottle` runs them for sync views, `AsyncLoginThrottle`
+    for async ones.
 
-
-class LoginThrottle:
-    """Login attempts per user name and per client address, counted in the session store.
-
-    Build it once, at start-up: `LoginThrottle.from_config(config)` (the store of `config.sessions`), or
-    `LoginThrottle(store)` with a `MemoryStore` or `RedisStore` (None: counters of its own, in this process).
+    Build one once, at start-up: `from_config(config)` (the store of `config.sessions`), or with a `MemoryStore` or
+    `RedisStore` (None: counters of its own, in this process).
     """
 
     def __init__(
@@ -308,20 +270,21 @@ class LoginThrottle:
     ) -> None:
         self.settings = settings or ThrottleSettings()
         self._clock = clock
-        self._backend: _MemoryCounters | _RedisCounters
+        self._counters: _MemoryCounters | _RedisCounters
         if isinstance(store, RedisStore):
-            self._backend = _RedisCounters(store)
+            self._counters = _RedisCounters(store)
             self._prefix = f"{store.prefix}throttle:"
         elif isinstance(store, MemoryStore):
-            self._backend = _memory_counters(store)
+            self._counters = _memory_counters(store)
             self._prefix = "throttle:"
         elif store is None:
-            self._backend = _MemoryCounters()
+            self._counters = _MemoryCounters()
             self._prefix = "throttle:"
         else:
             # Better refused than counters kept per process, unnoticed, beside a store that every process shares.
             raise ConfigurationError(
-                f"LoginThrottle keeps its counters in a MemoryStore or a RedisStore, not a {type(store).__name__}"
+                f"{type(self).__name__} keeps its counters in a MemoryStore or a RedisStore, "
+                f"not a {type(store).__name__}"
             )
         s = self.settings
         first, cap, window = round(s.first_lock * 1000), round(s.max_lock * 1000), round(s.window * 1000)
@@ -329,7 +292,7 @@ class LoginThrottle:
         self._address_limits = _Limits(s.address_attempts, first, cap, window)
 
     @classmethod
-    def from_config(cls, config: AuthConfig, settings: ThrottleSettings | None = None) -> LoginThrottle:
+    def from_config(cls, config: AuthConfig, settings: ThrottleSettings | None = None) -> Self:
         """On the session store `config` uses (in-process counters when it has no sessions)."""
         return cls(config.sessions.store if config.sessions is not None else None, settings)
 
@@ -341,65 +304,54 @@ class LoginThrottle:
         """The key of a client address's counter (IPv6 by /64, hashed)."""
         return f"{self._prefix}{{a:{_digest('address', _address_group(address))}}}"
 
-    # The steps are written once, as generators of `_Step`s; `_drive` / `_adrive` run them on the backend.
+    def check_flow(self, user: str, address: str | None) -> Flow[int]:
+        """Before checking the password: 0 to go ahead (the attempt is counted as a failure until `success_flow`),
+        else the whole seconds to wait (send 429 with ``Retry-After``, and do not check the password).
 
-    def _check(self, user: str, address: str | None) -> Steps:
+        `address` is the client's address (None: unknown, only the user name is throttled). Raises
+        `StoreUnavailable` (a `ServiceUnavailable`: 503) when the store cannot be reached.
+        """
         now = round(self._clock() * 1000)
         keys = [(self.user_key(user), self._user_limits)]
         if address:  # the address first: a locked address never adds to a user name's count
             keys.insert(0, (self.address_key(address), self._address_limits))
         counted: list[tuple[str, _Limits]] = []
         for key, limits in keys:
-            wait_ms = yield _Step("try", key, now, limits)
+            wait_ms = yield from self._counters.run(_Step("try", key, now, limits))
             if wait_ms > 0:
                 for done_key, done_limits in counted:  # a refused attempt counts nowhere
-                    yield _Step("undo", done_key, now, done_limits)
+                    yield from self._counters.run(_Step("undo", done_key, now, done_limits))
                 return max(1, -(-wait_ms // 1000))
             counted.append((key, limits))
         return 0
 
-    def _success(self, user: str, address: str | None) -> Steps:
+    def success_flow(self, user: str, address: str | None) -> Flow[None]:
+        """The password was right: forget the user name's attempts, and take this attempt back from the address's."""
         now = round(self._clock() * 1000)
-        yield _Step("clear", self.user_key(user), now, self._user_limits)
+        yield from self._counters.run(_Step("clear", self.user_key(user), now, self._user_limits))
         if address:
-            yield _Step("undo", self.address_key(address), now, self._address_limits)
-        return 0
+            yield from self._counters.run(_Step("undo", self.address_key(address), now, self._address_limits))
 
-    def _drive(self, steps: Steps) -> int:
-        try:
-            step = next(steps)
-            while True:
-                step = steps.send(self._backend.run(step))
-        except StopIteration as stop:
-            result: int = stop.value
-            return result
 
-    async def _adrive(self, steps: Steps) -> int:
-        try:
-            step = next(steps)
-            while True:
-                step = steps.send(await self._backend.arun(step))
-        except StopIteration as stop:
-            result: int = stop.value
-            return result
+class LoginThrottle(BaseLoginThrottle):
+    """The throttle for sync views (Flask, WSGI): `check` and `success` (see `check_flow`, `success_flow`)."""
 
     def check(self, user: str, address: str | None) -> int:
-        """Before checking the password: 0 to go ahead (the attempt is counted as a failure until `success`), else
-        the whole seconds to wait (send 429 with ``Retry-After``, and do not check the password).
-
-        `address` is the client's address (None: unknown, only the user name is throttled). Raises
-        `StoreUnavailable` (a `ServiceUnavailable`: 503) when the store cannot be reached.
-        """
-        return self._drive(self._check(user, address))
-
-    async def acheck(self, user: str, address: str | None) -> int:
-        """`check` for async views."""
-        return await self._adrive(self._check(user, address))
+        """`check_flow`, run: 0 to go ahead, else the whole seconds to wait (answer 429)."""
+        return run_sync(self.check_flow(user, address))
 
     def success(self, user: str, address: str | None) -> None:
-        """The password was right: forget the user name's attempts, and take this attempt back from the address's."""
-        self._drive(self._success(user, address))
+        """`success_flow`, run."""
+        run_sync(self.success_flow(user, address))
 
-    async def asuccess(self, user: str, address: str | None) -> None:
-        """`success` for async views."""
-        await self._adrive(self._success(user, address))
+
+class AsyncLoginThrottle(BaseLoginThrottle):
+    """The throttle for async views (Starlette, FastAPI): the same `check` and `success`, awaited."""
+
+    async def check(self, user: str, address: str | None) -> int:
+        """`check_flow`, awaited: 0 to go ahead, else the whole seconds to wait (answer 429)."""
+        return await run_async(self.check_flow(user, address))
+
+    async def success(self, user: str, address: str | None) -> None:
+        """`success_flow`, awaited."""
+        await run_async(self.success_flow(user, address))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from authmw.config import AuthConfig
 from authmw.engine import Authenticator, Exchange
 from authmw.errors import AuthError, ErrorResponse, ServiceUnavailable
-from authmw.flows import run_sync
+from authmw.io import run_sync
 from authmw.request import WSGIRequestView
 from authmw.sessions import SessionHandle
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from authmw.stores import SessionRecord
+from authmw.stores.base import SessionRecord
 
 __all__ = ["LocalCache"]
 
